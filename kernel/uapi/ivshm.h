@@ -1,0 +1,35 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * ivshm: user-space interface of the ivshmem PCI driver (1af4:1110).
+ *
+ * /dev/ivshmN maps BAR2 (the shared region) with mmap(); the ioctls below
+ * describe the device. This header is the single definition shared by the
+ * kernel module and user space (lib/ includes it).
+ */
+#ifndef IVSHM_UAPI_H
+#define IVSHM_UAPI_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+#define IVSHM_DEVICE_PREFIX "ivshm"
+
+/* Flags in ivshm_info.flags. */
+#define IVSHM_INFO_F_MSIX (1U << 0) /* ivshmem-doorbell: interrupts via MSI-X */
+
+struct ivshm_info {
+	__u64 bar2_size;   /* bytes of the shared region (BAR2) */
+	__u32 ivposition;  /* IVPosition register; 0 on ivshmem-plain */
+	__u32 revision;    /* PCI revision id */
+	__u32 flags;       /* IVSHM_INFO_F_* */
+	__u32 vectors;     /* MSI-X vectors enabled (0 without interrupts) */
+	__u32 minor;       /* N of /dev/ivshmN */
+	__u32 reserved0;
+	__u64 reserved[4]; /* zero; room to grow without a new ioctl */
+};
+
+/* 0xD7: no uapi header of Linux 6.1 uses this ioctl type. */
+#define IVSHM_IOCTL_BASE 0xD7
+#define IVSHM_IOC_INFO _IOR(IVSHM_IOCTL_BASE, 0x01, struct ivshm_info)
+
+#endif /* IVSHM_UAPI_H */

@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * ivshmfs region layout, version 1: the single definition of the bytes in
+ * the shared region. Every peer, in any language, must agree with this file;
+ * docs/layout.md describes the same layout in prose.
+ *
+ * All integers are little-endian, fixed width, naturally aligned. Positions
+ * are byte offsets from the start of the region, never pointers: every peer
+ * maps the region at a different address.
+ *
+ *   offset 0                      struct ivshmfs_header        (64 bytes)
+ *   offset 64                     struct ivshmfs_partition_entry[partition_count]
+ *   control_offset (128-aligned)  struct ivshmfs_control[partition_count]
+ *   data areas (page-aligned)     one per partition, capacity bytes each
+ *
+ * The header and the partition table are written once, by `format`, and are
+ * read-only afterwards. The control blocks are live: they are only accessed
+ * with 64-bit atomic loads and stores.
+ */
+#ifndef IVSHMFS_LAYOUT_H
+#define IVSHMFS_LAYOUT_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* "IVSHMFS" followed by a zero byte, read as a little-endian uint64. */
+#define IVSHMFS_MAGIC UINT64_C(0x0053464d48535649)
+#define IVSHMFS_LAYOUT_VERSION 1u
+
+#define IVSHMFS_PAGE_SIZE 4096u
+#define IVSHMFS_CONTROL_ALIGN 128u
+#define IVSHMFS_MAX_PARTITIONS 64u
+/* The smallest data area a partition may have. */
+#define IVSHMFS_MIN_CAPACITY IVSHMFS_PAGE_SIZE
+
+struct ivshmfs_header {
+	uint64_t magic;           /*  0: IVSHMFS_MAGIC; stored last by format */
+	uint32_t version;         /*  8: IVSHMFS_LAYOUT_VERSION */
+	uint32_t header_size;     /* 12: sizeof(struct ivshmfs_header) */
+	uint64_t region_size;     /* 16: bytes of the whole region */
+	uint64_t format_id;       /* 24: random, non-zero, new at every format */
+	uint64_t format_time_ns;  /* 32: CLOCK_REALTIME of the format */
+	uint32_t partition_count; /* 40: 1 .. IVSHMFS_MAX_PARTITIONS */
+	uint32_t page_size;       /* 44: alignment of data areas: IVSHMFS_PAGE_SIZE */
+	uint64_t control_offset;  /* 48: first control block; IVSHMFS_CONTROL_ALIGN-aligned */
+	uint64_t data_offset;     /* 56: first byte after the metadata; page-aligned */
+};
+
+struct ivshmfs_partition_entry {
+	uint32_t id;             /*  0: peer id; unique, < IVSHMFS_MAX_PARTITIONS */
+	uint32_t flags;          /*  4: zero in version 1 */
+	uint64_t control_offset; /*  8: this partition's struct ivshmfs_control */
+	uint64_t data_offset;    /* 16: page-aligned, >= header.data_offset */
+	uint64_t capacity;       /* 24: bytes; page multiple, >= IVSHMFS_MIN_CAPACITY */
+};
+
+/*
+ * One control block per partition, 128 bytes: the first cache line holds
+ * what the writer changes on every append (and readers poll), the second the
+ * owner's claim and heartbeat, so heartbeats never disturb the data path.
+ */
+struct ivshmfs_control {
+	/* cache line 0: the data path */
+	uint64_t committed_length; /*  0: bytes published; release store, acquire load */
+	uint64_t generation;       /*  8: seqlock: odd while a reset is under way */
+	uint64_t last_write_ns;    /* 16: CLOCK_REALTIME of the last commit or reset */
+	uint64_t reserved0[5];     /* 24: zero */
+	/* cache line 1: ownership */
+	uint64_t owner_token;     /* 64: 0 = unclaimed; else a random claim token */
+	uint64_t owner_heartbeat_ns; /* 72: CLOCK_REALTIME, refreshed by the live owner */
+	uint64_t owner_since_ns;  /* 80: CLOCK_REALTIME of the claim */
+	uint64_t owner_pid;       /* 88: process id of the owner, in its own system */
+	uint64_t owner_host;      /* 96: hash of the owner system's boot id */
+	uint64_t reserved1[3];    /* 104: zero */
+};
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+/* The layout is part of the on-memory format: a change here is a new version. */
+#ifdef __cplusplus
+#include <cstddef>
+#define IVSHMFS_LAYOUT_ASSERT(expr, msg) static_assert(expr, msg)
+#else
+#include <stddef.h>
+#define IVSHMFS_LAYOUT_ASSERT(expr, msg) _Static_assert(expr, msg)
+#endif
+
+IVSHMFS_LAYOUT_ASSERT(sizeof(struct ivshmfs_header) == 64, "header is 64 bytes");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, version) == 8, "version");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, header_size) == 12, "header_size");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, region_size) == 16, "region_size");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, format_id) == 24, "format_id");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, format_time_ns) == 32, "format_time_ns");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, partition_count) == 40, "partition_count");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, page_size) == 44, "page_size");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, control_offset) == 48, "control_offset");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, data_offset) == 56, "data_offset");
+
+IVSHMFS_LAYOUT_ASSERT(sizeof(struct ivshmfs_partition_entry) == 32, "entry is 32 bytes");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_partition_entry, flags) == 4, "flags");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_partition_entry, control_offset) == 8, "control");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_partition_entry, data_offset) == 16, "data");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_partition_entry, capacity) == 24, "capacity");
+
+IVSHMFS_LAYOUT_ASSERT(sizeof(struct ivshmfs_control) == 128, "control block is 128 bytes");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, generation) == 8, "generation");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, last_write_ns) == 16, "last_write_ns");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_token) == 64, "owner on line 1");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_heartbeat_ns) == 72, "heartbeat");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_since_ns) == 80, "since");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_pid) == 88, "pid");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_host) == 96, "host");
+
+#endif /* IVSHMFS_LAYOUT_H */

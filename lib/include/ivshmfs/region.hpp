@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: MIT
+// The shared region: a validated private copy of its header, and the
+// operations every peer may perform on it (read, stat). Writing is the
+// owner's business: see writer.hpp.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "ivshmfs/backend.hpp"
+#include "ivshmfs/error.hpp"
+#include "ivshmfs/layout.h"
+
+namespace ivshmfs {
+
+struct FormatOptions {
+  uint32_t partitions = 4;  // 1 .. IVSHMFS_MAX_PARTITIONS; ids 0 .. partitions-1
+  bool force = false;       // overwrite a region that already holds a valid header
+};
+
+// How to open a region by path (see Region::open_path).
+struct RegionOpenOptions {
+  bool writable = false;     // map read-write (needed to append or format)
+  bool create = false;       // create a missing host file and format a blank region
+  uint64_t create_size = 0;  // size of a created file
+  uint32_t create_partitions = 4;
+};
+
+// One row of the (validated) partition table.
+struct PartitionInfo {
+  uint32_t id = 0;
+  uint32_t index = 0;  // position in the table
+  uint64_t control_offset = 0;
+  uint64_t data_offset = 0;
+  uint64_t capacity = 0;
+};
+
+struct RegionInfo {
+  uint32_t version = 0;
+  uint64_t region_size = 0;
+  uint64_t format_id = 0;
+  uint64_t format_time_ns = 0;
+  uint32_t partition_count = 0;
+  uint64_t data_offset = 0;
+};
+
+// When an owner counts as alive.
+struct LivenessPolicy {
+  // A claim whose heartbeat is older than this is stale and may be taken over.
+  std::chrono::milliseconds stale_after{5000};
+};
+
+struct PartitionStat {
+  uint32_t id = 0;
+  uint64_t length = 0;  // committed bytes, clamped to capacity
+  uint64_t capacity = 0;
+  uint64_t generation = 0;  // even; bumped by 2 at every reset
+  uint64_t last_write_ns = 0;
+  bool claimed = false;
+  bool alive = false;  // claimed, and the owner is heartbeating
+  uint64_t owner_pid = 0;
+  uint64_t owner_since_ns = 0;
+  uint64_t owner_heartbeat_ns = 0;
+  bool owner_local = false;  // the owner runs on this system (same boot id)
+};
+
+// A consistent view of committed bytes, straight from the mapping. The bytes
+// stay valid while generation_unchanged() holds (committed bytes never
+// change until a reset). Used by zero-copy readers.
+struct ReadView {
+  std::span<const std::byte> bytes;
+  uint64_t generation = 0;
+};
+
+class Region {
+ public:
+  // Formats the backend as a fresh region (new format id, every partition
+  // empty and unclaimed). Refuses a region with a valid header unless force.
+  static Result<void> format(Backend& backend, const FormatOptions& options);
+
+  // Validates the header and partition table (copied once into private
+  // memory) and returns the region. Never reads outside the mapping.
+  static Result<std::shared_ptr<Region>> open(std::unique_ptr<Backend> backend);
+  // Opens the backend at `path` and then the region. With `create`, a missing
+  // host file is created and a blank (never formatted) region is formatted;
+  // a region holding anything else is never overwritten.
+  static Result<std::shared_ptr<Region>> open_path(std::string_view path, const RegionOpenOptions& options);
+
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
+  ~Region();
+
+  [[nodiscard]] const RegionInfo& info() const noexcept { return info_; }
+  [[nodiscard]] const std::vector<PartitionInfo>& partitions() const noexcept { return partitions_; }
+  // nullptr when no partition has this id.
+  [[nodiscard]] const PartitionInfo* find(uint32_t id) const noexcept;
+  [[nodiscard]] Backend& backend() const noexcept { return *backend_; }
+
+  // Errc::reformatted once the region was formatted anew (or wiped) after open.
+  [[nodiscard]] Result<void> check_format() const;
+
+  // Copies committed bytes of partition `id` from `offset` into `out`; returns
+  // how many (0 at or past the end). All from one generation: a read racing a
+  // reset retries, and gives Errc::busy if it never gets a stable snapshot.
+  Result<std::size_t> read(uint32_t id, uint64_t offset, std::span<std::byte> out,
+                           uint64_t* generation = nullptr) const;
+  // Committed bytes [offset, offset+max) as a view into the mapping.
+  Result<ReadView> view(uint32_t id, uint64_t offset, std::size_t max) const;
+  // True while no reset happened since `generation` was read.
+  [[nodiscard]] bool generation_unchanged(uint32_t id, uint64_t generation) const noexcept;
+
+  // Committed length (clamped) and generation in one consistent load.
+  Result<PartitionStat> stat(uint32_t id, const LivenessPolicy& policy = {}) const;
+
+  // For the writer and for polling: the live control block of a partition.
+  // The pointer is into shared memory; access it only atomically.
+  [[nodiscard]] ivshmfs_control* control(const PartitionInfo& p) const noexcept;
+  [[nodiscard]] std::byte* data(const PartitionInfo& p) const noexcept;
+
+ private:
+  explicit Region(std::unique_ptr<Backend> backend);
+
+  std::unique_ptr<Backend> backend_;
+  RegionInfo info_;
+  std::vector<PartitionInfo> partitions_;
+};
+
+// Identity of this system, to tell whether a claim's owner runs here.
+uint64_t local_host_id() noexcept;
+// CLOCK_REALTIME in nanoseconds.
+uint64_t wall_clock_ns() noexcept;
+
+}  // namespace ivshmfs

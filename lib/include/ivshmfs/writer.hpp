@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: MIT
+// The owner of a partition: claims it, appends, resets, heartbeats, releases.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <thread>
+
+#include "ivshmfs/error.hpp"
+#include "ivshmfs/region.hpp"
+
+namespace ivshmfs {
+
+struct ClaimOptions {
+  LivenessPolicy liveness{};
+  // How often the background thread refreshes the heartbeat; zero disables
+  // the thread (the caller then calls heartbeat() itself).
+  std::chrono::milliseconds heartbeat_interval{1000};
+  // Take the partition even from a live owner. The displaced owner notices at
+  // its next append or heartbeat and stops writing.
+  bool force = false;
+};
+
+class PartitionWriter {
+ public:
+  // Claims partition `id`. Refused with Errc::claimed (the message names the
+  // owner and since when) while a live owner holds it; a stale claim, or one
+  // whose owner process is gone from this system, is taken over.
+  static Result<std::unique_ptr<PartitionWriter>> claim(std::shared_ptr<Region> region, uint32_t id,
+                                                        const ClaimOptions& options = {});
+
+  PartitionWriter(const PartitionWriter&) = delete;
+  PartitionWriter& operator=(const PartitionWriter&) = delete;
+  ~PartitionWriter();  // releases the claim
+
+  // Appends after the committed length and publishes the new length. Returns
+  // the bytes appended: fewer than asked when the partition fills, and
+  // Errc::no_space when it is full. Appends are serialised: one never
+  // interleaves with another.
+  Result<std::size_t> append(std::span<const std::byte> bytes);
+  // Truncates the partition to zero under the generation counter.
+  Result<void> reset();
+  // Refreshes the heartbeat; Errc::not_owner once the claim was taken over.
+  Result<void> heartbeat();
+  // Gives the partition up; later calls fail with Errc::not_owner.
+  void release() noexcept;
+
+  [[nodiscard]] uint32_t id() const noexcept { return partition_.id; }
+  [[nodiscard]] const std::shared_ptr<Region>& region() const noexcept { return region_; }
+  [[nodiscard]] const PartitionInfo& partition() const noexcept { return partition_; }
+  [[nodiscard]] bool owns() const noexcept;
+
+ private:
+  PartitionWriter(std::shared_ptr<Region> region, const PartitionInfo& partition, uint64_t token);
+  [[nodiscard]] bool token_held() const noexcept;
+
+  std::shared_ptr<Region> region_;
+  PartitionInfo partition_;
+  ivshmfs_control* control_;
+  std::byte* data_;
+  uint64_t token_;
+  std::mutex append_mutex_;
+  std::jthread heartbeat_thread_;
+};
+
+}  // namespace ivshmfs

@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: MIT
+#include "ivshmfs/region.hpp"
+
+#include <signal.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "ivshmfs/identity.hpp"
+#include "shared.hpp"
+
+namespace ivshmfs {
+
+using detail::load_acquire;
+using detail::load_relaxed;
+using detail::store_relaxed;
+using detail::store_release;
+
+namespace detail {
+uint64_t random_nonzero() noexcept {
+  uint64_t value = 0;
+  while (value == 0) {
+    if (getrandom(&value, sizeof value, 0) != static_cast<ssize_t>(sizeof value)) {
+      // getrandom cannot fail for 8 bytes once the pool is ready; fall back anyway.
+      std::random_device rd;
+      value = (static_cast<uint64_t>(rd()) << 32) ^ rd() ^ wall_clock_ns();
+    }
+  }
+  return value;
+}
+}  // namespace detail
+
+uint64_t wall_clock_ns() noexcept {
+  timespec ts{};
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+uint64_t local_host_id() noexcept {
+  static const uint64_t id = [] {
+    std::string boot_id;
+    std::ifstream("/proc/sys/kernel/random/boot_id") >> boot_id;
+    uint64_t hash = 1469598103934665603ULL;  // FNV-1a
+    for (unsigned char c : boot_id) hash = (hash ^ c) * 1099511628211ULL;
+    return hash == 0 ? 1 : hash;
+  }();
+  return id;
+}
+
+namespace {
+
+constexpr uint64_t round_up(uint64_t value, uint64_t align) { return (value + align - 1) / align * align; }
+
+// Sum that reports overflow instead of wrapping: hostile fields must not wrap
+// an offset back inside the mapping.
+bool add_overflows(uint64_t a, uint64_t b, uint64_t* sum) { return __builtin_add_overflow(a, b, sum); }
+
+std::string hex(uint64_t v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace
+
+Result<void> Region::format(Backend& backend, const FormatOptions& options) {
+  const std::string& path = backend.path();
+  if (!backend.writable()) return make_error(Errc::read_only, path + ": opened read-only, cannot format");
+  const uint32_t count = options.partitions;
+  if (count == 0 || count > IVSHMFS_MAX_PARTITIONS) {
+    return make_error(Errc::invalid_argument, "partition count " + std::to_string(count) + " is out of range 1.." +
+                                                  std::to_string(IVSHMFS_MAX_PARTITIONS));
+  }
+  const uint64_t size = backend.size();
+  const uint64_t control_offset =
+      round_up(sizeof(ivshmfs_header) + count * sizeof(ivshmfs_partition_entry), IVSHMFS_CONTROL_ALIGN);
+  const uint64_t data_offset = round_up(control_offset + count * sizeof(ivshmfs_control), IVSHMFS_PAGE_SIZE);
+  const uint64_t per_partition =
+      size > data_offset ? (size - data_offset) / count / IVSHMFS_PAGE_SIZE * IVSHMFS_PAGE_SIZE : 0;
+  if (per_partition < IVSHMFS_MIN_CAPACITY) {
+    return make_error(Errc::region_too_small, path + ": " + format_size(size) + " is too small for " +
+                                                  std::to_string(count) + " partitions (need at least " +
+                                                  format_size(data_offset + uint64_t{count} * IVSHMFS_MIN_CAPACITY) +
+                                                  ")");
+  }
+
+  auto* header = reinterpret_cast<ivshmfs_header*>(backend.bytes().data());
+  const uint64_t magic = load_acquire(header->magic);
+  if (magic != 0 && !options.force) {
+    return make_error(Errc::already_formatted,
+                      path + ": already holds data (magic " + hex(magic) + "); pass --force to format it anew");
+  }
+
+  // Peers must never see a half-written header: clear the magic first, publish it last.
+  store_release(header->magic, 0);
+  std::memset(backend.bytes().data() + sizeof(uint64_t), 0, data_offset - sizeof(uint64_t));
+  header->version = IVSHMFS_LAYOUT_VERSION;
+  header->header_size = sizeof(ivshmfs_header);
+  header->region_size = size;
+  store_relaxed(header->format_id, detail::random_nonzero());
+  header->format_time_ns = wall_clock_ns();
+  header->partition_count = count;
+  header->page_size = IVSHMFS_PAGE_SIZE;
+  header->control_offset = control_offset;
+  header->data_offset = data_offset;
+  auto* table = reinterpret_cast<ivshmfs_partition_entry*>(backend.bytes().data() + sizeof(ivshmfs_header));
+  for (uint32_t i = 0; i < count; ++i) {
+    table[i].id = i;
+    table[i].flags = 0;
+    table[i].control_offset = control_offset + uint64_t{i} * sizeof(ivshmfs_control);
+    table[i].data_offset = data_offset + uint64_t{i} * per_partition;
+    table[i].capacity = per_partition;
+  }
+  store_release(header->magic, IVSHMFS_MAGIC);
+  return {};
+}
+
+Region::Region(std::unique_ptr<Backend> backend) : backend_(std::move(backend)) {}
+Region::~Region() = default;
+
+Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
+  if (!backend) return make_error(Errc::invalid_argument, "no backend");
+  const std::string path = backend->path();
+  const std::span<std::byte> bytes = backend->bytes();
+  const uint64_t size = bytes.size();
+  if (size < sizeof(ivshmfs_header)) {
+    return make_error(Errc::region_too_small, path + ": " + std::to_string(size) + " bytes cannot hold the " +
+                                                  std::to_string(sizeof(ivshmfs_header)) + "-byte header");
+  }
+  // One private copy; nothing below reads the shared header again.
+  ivshmfs_header h{};
+  h.magic = load_acquire(reinterpret_cast<ivshmfs_header*>(bytes.data())->magic);
+  std::memcpy(reinterpret_cast<std::byte*>(&h) + sizeof h.magic, bytes.data() + sizeof h.magic,
+              sizeof h - sizeof h.magic);
+
+  auto corrupt = [&](const std::string& what) {
+    return make_error(Errc::corrupt_header, path + ": corrupt header: " + what);
+  };
+  if (h.magic == 0)
+    return make_error(Errc::not_formatted, path + ": not formatted (run 'ivshmctl format " + path + "')");
+  if (h.magic != IVSHMFS_MAGIC) {
+    return make_error(Errc::bad_magic, path + ": bad magic " + hex(h.magic) + " (expected " + hex(IVSHMFS_MAGIC) +
+                                           "): not an ivshmfs region");
+  }
+  if (h.version != IVSHMFS_LAYOUT_VERSION) {
+    return make_error(Errc::unsupported_version, path + ": layout version " + std::to_string(h.version) +
+                                                     " is not supported (this build reads version " +
+                                                     std::to_string(IVSHMFS_LAYOUT_VERSION) + ")");
+  }
+  if (h.header_size != sizeof(ivshmfs_header))
+    return corrupt("header_size " + std::to_string(h.header_size) + " is not 64");
+  if (h.region_size != size) {
+    return make_error(Errc::size_mismatch, path + ": header says the region is " + std::to_string(h.region_size) +
+                                               " bytes but the mapping is " + std::to_string(size));
+  }
+  if (h.format_id == 0) return corrupt("format_id is zero");
+  if (h.partition_count == 0 || h.partition_count > IVSHMFS_MAX_PARTITIONS) {
+    return corrupt("partition_count " + std::to_string(h.partition_count) + " is out of range 1.." +
+                   std::to_string(IVSHMFS_MAX_PARTITIONS));
+  }
+  if (h.page_size != IVSHMFS_PAGE_SIZE) return corrupt("page_size " + std::to_string(h.page_size) + " is not 4096");
+  const uint64_t count = h.partition_count;
+  const uint64_t table_end = sizeof(ivshmfs_header) + count * sizeof(ivshmfs_partition_entry);
+  uint64_t controls_end = 0;
+  if (h.control_offset % IVSHMFS_CONTROL_ALIGN != 0 || h.control_offset < table_end ||
+      add_overflows(h.control_offset, count * sizeof(ivshmfs_control), &controls_end)) {
+    return corrupt("control_offset " + hex(h.control_offset) + " is misaligned or overlaps the partition table");
+  }
+  if (h.data_offset % IVSHMFS_PAGE_SIZE != 0 || h.data_offset < controls_end || h.data_offset > size) {
+    return corrupt("data_offset " + hex(h.data_offset) +
+                   " is misaligned, overlaps the control blocks or lies past the end");
+  }
+
+  std::vector<ivshmfs_partition_entry> table(count);
+  std::memcpy(table.data(), bytes.data() + sizeof(ivshmfs_header), count * sizeof(ivshmfs_partition_entry));
+
+  auto region = std::shared_ptr<Region>(new Region(std::move(backend)));
+  region->info_ = RegionInfo{h.version, h.region_size, h.format_id, h.format_time_ns, h.partition_count, h.data_offset};
+  std::set<uint32_t> ids;
+  for (uint32_t i = 0; i < count; ++i) {
+    const ivshmfs_partition_entry& e = table[i];
+    auto bad = [&](const std::string& what) {
+      return make_error(Errc::corrupt_partition_table,
+                        path + ": corrupt partition table: entry " + std::to_string(i) + ": " + what);
+    };
+    if (e.id >= IVSHMFS_MAX_PARTITIONS) return bad("id " + std::to_string(e.id) + " is out of range");
+    if (!ids.insert(e.id).second) return bad("id " + std::to_string(e.id) + " is used twice");
+    if (e.flags != 0) return bad("unknown flags " + hex(e.flags));
+    if (e.control_offset != h.control_offset + uint64_t{i} * sizeof(ivshmfs_control)) {
+      return bad("control_offset " + hex(e.control_offset) + " is not control block " + std::to_string(i));
+    }
+    uint64_t end = 0;
+    if (e.data_offset % IVSHMFS_PAGE_SIZE != 0 || e.data_offset < h.data_offset) {
+      return bad("data_offset " + hex(e.data_offset) + " is misaligned or inside the metadata");
+    }
+    if (e.capacity < IVSHMFS_MIN_CAPACITY || e.capacity % IVSHMFS_PAGE_SIZE != 0) {
+      return bad("capacity " + std::to_string(e.capacity) + " is not a positive multiple of the page size");
+    }
+    if (add_overflows(e.data_offset, e.capacity, &end) || end > size) {
+      return bad("data area " + hex(e.data_offset) + "+" + hex(e.capacity) + " lies past the end of the region");
+    }
+    region->partitions_.push_back(PartitionInfo{e.id, i, e.control_offset, e.data_offset, e.capacity});
+  }
+  std::vector<PartitionInfo> by_offset = region->partitions_;
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const PartitionInfo& a, const PartitionInfo& b) { return a.data_offset < b.data_offset; });
+  for (std::size_t i = 1; i < by_offset.size(); ++i) {
+    if (by_offset[i - 1].data_offset + by_offset[i - 1].capacity > by_offset[i].data_offset) {
+      return make_error(Errc::corrupt_partition_table, path + ": corrupt partition table: data areas of partitions " +
+                                                           std::to_string(by_offset[i - 1].id) + " and " +
+                                                           std::to_string(by_offset[i].id) + " overlap");
+    }
+  }
+  return region;
+}
+
+Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const RegionOpenOptions& options) {
+  const BackendOptions backend_options{options.writable || options.create, options.create, options.create_size};
+  auto backend = Backend::open(path, backend_options);
+  if (!backend) return std::move(backend).error();
+  if (options.create) {
+    // Only a blank region is formatted: anything else is opened (and validated) as it is.
+    auto* header = reinterpret_cast<ivshmfs_header*>((*backend)->bytes().data());
+    if ((*backend)->size() >= sizeof(ivshmfs_header) && load_acquire(header->magic) == 0) {
+      FormatOptions format_options;
+      format_options.partitions = options.create_partitions;
+      if (auto r = format(**backend, format_options); !r) return std::move(r).error();
+    }
+  }
+  return open(std::move(backend).value());
+}
+
+const PartitionInfo* Region::find(uint32_t id) const noexcept {
+  for (const auto& p : partitions_) {
+    if (p.id == id) return &p;
+  }
+  return nullptr;
+}
+
+ivshmfs_control* Region::control(const PartitionInfo& p) const noexcept {
+  return reinterpret_cast<ivshmfs_control*>(backend_->bytes().data() + p.control_offset);
+}
+
+std::byte* Region::data(const PartitionInfo& p) const noexcept { return backend_->bytes().data() + p.data_offset; }
+
+Result<void> Region::check_format() const {
+  auto* header = reinterpret_cast<ivshmfs_header*>(backend_->bytes().data());
+  const uint64_t magic = load_acquire(header->magic);
+  const uint64_t format_id = load_acquire(header->format_id);
+  if (magic != IVSHMFS_MAGIC || format_id != info_.format_id) {
+    return make_error(Errc::reformatted, backend_->path() + ": the region was formatted anew (format id " +
+                                             hex(info_.format_id) + " is now " + hex(format_id) + ")");
+  }
+  return {};
+}
+
+namespace {
+
+constexpr int kMaxReadAttempts = 10000;
+
+Error no_partition(const Region& region, uint32_t id) {
+  return make_error(Errc::no_such_partition, region.backend().path() + ": no partition " + std::to_string(id) +
+                                                 " (the region has " + std::to_string(region.info().partition_count) +
+                                                 ")");
+}
+
+void backoff(int attempt) {
+  if (attempt > 16) std::this_thread::yield();
+}
+
+}  // namespace
+
+bool Region::generation_unchanged(uint32_t id, uint64_t generation) const noexcept {
+  const PartitionInfo* p = find(id);
+  if (p == nullptr) return false;
+  std::atomic_thread_fence(std::memory_order_acquire);
+  return load_relaxed(control(*p)->generation) == generation;
+}
+
+Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) const {
+  const PartitionInfo* p = find(id);
+  if (p == nullptr) return no_partition(*this, id);
+  ivshmfs_control* c = control(*p);
+  for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
+    const uint64_t gen = load_acquire(c->generation);
+    if (gen % 2 != 0) {  // a reset is under way
+      backoff(attempt);
+      continue;
+    }
+    const uint64_t length = std::min(load_acquire(c->committed_length), p->capacity);
+    if (offset >= length) return ReadView{{}, gen};
+    const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(max, length - offset));
+    return ReadView{{data(*p) + offset, n}, gen};
+  }
+  return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
+}
+
+Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::byte> out, uint64_t* generation) const {
+  for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
+    auto v = view(id, offset, out.size());
+    if (!v) return std::move(v).error();
+    if (!v->bytes.empty()) std::memcpy(out.data(), v->bytes.data(), v->bytes.size());
+    // Committed bytes never change within a generation, so an unchanged
+    // generation proves the copy is all from one.
+    if (generation_unchanged(id, v->generation)) {
+      if (generation != nullptr) *generation = v->generation;
+      return v->bytes.size();
+    }
+    backoff(attempt);
+  }
+  return make_error(Errc::busy,
+                    backend_->path() + ": partition " + std::to_string(id) + " kept resetting during a read");
+}
+
+Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) const {
+  const PartitionInfo* p = find(id);
+  if (p == nullptr) return no_partition(*this, id);
+  ivshmfs_control* c = control(*p);
+  PartitionStat s;
+  s.id = id;
+  s.capacity = p->capacity;
+  for (int attempt = 0;; ++attempt) {
+    const uint64_t gen = load_acquire(c->generation);
+    s.length = std::min(load_acquire(c->committed_length), p->capacity);
+    s.last_write_ns = load_relaxed(c->last_write_ns);
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (gen % 2 == 0 && load_relaxed(c->generation) == gen) {
+      s.generation = gen;
+      break;
+    }
+    if (attempt >= kMaxReadAttempts) {
+      return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
+    }
+    backoff(attempt);
+  }
+  s.claimed = load_acquire(c->owner_token) != 0;
+  s.owner_pid = load_relaxed(c->owner_pid);
+  s.owner_since_ns = load_relaxed(c->owner_since_ns);
+  s.owner_heartbeat_ns = load_relaxed(c->owner_heartbeat_ns);
+  s.owner_local = load_relaxed(c->owner_host) == local_host_id();
+  if (s.claimed) {
+    const uint64_t now = wall_clock_ns();
+    const uint64_t stale_ns = static_cast<uint64_t>(policy.stale_after.count()) * 1'000'000ULL;
+    // A heartbeat from a clock ahead of ours counts as fresh.
+    const bool fresh = s.owner_heartbeat_ns >= now || now - s.owner_heartbeat_ns <= stale_ns;
+    // On this system a vanished owner process is dead at once, heartbeat or not.
+    const bool gone = s.owner_local && s.owner_pid > 0 && s.owner_pid < (1ULL << 31) &&
+                      ::kill(static_cast<pid_t>(s.owner_pid), 0) != 0 && errno == ESRCH;
+    s.alive = fresh && !gone;
+  }
+  return s;
+}
+
+}  // namespace ivshmfs
