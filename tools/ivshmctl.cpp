@@ -1,0 +1,381 @@
+// SPDX-License-Identifier: MIT
+// ivshmctl: format, inspect, read, write and reset an ivshmfs region.
+#include <getopt.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "ivshmfs/identity.hpp"
+#include "ivshmfs/region.hpp"
+#include "ivshmfs/writer.hpp"
+
+namespace {
+
+using namespace ivshmfs;
+
+constexpr std::size_t kChunk = 1 << 20;
+
+const char* const kUsage =
+    "Usage: ivshmctl COMMAND [OPTIONS] BACKEND [ID]\n"
+    "\n"
+    "Administer an ivshmfs shared region. BACKEND is a host file (e.g. /dev/shm/ivshm),\n"
+    "an ivshm device (/dev/ivshm0) or a PCI resource file (.../resource2).\n"
+    "\n"
+    "Commands:\n"
+    "  format [--size SIZE] [--partitions N] [--force] BACKEND\n"
+    "                         lay out a fresh region (every partition empty)\n"
+    "  status [--json] BACKEND\n"
+    "                         show the layout and every partition's owner and length\n"
+    "  read BACKEND ID        write partition ID's committed bytes to stdout\n"
+    "  write [--force] BACKEND ID\n"
+    "                         append stdin to partition ID\n"
+    "  reset [--force] BACKEND ID\n"
+    "                         truncate partition ID to zero bytes\n"
+    "\n"
+    "Run 'ivshmctl COMMAND --help' for a command's options.\n"
+    "Exit status: 0 on success, 1 on error, 2 on a usage error.\n";
+
+int usage_error(const std::string& message) {
+  std::fprintf(stderr, "ivshmctl: %s\nTry 'ivshmctl --help'.\n", message.c_str());
+  return 2;
+}
+
+int fail(const Error& error) {
+  std::fprintf(stderr, "ivshmctl: %s\n", error.message.c_str());
+  return 1;
+}
+
+std::string iso_time(uint64_t ns) {
+  if (ns == 0) return "-";
+  const time_t secs = static_cast<time_t>(ns / 1'000'000'000ULL);
+  tm local{};
+  char out[64];
+  if (localtime_r(&secs, &local) == nullptr) return "-";
+  std::strftime(out, sizeof out, "%Y-%m-%dT%H:%M:%S", &local);
+  char frac[16];
+  std::snprintf(frac, sizeof frac, ".%03" PRIu64, static_cast<uint64_t>((ns / 1000000U) % 1000U));
+  return std::string(out) + frac;
+}
+
+// Parses a partition id argument.
+std::optional<uint32_t> parse_id(const char* text) {
+  char* end = nullptr;
+  errno = 0;
+  const unsigned long value = std::strtoul(text, &end, 10);
+  if (errno != 0 || end == text || *end != '\0' || text[0] == '-' || value > UINT32_MAX) return std::nullopt;
+  return static_cast<uint32_t>(value);
+}
+
+struct Args {
+  std::vector<std::string> positional;
+  std::optional<std::string> size;
+  std::optional<std::string> partitions;
+  bool force = false;
+  bool json = false;
+  bool help = false;
+};
+
+// Parses the options a command accepts ("size", "partitions", "force", "json").
+std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::string>& allowed, std::string* error) {
+  Args args;
+  std::vector<option> longopts;
+  for (const auto& name : allowed) {
+    const bool has_value = name == "size" || name == "partitions";
+    longopts.push_back({name.c_str(), has_value ? required_argument : no_argument, nullptr, 0});
+  }
+  longopts.push_back({"help", no_argument, nullptr, 'h'});
+  longopts.push_back({nullptr, 0, nullptr, 0});
+  optind = 1;
+  opterr = 0;
+  int index = 0;
+  for (;;) {
+    const int c = getopt_long(argc, argv, "+h", longopts.data(), &index);
+    if (c == -1) break;
+    if (c == 'h') {
+      args.help = true;
+      continue;
+    }
+    if (c == '?' || c == ':') {
+      *error = std::string("unknown or incomplete option '") + argv[optind - 1] + "'";
+      return std::nullopt;
+    }
+    const std::string name = longopts[static_cast<std::size_t>(index)].name;
+    if (name == "size") args.size = optarg;
+    if (name == "partitions") args.partitions = optarg;
+    if (name == "force") args.force = true;
+    if (name == "json") args.json = true;
+  }
+  for (int i = optind; i < argc; ++i) args.positional.emplace_back(argv[i]);
+  return args;
+}
+
+Result<std::shared_ptr<Region>> open_region(const std::string& path, bool writable) {
+  RegionOpenOptions options;
+  options.writable = writable;
+  return Region::open_path(path, options);
+}
+
+int cmd_format(const Args& args) {
+  if (args.positional.size() != 1) return usage_error("format takes one BACKEND");
+  const std::string& path = args.positional[0];
+  FormatOptions format;
+  format.force = args.force;
+  if (args.partitions) {
+    auto id = parse_id(args.partitions->c_str());
+    if (!id || *id == 0 || *id > IVSHMFS_MAX_PARTITIONS) {
+      return usage_error("--partitions '" + *args.partitions + "' is not a number from 1 to " +
+                         std::to_string(IVSHMFS_MAX_PARTITIONS));
+    }
+    format.partitions = *id;
+  }
+  uint64_t size = 0;
+  if (args.size) {
+    auto parsed = parse_size(*args.size);
+    if (!parsed) return usage_error(parsed.error().message);
+    size = *parsed;
+  }
+  const bool exists = ::access(path.c_str(), F_OK) == 0;
+  if (!exists && size == 0) {
+    return fail(make_error(Errc::invalid_argument, path + ": no such file; pass --size SIZE to create it"));
+  }
+  BackendOptions options{true, !exists, size};
+  auto backend = Backend::open(path, options);
+  if (!backend) return fail(backend.error());
+  if (size != 0 && (*backend)->size() != size) {
+    return fail(make_error(Errc::size_mismatch, path + ": is " + format_size((*backend)->size()) + " but --size says " +
+                                                    format_size(size) + " (omit --size to use the existing size)"));
+  }
+  if (auto r = Region::format(**backend, format); !r) return fail(r.error());
+  auto region = Region::open(std::move(backend).value());
+  if (!region) return fail(region.error());
+  const auto& parts = (*region)->partitions();
+  std::printf("formatted %s: %s, %zu partitions of %s each\n", path.c_str(),
+              format_size((*region)->info().region_size).c_str(), parts.size(),
+              format_size(parts.front().capacity).c_str());
+  return 0;
+}
+
+std::string json_escape(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\';
+    if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+int cmd_status(const Args& args) {
+  if (args.positional.size() != 1) return usage_error("status takes one BACKEND");
+  auto region = open_region(args.positional[0], false);
+  if (!region) return fail(region.error());
+  const Region& r = **region;
+  const RegionInfo& info = r.info();
+  std::vector<PartitionStat> stats;
+  for (const auto& p : r.partitions()) {
+    auto s = r.stat(p.id);
+    if (!s) return fail(s.error());
+    stats.push_back(*s);
+  }
+  if (args.json) {
+    std::printf("{\"backend\":\"%s\",\"kind\":\"%s\",\"version\":%u,\"region_size\":%" PRIu64
+                ",\"format_id\":\"%016" PRIx64 "\",\"format_time_ns\":%" PRIu64
+                ",\"partition_count\":%u,\"partitions\":[",
+                json_escape(r.backend().path()).c_str(), to_string(r.backend().kind()), info.version, info.region_size,
+                info.format_id, info.format_time_ns, info.partition_count);
+    for (std::size_t i = 0; i < stats.size(); ++i) {
+      const PartitionStat& s = stats[i];
+      std::printf("%s{\"id\":%u,\"claimed\":%s,\"alive\":%s,\"owner_pid\":%" PRIu64
+                  ",\"owner_local\":%s,"
+                  "\"owner_since_ns\":%" PRIu64 ",\"owner_heartbeat_ns\":%" PRIu64 ",\"length\":%" PRIu64
+                  ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64 "}",
+                  i == 0 ? "" : ",", s.id, s.claimed ? "true" : "false", s.alive ? "true" : "false",
+                  s.claimed ? s.owner_pid : 0, s.claimed && s.owner_local ? "true" : "false",
+                  s.claimed ? s.owner_since_ns : 0, s.claimed ? s.owner_heartbeat_ns : 0, s.length, s.capacity,
+                  s.generation, s.last_write_ns);
+    }
+    std::printf("]}\n");
+    return 0;
+  }
+  std::printf("region %s (%s): layout v%u, %s, %u partitions, format id %016" PRIx64 ", formatted %s\n",
+              r.backend().path().c_str(), to_string(r.backend().kind()), info.version,
+              format_size(info.region_size).c_str(), info.partition_count, info.format_id,
+              iso_time(info.format_time_ns).c_str());
+  std::printf("%-4s %-22s %-5s %21s %10s  %s\n", "ID", "OWNER", "ALIVE", "LENGTH/CAPACITY", "GENERATION", "LAST WRITE");
+  for (const PartitionStat& s : stats) {
+    std::string owner = "-";
+    if (s.claimed) owner = "pid " + std::to_string(s.owner_pid) + (s.owner_local ? " (here)" : " (remote)");
+    char length[48];
+    std::snprintf(length, sizeof length, "%" PRIu64 "/%" PRIu64, s.length, s.capacity);
+    std::printf("%-4u %-22s %-5s %21s %10" PRIu64 "  %s\n", s.id, owner.c_str(),
+                s.claimed ? (s.alive ? "yes" : "stale") : "-", length, s.generation, iso_time(s.last_write_ns).c_str());
+  }
+  return 0;
+}
+
+int cmd_read(const Args& args) {
+  if (args.positional.size() != 2) return usage_error("read takes BACKEND ID");
+  auto id = parse_id(args.positional[1].c_str());
+  if (!id) return usage_error("'" + args.positional[1] + "' is not a partition id");
+  auto region = open_region(args.positional[0], false);
+  if (!region) return fail(region.error());
+  std::vector<std::byte> buffer(kChunk);
+  uint64_t offset = 0;
+  std::optional<uint64_t> first_generation;
+  for (;;) {
+    uint64_t generation = 0;
+    auto n = (*region)->read(*id, offset, buffer, &generation);
+    if (!n) return fail(n.error());
+    if (first_generation && *first_generation != generation) {
+      return fail(make_error(
+          Errc::busy, args.positional[0] + ": partition " + args.positional[1] + " was reset while it was being read"));
+    }
+    first_generation = generation;
+    if (*n == 0) break;
+    if (std::fwrite(buffer.data(), 1, *n, stdout) != *n) return fail(make_sys_error("stdout"));
+    offset += *n;
+  }
+  if (std::fflush(stdout) != 0) return fail(make_sys_error("stdout"));
+  return 0;
+}
+
+Result<std::unique_ptr<PartitionWriter>> claim_for_cli(const Args& args, uint32_t id) {
+  auto region = open_region(args.positional[0], true);
+  if (!region) return std::move(region).error();
+  ClaimOptions claim;
+  claim.force = args.force;
+  auto writer = PartitionWriter::claim(std::move(region).value(), id, claim);
+  if (!writer && writer.error().code == Errc::claimed) {
+    Error e = std::move(writer).error();
+    e.message += "; stop it first, or pass --force";
+    return e;
+  }
+  return writer;
+}
+
+int cmd_write(const Args& args) {
+  if (args.positional.size() != 2) return usage_error("write takes BACKEND ID");
+  auto id = parse_id(args.positional[1].c_str());
+  if (!id) return usage_error("'" + args.positional[1] + "' is not a partition id");
+  auto writer = claim_for_cli(args, *id);
+  if (!writer) return fail(writer.error());
+  std::vector<std::byte> buffer(kChunk);
+  uint64_t total = 0;
+  for (;;) {
+    const ssize_t got = ::read(STDIN_FILENO, buffer.data(), buffer.size());
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return fail(make_sys_error("stdin"));
+    if (got == 0) break;
+    std::size_t done = 0;
+    while (done < static_cast<std::size_t>(got)) {
+      auto n = (*writer)->append(std::span(buffer).subspan(done, static_cast<std::size_t>(got) - done));
+      if (!n) {
+        Error e = std::move(n).error();
+        e.message += " after " + std::to_string(total + done) + " bytes";
+        return fail(e);
+      }
+      done += *n;
+    }
+    total += done;
+  }
+  return 0;
+}
+
+int cmd_reset(const Args& args) {
+  if (args.positional.size() != 2) return usage_error("reset takes BACKEND ID");
+  auto id = parse_id(args.positional[1].c_str());
+  if (!id) return usage_error("'" + args.positional[1] + "' is not a partition id");
+  auto writer = claim_for_cli(args, *id);
+  if (!writer) return fail(writer.error());
+  if (auto r = (*writer)->reset(); !r) return fail(r.error());
+  return 0;
+}
+
+struct Command {
+  std::vector<std::string> options;
+  const char* help;
+  std::function<int(const Args&)> run;
+};
+
+const std::map<std::string, Command>& commands() {
+  static const std::map<std::string, Command> table{
+      {"format",
+       {{"size", "partitions", "force"},
+        "Usage: ivshmctl format [--size SIZE] [--partitions N] [--force] BACKEND\n\n"
+        "Lay out a fresh region: a new format id, N empty, unclaimed partitions of equal size.\n\n"
+        "  --size SIZE       create a missing host file of SIZE bytes (K, M, G, T suffixes);\n"
+        "                    for an existing backend it must match its size\n"
+        "  --partitions N    number of partitions, 1..64 (default 4); ids are 0..N-1\n"
+        "  --force           format even if BACKEND already holds data (destroys it)\n",
+        cmd_format}},
+      {"status",
+       {{"json"},
+        "Usage: ivshmctl status [--json] BACKEND\n\n"
+        "Show the region's layout and, per partition: id, owner, whether the owner is alive\n"
+        "(heartbeating), committed length and capacity, generation (resets), last write.\n\n"
+        "  --json            one JSON object instead of the table\n",
+        cmd_status}},
+      {"read",
+       {{},
+        "Usage: ivshmctl read BACKEND ID\n\n"
+        "Write the committed bytes of partition ID to standard output, unchanged.\n",
+        cmd_read}},
+      {"write",
+       {{"force"},
+        "Usage: ivshmctl write [--force] BACKEND ID\n\n"
+        "Append standard input to partition ID. Refused while a live owner (e.g. a mounted\n"
+        "ivshmfs daemon) holds the partition.\n\n"
+        "  --force           take the partition from its live owner, which stops writing\n",
+        cmd_write}},
+      {"reset",
+       {{"force"},
+        "Usage: ivshmctl reset [--force] BACKEND ID\n\n"
+        "Truncate partition ID to zero bytes; readers see the new generation.\n\n"
+        "  --force           take the partition from its live owner, which stops writing\n",
+        cmd_reset}},
+  };
+  return table;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  spdlog::set_pattern("ivshmctl: %v");
+  spdlog::set_level(spdlog::level::warn);
+  if (argc < 2) return usage_error("no command given");
+  const std::string name = argv[1];
+  if (name == "--help" || name == "-h" || name == "help") {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  if (name == "--version") {
+    std::printf("ivshmctl %s (layout version %u)\n", IVSHMFS_VERSION, IVSHMFS_LAYOUT_VERSION);
+    return 0;
+  }
+  auto it = commands().find(name);
+  if (it == commands().end()) return usage_error("unknown command '" + name + "'");
+  std::string error;
+  auto args = parse_args(argc - 1, argv + 1, it->second.options, &error);
+  if (!args) return usage_error(error);
+  if (args->help) {
+    std::fputs(it->second.help, stdout);
+    return 0;
+  }
+  return it->second.run(*args);
+}
