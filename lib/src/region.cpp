@@ -271,6 +271,18 @@ Error no_partition(const Region& region, uint32_t id) {
                                                  ")");
 }
 
+// False once `pid` has exited, including as a zombie its parent has not reaped.
+bool process_running(pid_t pid) {
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  if (!std::getline(stat, line)) return true;  // no /proc: trust kill()
+  const auto paren = line.rfind(')');
+  if (paren == std::string::npos || paren + 2 >= line.size()) return true;
+  const char state = line[paren + 2];
+  return state != 'Z' && state != 'X';
+}
+
 void backoff(int attempt) {
   if (attempt > 16) std::this_thread::yield();
 }
@@ -352,7 +364,7 @@ Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) co
     const bool fresh = s.owner_heartbeat_ns >= now || now - s.owner_heartbeat_ns <= stale_ns;
     // On this system a vanished owner process is dead at once, heartbeat or not.
     const bool gone = s.owner_local && s.owner_pid > 0 && s.owner_pid < (1ULL << 31) &&
-                      ::kill(static_cast<pid_t>(s.owner_pid), 0) != 0 && errno == ESRCH;
+                      !process_running(static_cast<pid_t>(s.owner_pid));
     s.alive = fresh && !gone;
   }
   return s;
