@@ -1,0 +1,177 @@
+# SPDX-License-Identifier: GPL-2.0
+# Shared helpers of the ivshmfs guest harness; sourced, not run.
+
+GUEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd "$GUEST_DIR/../.." && pwd)
+
+log() { printf '[guest-harness] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# The Debian kernel the guests boot: newest /boot/vmlinuz-*-amd64 that has
+# modules and headers installed, unless GUEST_KVER is set.
+guest_kver() {
+	if [ -n "${GUEST_KVER:-}" ]; then
+		echo "$GUEST_KVER"
+		return
+	fi
+	local k v
+	for k in $(ls -1 /boot/vmlinuz-*-amd64 2>/dev/null | sort -V -r); do
+		v=${k#/boot/vmlinuz-}
+		if [ -d "/lib/modules/$v/kernel" ] && [ -e "/usr/src/linux-headers-$v/Makefile" ]; then
+			echo "$v"
+			return
+		fi
+	done
+	die "no Debian kernel with modules and headers found (install linux-image-amd64 linux-headers-amd64)"
+}
+
+guest_kdir() {
+	local v
+	v=$(guest_kver)
+	if [ -e "/lib/modules/$v/build/Makefile" ]; then
+		echo "/lib/modules/$v/build"
+	else
+		echo "/usr/src/linux-headers-$v"
+	fi
+}
+
+# Work directory for build products of the harness (module, initramfs, logs).
+guest_work() {
+	local w=${GUEST_WORK:-${1:-$REPO_DIR/build}/guest}
+	mkdir -p "$w"
+	echo "$w"
+}
+
+pkg_installed() {
+	dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
+# Install what the harness needs when it is missing (fresh CI machine).
+# kmod gives modinfo/depmod, fuse3 the host-side fusermount3.
+GUEST_PACKAGES="qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static cpio gzip gcc libc6-dev make kmod fuse3"
+
+guest_install_deps() {
+	local missing=() p
+	for p in $GUEST_PACKAGES; do
+		pkg_installed "$p" || missing+=("$p")
+	done
+	if [ ${#missing[@]} -eq 0 ]; then
+		return 0
+	fi
+	[ "$(id -u)" -eq 0 ] || die "missing packages (${missing[*]}); run as root to install them"
+	log "installing: ${missing[*]}"
+	export DEBIAN_FRONTEND=noninteractive
+	apt-get update -q >&2
+	apt-get install -y -q --no-install-recommends "${missing[@]}" >&2
+}
+
+# ---- building ----
+
+# Build ivshm.ko out of the source tree into WORK/module; print its path.
+guest_build_module() {
+	local work=$1 kdir
+	kdir=$(guest_kdir)
+	rm -rf "$work/module"
+	mkdir -p "$work/module"
+	cp "$REPO_DIR"/kernel/Makefile "$REPO_DIR"/kernel/ivshm.c "$work/module/"
+	cp -r "$REPO_DIR"/kernel/uapi "$work/module/"
+	make -s -C "$work/module" KDIR="$kdir" W=1 >&2 || die "building ivshm.ko against $kdir failed"
+	echo "$work/module/ivshm.ko"
+}
+
+# Build the static ivshm-test helper; print its path.
+guest_build_test_prog() {
+	local work=$1
+	cc -static -O2 -Wall -Wextra -Werror -I "$REPO_DIR/kernel/uapi" \
+		-o "$work/ivshm-test" "$GUEST_DIR/ivshm-test.c" >&2 || die "building ivshm-test failed"
+	echo "$work/ivshm-test"
+}
+
+# ---- booting ----
+
+# Extra QEMU arguments, e.g. GUEST_QEMU_ARGS="-accel kvm" where KVM works.
+GUEST_ACCEL=${GUEST_ACCEL:-tcg}
+GUEST_MEM=${GUEST_MEM:-256M}
+
+# guest_start NAME INITRD SHMFILE SCENARIO ARGS LOG [DEVICE-OPTS]
+# Boot one guest in the background, hostname NAME, its ivshmem-plain device
+# backed by SHMFILE (whose size is the BAR2 size). Prints QEMU's pid.
+guest_start() {
+	local name=$1 initrd=$2 shm=$3 scenario=$4 args=$5 logf=$6 size kver
+	kver=$(guest_kver)
+	size=$(stat -c %s "$shm")
+	: > "$logf"
+	# shellcheck disable=SC2086
+	qemu-system-x86_64 -accel "$GUEST_ACCEL" -machine "${GUEST_MACHINE:-pc}" -cpu max -smp 1 -m "$GUEST_MEM" \
+		-nodefaults -no-reboot -display none -monitor none \
+		-serial "file:$logf" \
+		-kernel "/boot/vmlinuz-$kver" -initrd "$initrd" \
+		-append "console=ttyS0 quiet loglevel=4 panic=-1 ${GUEST_APPEND:-}ivshmfs.hostname=$name ivshmfs.scenario=$scenario ivshmfs.args=$args" \
+		-object "memory-backend-file,id=shm,share=on,mem-path=$shm,size=$size" \
+		-device ivshmem-plain,memdev=shm \
+		${GUEST_QEMU_ARGS:-} >"$logf.qemu" 2>&1 &
+	echo $!
+}
+
+# guest_wait_line PID LOG REGEX TIMEOUT: wait until LOG has a line matching
+# REGEX; fails if the guest exits or the time runs out first.
+guest_wait_line() {
+	local pid=$1 logf=$2 re=$3 timeout=$4 t0=$SECONDS
+	while ! tr -d '\r' < "$logf" | grep -Eq "$re"; do
+		if ! kill -0 "$pid" 2>/dev/null; then
+			tr -d '\r' < "$logf" | grep -Eq "$re" && return 0
+			log "guest $logf exited before printing /$re/"
+			return 1
+		fi
+		if [ $((SECONDS - t0)) -ge "$timeout" ]; then
+			log "timeout ($timeout s) waiting for /$re/ in $logf"
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+
+guest_kill() {
+	local pid=$1
+	kill -KILL "$pid" 2>/dev/null || true
+	wait "$pid" 2>/dev/null || true
+}
+
+guest_show_log() {
+	local logf=$1
+	echo "----- console of $(basename "$logf") -----" >&2
+	tr -d '\r' < "$logf" >&2
+	if [ -s "$logf.qemu" ]; then
+		echo "----- qemu stderr -----" >&2
+		cat "$logf.qemu" >&2
+	fi
+	echo "----- end of $(basename "$logf") -----" >&2
+}
+
+# guest_finish PID LOG TIMEOUT: wait for the guest to power off (killing it
+# after TIMEOUT seconds) and judge its console: success needs IVSHM-DONE with
+# rc=0 and no FAIL line. The console is printed on failure.
+guest_finish() {
+	local pid=$1 logf=$2 timeout=$3 t0=$SECONDS ok=1
+	while kill -0 "$pid" 2>/dev/null; do
+		if [ $((SECONDS - t0)) -ge "$timeout" ]; then
+			log "timeout: guest $(basename "$logf") still running after $timeout s; killing it"
+			ok=0
+			break
+		fi
+		sleep 0.2
+	done
+	guest_kill "$pid"
+	tr -d '\r' < "$logf" | grep -E '^IVSHM-RESULT' >&2 || true
+	if ! tr -d '\r' < "$logf" | grep -Eq '^IVSHM-DONE .* rc=0( |$)'; then
+		ok=0
+	fi
+	if tr -d '\r' < "$logf" | grep -q 'IVSHM-RESULT FAIL'; then
+		ok=0
+	fi
+	if [ $ok -eq 0 ]; then
+		guest_show_log "$logf"
+		return 1
+	fi
+	return 0
+}

@@ -1,0 +1,39 @@
+# SPDX-License-Identifier: GPL-2.0
+# Helpers for guest scenarios (busybox sh). Sourced.
+FAILS=0
+pass() { echo "IVSHM-RESULT PASS $*"; }
+fail() { echo "IVSHM-RESULT FAIL $*"; FAILS=$((FAILS + 1)); }
+# check NAME COMMAND...: PASS if COMMAND succeeds, else FAIL with its output.
+check() {
+	_name=$1
+	shift
+	if _out=$("$@" 2>&1); then
+		pass "$_name"
+	else
+		fail "$_name $(echo "$_out" | tail -n 5 | tr '\n' ' ')"
+	fi
+}
+info() { echo "IVSHM-INFO $*"; }
+# wait_until SECONDS COMMAND...: retry COMMAND every 0.2 s.
+wait_until() {
+	_t=$(($1 * 5))
+	shift
+	while ! "$@" >/dev/null 2>&1; do
+		_t=$((_t - 1))
+		[ $_t -le 0 ] && return 1
+		sleep 0.2
+	done
+}
+# ivshm_bdf N: PCI address of /dev/ivshmN.
+ivshm_bdf() { basename "$(readlink -f /sys/class/misc/ivshm${1:-0}/device)"; }
+# first_ivshmem_bdf: PCI address of the first 1af4:1110 device.
+first_ivshmem_bdf() {
+	for d in /sys/bus/pci/devices/*; do
+		if [ "$(cat "$d/vendor")" = 0x1af4 ] && [ "$(cat "$d/device")" = 0x1110 ]; then
+			basename "$d"
+			return 0
+		fi
+	done
+	return 1
+}
+finish() { [ "$FAILS" -eq 0 ]; exit $?; }

@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: GPL-2.0
+# Driver checks: probe, ioctl, sysfs, mmap argument checks, data exchange with
+# the host file, cacheable memtype, unbind/rmmod with a live mapping.
+# Arguments: HOST_OFF HOST_LEN HOST_SEED GUEST_OFF GUEST_LEN GUEST_SEED
+. /scenarios/common.sh
+HOFF=$1 HLEN=$2 HSEED=$3 GOFF=$4 GLEN=$5 GSEED=$6
+DEV=/dev/ivshm0
+
+check probe test -c $DEV
+BDF=$(ivshm_bdf 0)
+info "bdf=$BDF"
+dmesg | grep -E 'ivshm' | sed 's/^/IVSHM-INFO dmesg: /'
+check probe-message sh -c "dmesg | grep -q 'ivshm0: BAR2 [0-9]* bytes'"
+
+INFO=$(ivshm-test info $DEV) && pass ioctl-info || fail ioctl-info "$INFO"
+info "$INFO"
+SYS=/sys/class/misc/ivshm0
+for f in bar2_size ivposition revision vectors minor; do
+	v=$(cat $SYS/$f 2>&1)
+	case " $INFO " in
+	*" $f=$v "*) pass "sysfs-$f=$v" ;;
+	*) fail "sysfs-$f $v does not match ioctl: $INFO" ;;
+	esac
+done
+check sysfs-msix test "$(cat $SYS/msix)" = 0
+check sysfs-size-is-bar2 test "$(cat $SYS/bar2_size)" = "$(stat -c %s /sys/bus/pci/devices/$BDF/resource2)"
+check sysfs-readonly sh -c "! echo 1 > $SYS/bar2_size"
+
+out=$(ivshm-test selftest $DEV 2>&1) && pass mmap-selftest || fail mmap-selftest "$(echo "$out" | grep FAIL | tr '\n' ' ')"
+echo "$out" | sed 's/^/IVSHM-INFO /'
+
+check read-host-pattern-devivshm ivshm-test check $DEV "$HOFF" "$HLEN" "$HSEED"
+check write-guest-pattern ivshm-test fill $DEV "$GOFF" "$GLEN" "$GSEED"
+# With CONFIG_IO_STRICT_DEVMEM a region claimed by a driver cannot be mapped
+# through sysfs: resource2 is for guests without ivshm bound.
+check resource2-exclusive-while-bound sh -c "! ivshm-test check /sys/bus/pci/devices/$BDF/resource2 $GOFF $GLEN $GSEED"
+
+# The PAT memtype the kernel recorded for BAR2 (what user PTEs inherit).
+START=$(awk 'NR == 3 {print $1; exit}' /sys/bus/pci/devices/$BDF/resource | sed 's/^0x0*//')
+MT=$(grep -i "$START" /sys/kernel/debug/x86/pat_memtype_list 2>/dev/null | head -n 3 | tr '\n' ' ')
+info "BAR2 at 0x$START memtype: ${MT:-unknown}"
+info "mtrr: $(tr '\n' ';' < /proc/mtrr 2>/dev/null)"
+# The driver asks for write-back; x86 PAT downgrades it to uncached-minus when
+# the firmware's MTRRs mark the range uncachable (SeaBIOS does so for the PCI
+# hole below 4 GiB). Either way the memtype must be a cacheable request or the
+# MTRR-imposed one, never a conflict.
+case "$MT" in
+*write-back*|*uncached-minus*) pass "memtype-recorded $(echo "$MT" | grep -o 'write-back\|uncached-minus')" ;;
+*) fail memtype-recorded "$MT" ;;
+esac
+
+# Unbind and rmmod with a live mapping.
+ivshm-test hold $DEV "$HOFF" "$HLEN" "$HSEED" > /tmp/hold.out 2>&1 &
+HOLD=$!
+if wait_until 20 grep -q waiting /tmp/hold.out; then pass hold-mapping; else fail hold-mapping "$(cat /tmp/hold.out)"; fi
+check rmmod-busy-while-mapped sh -c '! rmmod ivshm'
+check unbind-while-mapped sh -c "echo $BDF > /sys/bus/pci/drivers/ivshm/unbind"
+check devnode-gone sh -c "wait_dev() { for i in 1 2 3 4 5 6 7 8 9 10; do [ -e $DEV ] || return 0; sleep 0.1; done; return 1; }; wait_dev"
+check rmmod-busy-after-unbind sh -c '! rmmod ivshm'
+check read-host-pattern-resource2 ivshm-test check /sys/bus/pci/devices/$BDF/resource2 "$HOFF" "$HLEN" "$HSEED"
+check read-guest-pattern-resource2 ivshm-test check /sys/bus/pci/devices/$BDF/resource2 "$GOFF" "$GLEN" "$GSEED"
+kill -USR1 $HOLD
+wait $HOLD
+rc=$?
+cat /tmp/hold.out | sed 's/^/IVSHM-INFO /'
+if [ $rc -eq 0 ]; then pass mapping-revoked-sigbus; else fail mapping-revoked-sigbus "rc=$rc"; fi
+check rebind sh -c "echo $BDF > /sys/bus/pci/drivers/ivshm/bind && test -c $DEV"
+check data-survives-rebind ivshm-test check $DEV "$HOFF" "$HLEN" "$HSEED"
+check rmmod rmmod ivshm
+check insmod-again insmod /lib/modules/ivshm.ko
+check devnode-back test -c $DEV
+check data-survives-reload ivshm-test check $DEV "$GOFF" "$GLEN" "$GSEED"
+dmesg | grep -iE 'bug|oops|warning|ivshm' | sed 's/^/IVSHM-INFO dmesg: /'
+check no-kernel-warnings sh -c "! dmesg | grep -qiE 'BUG:|Oops|WARNING:|general protection'"
+finish
