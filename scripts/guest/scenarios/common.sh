@@ -37,3 +37,24 @@ first_ivshmem_bdf() {
 	return 1
 }
 finish() { [ "$FAILS" -eq 0 ]; exit $?; }
+
+# ---- end-to-end content ----
+# Partition K of the e2e scenario holds: a text line, then BINLEN
+# pseudo-random bytes (seed 100+K), then any extra lines of later phases.
+text_of() { # text_of K HOSTID
+	if [ "$1" = "$2" ]; then echo "hello from host"; else echo "hello from vm$1"; fi
+}
+content_of() { # content_of K HOSTID BINLEN [EXTRA]
+	text_of "$1" "$2"
+	ivshm-test gen $((100 + $1)) "$3"
+	[ -n "${4:-}" ] && printf '%b' "$4"
+	return 0
+}
+size_of() { content_of "$@" | wc -c; }
+sha_of() { content_of "$@" | sha256sum | cut -d' ' -f1; }
+file_size() { wc -c < "$1" 2>/dev/null || echo 0; }
+# has_size FILE N: FILE holds at least N bytes
+has_size() { [ "$(file_size "$1")" -ge "$2" ]; }
+# prefix_sha FILE N
+prefix_sha() { head -c "$2" "$1" | sha256sum | cut -d' ' -f1; }
+is_mounted() { grep -q " $1 fuse" /proc/mounts; }
