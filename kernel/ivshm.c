@@ -22,13 +22,16 @@
 #include <linux/idr.h>
 #include <linux/io.h>
 #include <linux/kref.h>
+#include <linux/delay.h>
 #include <linux/list.h>
+#include <linux/memremap.h>
 #include <linux/miscdevice.h>
 #include <linux/mm.h>
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
 #include <linux/rwsem.h>
+#include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 #include <linux/version.h>
@@ -79,6 +82,14 @@ static void __iomem *ivshm_iomap_bar(struct pci_dev *pdev, int bar)
 	return ret ? IOMEM_ERR_PTR(ret) : pcim_iomap_table(pdev)[bar];
 }
 #endif
+#if __has_include(<linux/pfn_t.h>)
+#include <linux/pfn_t.h>
+/* A devmap PFN: GUP finds the ZONE_DEVICE page behind it. */
+#define ivshm_devmap_pfn(pfn) __pfn_to_pfn_t(pfn, PFN_DEV | PFN_MAP)
+#else
+/* Kernels without pfn_t take a plain PFN. */
+#define ivshm_devmap_pfn(pfn) (pfn)
+#endif
 /* End of compatibility. */
 
 struct ivshm_dev {
@@ -91,7 +102,9 @@ struct ivshm_dev {
 	/* Immutable after probe. */
 	phys_addr_t shm_start;		/* BAR2 bus address */
 	resource_size_t shm_size;	/* BAR2 length */
-	void *shm;			/* kernel WB mapping of BAR2 */
+	void *shm;			/* kernel mapping of BAR2 */
+	struct dev_pagemap *pgmap;	/* BAR2's struct pages; NULL if none */
+	int page_ref_idle;		/* refcount of an unused BAR2 page */
 	u32 revision;
 	u32 msix_vectors;		/* 0 on ivshmem-plain */
 
@@ -140,26 +153,49 @@ static void ivshm_fill_info(struct ivshm_dev *idev, struct ivshm_info *info)
 /* ---- page faults on a BAR2 mapping ---- */
 
 /*
- * Why this mapping is cacheable, and why it is built at fault time.
+ * How BAR2 is mapped, and why it is cacheable.
  *
  * BAR2 of ivshmem is ordinary host memory (QEMU's memory-backend-file), and
  * all peers reach it through the host's coherent caches, so write-back
  * caching in the guest is correct. sysfs resource2 maps it uncached
  * (pgprot_noncached), which makes every access a bus transaction.
  *
- * probe() maps BAR2 with memremap(MEMREMAP_WB). On x86 this registers the
- * range with the PAT memtype tracker as write-back (or whatever the firmware's
- * MTRRs allow there). vmf_insert_pfn() looks that memtype up and uses it for
- * the user PTE, so user mappings get the same, cacheable attribute as the
- * kernel mapping and never conflict with it.
+ * probe() gives BAR2 struct pages with devm_memremap_pages()
+ * (MEMORY_DEVICE_GENERIC, as device-dax does and as Looking Glass's kvmfr
+ * does for this very device). That registers the range with the x86 PAT
+ * memtype tracker as write-back (or what the firmware's MTRRs allow there)
+ * and maps it so in the kernel. The fault handler inserts devmap PFNs with
+ * vmf_insert_mixed(), which looks that memtype up, so user PTEs are
+ * cacheable and never conflict with the kernel's mapping.
  *
- * devm_memremap_pages() (ZONE_DEVICE struct pages, as Looking Glass's kvmfr
- * does) would also work, but needs a BAR aligned to a 2 MiB subsection, adds
- * struct pages we have no use for, and its teardown waits for every page
- * reference to drop, so unbind would block while a process keeps the region
- * mapped. A VM_PFNMAP mapping filled at fault time (as DRM and VFIO do) can
- * instead be revoked: remove() zaps the PTEs and later faults get SIGBUS.
+ * Why struct pages rather than remap_pfn_range() of a memremap(MEMREMAP_WB)
+ * region: a VM_PFNMAP/VM_IO mapping cannot be pinned by get_user_pages(), so
+ * every kernel path that pins user buffers fails with EFAULT on it: the FUSE
+ * device write of a reply taken straight from the mapping, O_DIRECT, vmsplice.
+ * Devmap PTEs carry no rmap or per-mapping reference, like PFN mappings, so
+ * remove() can still revoke them (zap, then SIGBUS on access) and only has to
+ * wait for transient pins to drain before the struct pages go away.
+ *
+ * devm_memremap_pages() needs BAR2 aligned to a memory subsection (2 MiB).
+ * A smaller BAR2 (QEMU allows 1 MiB, for example) falls back to a plain
+ * PFN mapping of a memremap(MEMREMAP_WB) region: cacheable too, but not
+ * pinnable.
+ *
+ * The PTEs are built at fault time, 2 MiB at a time, rather than at mmap():
+ * a mapping filled on demand can be revoked, as DRM and VFIO do.
  */
+static vm_fault_t ivshm_insert(struct ivshm_dev *idev,
+			       struct vm_area_struct *vma, unsigned long addr,
+			       unsigned long pfn, bool write)
+{
+	if (!idev->pgmap)
+		return vmf_insert_pfn(vma, addr, pfn);
+	if (write)
+		return vmf_insert_mixed_mkwrite(vma, addr,
+						ivshm_devmap_pfn(pfn));
+	return vmf_insert_mixed(vma, addr, ivshm_devmap_pfn(pfn));
+}
+
 static vm_fault_t ivshm_vm_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
@@ -175,7 +211,8 @@ static vm_fault_t ivshm_vm_fault(struct vm_fault *vmf)
 	if (!idev->alive || vmf->pgoff >= npages)
 		goto out;
 
-	ret = vmf_insert_pfn(vma, fault_addr, base_pfn + vmf->pgoff);
+	ret = ivshm_insert(idev, vma, fault_addr, base_pfn + vmf->pgoff,
+			   vmf->flags & FAULT_FLAG_WRITE);
 	if (ret & VM_FAULT_ERROR)
 		goto out;
 
@@ -188,7 +225,8 @@ static vm_fault_t ivshm_vm_fault(struct vm_fault *vmf)
 			break;
 		if (addr == fault_addr)
 			continue;
-		if (vmf_insert_pfn(vma, addr, base_pfn + pgoff) & VM_FAULT_ERROR)
+		if (ivshm_insert(idev, vma, addr, base_pfn + pgoff, false) &
+		    VM_FAULT_ERROR)
 			break;
 	}
 out:
@@ -269,8 +307,12 @@ static int ivshm_mmap(struct file *file, struct vm_area_struct *vma)
 		ret = -ENODEV;
 		goto out;
 	}
-	ivshm_vm_flags_set(vma, VM_PFNMAP | VM_IO | VM_DONTEXPAND |
-				VM_DONTDUMP);
+	if (idev->pgmap)
+		ivshm_vm_flags_set(vma, VM_MIXEDMAP | VM_DONTEXPAND |
+					VM_DONTDUMP);
+	else
+		ivshm_vm_flags_set(vma, VM_PFNMAP | VM_IO | VM_DONTEXPAND |
+					VM_DONTDUMP);
 	vma->vm_ops = &ivshm_vm_ops;
 out:
 	up_read(&idev->lock);
@@ -405,6 +447,8 @@ static int ivshm_setup_shmem(struct ivshm_dev *idev)
 	struct device *dev = &pdev->dev;
 	phys_addr_t start = pci_resource_start(pdev, IVSHM_BAR_SHMEM);
 	resource_size_t size = pci_resource_len(pdev, IVSHM_BAR_SHMEM);
+	struct dev_pagemap *pgmap;
+	void *addr;
 
 	if (!size ||
 	    !(pci_resource_flags(pdev, IVSHM_BAR_SHMEM) & IORESOURCE_MEM)) {
@@ -420,15 +464,61 @@ static int ivshm_setup_shmem(struct ivshm_dev *idev)
 		dev_err(dev, "BAR2 %pa is busy\n", &start);
 		return -EBUSY;
 	}
-	idev->shm = devm_memremap(dev, start, size, MEMREMAP_WB);
-	if (IS_ERR(idev->shm)) {
-		dev_err(dev, "cannot map BAR2 write-back: %ld\n",
-			PTR_ERR(idev->shm));
-		return PTR_ERR(idev->shm);
-	}
 	idev->shm_start = start;
 	idev->shm_size = size;
+
+	if (IS_ENABLED(CONFIG_ZONE_DEVICE) && IS_ALIGNED(start, SZ_2M) &&
+	    IS_ALIGNED(size, SZ_2M)) {
+		pgmap = devm_kzalloc(dev, sizeof(*pgmap), GFP_KERNEL);
+		if (!pgmap)
+			return -ENOMEM;
+		pgmap->type = MEMORY_DEVICE_GENERIC;
+		pgmap->range.start = start;
+		pgmap->range.end = start + size - 1;
+		pgmap->nr_range = 1;
+		addr = devm_memremap_pages(dev, pgmap);
+		if (!IS_ERR(addr)) {
+			idev->shm = addr;
+			idev->pgmap = pgmap;
+			idev->page_ref_idle = page_ref_count(pfn_to_page(PHYS_PFN(start)));
+			return 0;
+		}
+		dev_warn(dev, "no struct pages for BAR2 (%ld); mapping it without\n",
+			 PTR_ERR(addr));
+	}
+
+	addr = devm_memremap(dev, start, size, MEMREMAP_WB);
+	if (IS_ERR(addr)) {
+		dev_err(dev, "cannot map BAR2 write-back: %ld\n", PTR_ERR(addr));
+		return PTR_ERR(addr);
+	}
+	idev->shm = addr;
 	return 0;
+}
+
+/*
+ * After the user mappings are zapped, wait until nobody pins a BAR2 page
+ * (an in-flight O_DIRECT or FUSE write from the mapping) before devres
+ * removes the struct pages.
+ */
+static void ivshm_wait_pages_idle(struct ivshm_dev *idev)
+{
+	unsigned long npages = idev->shm_size >> PAGE_SHIFT;
+	unsigned long base_pfn = PHYS_PFN(idev->shm_start);
+	unsigned long i, waited_ms = 0;
+
+	if (!idev->pgmap)
+		return;
+	for (i = 0; i < npages; i++) {
+		while (page_ref_count(pfn_to_page(base_pfn + i)) !=
+		       idev->page_ref_idle) {
+			if (waited_ms && waited_ms % 5000 == 0)
+				dev_warn(&idev->pdev->dev,
+					 "waiting for pinned pages of BAR2 to be released\n");
+			msleep(20);
+			waited_ms += 20;
+		}
+	}
 }
 
 /*
@@ -499,9 +589,10 @@ static int ivshm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_ida;
 	}
 
-	dev_info(dev, "/dev/%s: BAR2 %llu bytes (%llu MiB) at %pa, %s, rev %u\n",
+	dev_info(dev, "/dev/%s: BAR2 %llu bytes (%llu MiB) at %pa%s, %s, rev %u\n",
 		 idev->name, (unsigned long long)idev->shm_size,
 		 (unsigned long long)idev->shm_size >> 20, &idev->shm_start,
+		 idev->pgmap ? "" : " (no struct pages)",
 		 idev->msix_vectors ? "doorbell (MSI-X)" : "plain",
 		 idev->revision);
 	return 0;
@@ -535,6 +626,7 @@ static void ivshm_remove(struct pci_dev *pdev)
 	list_for_each_entry(ifile, &idev->files, node)
 		unmap_mapping_range(ifile->file->f_mapping, 0, 0, 1);
 	mutex_unlock(&idev->files_lock);
+	ivshm_wait_pages_idle(idev);
 
 	dev_info(&pdev->dev, "/dev/%s removed\n", idev->name);
 	ida_free(&ivshm_ida, idev->index);

@@ -31,6 +31,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -214,6 +215,27 @@ static int cmd_selftest(const char *dev)
 			a[1] = 0;
 			munmap((void *)a, (size_t)pg);
 			munmap((void *)b, (size_t)pg);
+		}
+	}
+	/*
+	 * get_user_pages() on the mapping, as the FUSE device does when a
+	 * reply points into it: process_vm_readv() pins the source pages.
+	 */
+	{
+		unsigned char *m = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE,
+					MAP_SHARED, fd, 0);
+		unsigned char buf[64];
+		struct iovec local = { buf, sizeof(buf) };
+		struct iovec remote = { m, sizeof(buf) };
+
+		expect(m != MAP_FAILED, "map first page");
+		if (m != MAP_FAILED) {
+			memset(m + 64, 0xa5, 1);
+			remote.iov_base = m + 64;
+			expect(process_vm_readv(getpid(), &local, 1, &remote, 1, 0) ==
+				       (ssize_t)sizeof(buf) && buf[0] == 0xa5,
+			       "pages of the mapping can be pinned (GUP)");
+			munmap(m, (size_t)pg);
 		}
 	}
 	close(fd);

@@ -48,7 +48,7 @@ pkg_installed() {
 
 # Install what the harness needs when it is missing (fresh CI machine).
 # kmod gives modinfo/depmod, fuse3 the host-side fusermount3.
-GUEST_PACKAGES="qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static cpio gzip gcc libc6-dev make kmod fuse3 python3"
+GUEST_PACKAGES="qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static cpio gzip gcc libc6-dev make kmod fuse3 python3 xz-utils"
 
 guest_install_deps() {
 	local missing=() p

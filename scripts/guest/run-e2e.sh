@@ -82,7 +82,7 @@ run_driver() {
 run_bench() {
 	local shm pid logf=$WORK/bench.log t=$SECONDS
 	log "bench: booting one guest"
-	shm=$(new_shm bench 64M)
+	shm=$(new_shm bench "${BENCH_SHM_SIZE:-64M}")
 	pid=$(guest_start vm0 "$INITRD" "$shm" bench "${BENCH_MIB:-32},${BENCH_ROUNDS:-5}" "$logf")
 	PIDS+=("$pid")
 	guest_finish "$pid" "$logf" "$TIMEOUT" || { log "bench: FAIL"; return 1; }

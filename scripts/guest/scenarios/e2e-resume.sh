@@ -8,12 +8,12 @@ ME=$(hostname | sed 's/^vm//')
 M=/mnt/ivshm
 BEFORE='committed before kill\n'
 
-# With no backend, ivshmctl picks the first ivshmem device itself.
+# With no backend, ivshmctl and ivshmfs pick the first ivshmem device.
 check ivshmctl-status-default-backend ivshmctl status
-if ivshmfs /dev/ivshm0 $M > /tmp/ivshmfs.log 2>&1 && wait_until 10 is_mounted $M; then
-	pass "remount-ivshmfs vm$ME"
+if ivshmfs $M > /tmp/ivshmfs.log 2>&1 && wait_until 10 is_mounted $M; then
+	pass "remount-ivshmfs-default-backend vm$ME"
 else
-	fail "remount-ivshmfs $(tail -n 5 /tmp/ivshmfs.log | tr '\n' ' ')"
+	fail "remount-ivshmfs-default-backend $(tail -n 5 /tmp/ivshmfs.log | tr '\n' ' ')"
 	finish
 fi
 check committed-data-survived-kill test "$(sha256sum < $M/vm$ME | cut -d' ' -f1)" = "$(sha_of "$ME" "$HOSTID" "$BINLEN" "$BEFORE")"

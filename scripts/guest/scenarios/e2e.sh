@@ -57,7 +57,7 @@ echo "IVSHM-READY status"
 if [ "$ME" = 1 ]; then
 	if wait_until 600 grep -q go:kill $M/vm$HOSTID; then
 		printf 'committed before kill\n' >> $M/vm$ME
-		check commit-before-kill test "$(tail -n 1 $M/vm$ME)" = "committed before kill"
+		check commit-before-kill test "$(tail -c 22 $M/vm$ME)" = "committed before kill"
 		echo "IVSHM-READY killme"
 		sleep 100000
 	else
