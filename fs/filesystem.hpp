@@ -1,0 +1,129 @@
+// SPDX-License-Identifier: MIT
+// The FUSE file system over a region: one file per partition, a follow/ view
+// whose reads wait for more data, and a .status file. Every FUSE operation is
+// a static function-try-block that forwards to a member and turns any
+// exception into an errno, so nothing escapes into libfuse.
+//
+// Threads: libfuse's worker threads run the operations; the watcher thread
+// polls the control blocks and wakes poll handles and parked follow reads; the
+// writer's own thread heartbeats the claim.
+#pragma once
+
+#include <fuse_lowlevel.h>
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <unordered_map>
+#include <unordered_set>
+#include <vector>
+
+#include "ivshmfs/region.hpp"
+#include "ivshmfs/writer.hpp"
+#include "options.hpp"
+#include "watcher.hpp"
+
+namespace ivshmfs::fs {
+
+class Filesystem {
+ public:
+  // `writer` owns partition `self_id` of `region`.
+  Filesystem(std::shared_ptr<Region> region, std::unique_ptr<PartitionWriter> writer, const Options& options);
+  Filesystem(const Filesystem&) = delete;
+  Filesystem& operator=(const Filesystem&) = delete;
+  ~Filesystem();
+
+  // The operation table for fuse_session_new; userdata must be this object.
+  static const fuse_lowlevel_ops& operations() noexcept;
+
+  // Mounted: starts watching peers (notifications need the session).
+  void start(fuse_session* session);
+  // The session loop ended: stops watching and answers parked reads.
+  void stop() noexcept;
+
+  enum class NodeKind { none, root, status, follow_dir, partition, follow };
+  struct Node {
+    NodeKind kind = NodeKind::none;
+    uint32_t index = 0;  // partition's position in the region's table
+  };
+
+ private:
+  struct Ops;
+  struct Handle;
+  struct Slot;
+  struct ParkedRead {
+    Handle* handle = nullptr;
+    std::size_t size = 0;
+    bool parked = false;       // the watcher may answer it
+    bool interrupted = false;  // interrupted while being parked
+  };
+
+  // Operations (called from the static wrappers).
+  void init(fuse_conn_info* conn);
+  void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
+  void forget(fuse_ino_t ino, uint64_t nlookup) noexcept;
+  void getattr(fuse_req_t req, fuse_ino_t ino);
+  void setattr(fuse_req_t req, fuse_ino_t ino, const struct stat* attr, int to_set);
+  void readdir(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t off);
+  void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
+  void read(fuse_req_t req, std::size_t size, off_t off, fuse_file_info* fi);
+  void write(fuse_req_t req, const char* buf, std::size_t size, fuse_file_info* fi);
+  void release(fuse_req_t req, fuse_file_info* fi);
+  void statfs(fuse_req_t req);
+  void poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph);
+  void getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, std::size_t size);
+  void listxattr(fuse_req_t req, fuse_ino_t ino, std::size_t size);
+
+  [[nodiscard]] Node decode(fuse_ino_t ino) const noexcept;
+  [[nodiscard]] fuse_ino_t partition_ino(uint32_t index) const noexcept;
+  [[nodiscard]] fuse_ino_t follow_ino(uint32_t index) const noexcept;
+  // 0 and `out` filled, or an errno.
+  int attributes(Node node, struct stat& out) const;
+  void reply_entry(fuse_req_t req, fuse_ino_t ino, Node node);
+  int reset_own_partition();
+  void read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off);
+
+  // The follow view: answers now if data is there, else parks the request.
+  void follow_read(fuse_req_t req, Handle& h, std::size_t size);
+  bool try_serve_follow(fuse_req_t req, Handle& h, std::size_t size);
+  bool follow_has_data(Handle& h) const;
+  static void on_interrupt(fuse_req_t req, void* data) noexcept;
+  void fail_parked(int error, bool only_slot, uint32_t index) noexcept;
+
+  // The watcher's tick and what it does on a change.
+  bool tick();
+  void partition_changed(Slot& slot);
+  void wake_pollers(Slot& slot) noexcept;
+  void go_stale(const std::string& why);
+
+  std::shared_ptr<Region> region_;
+  uint32_t self_id_;
+  uint32_t self_index_ = 0;
+  FileOwnership ownership_;
+  std::vector<std::unique_ptr<Slot>> slots_;
+  std::unordered_map<std::string, uint32_t> index_by_name_;
+
+  // Shared by appends and own-partition reads; exclusive for a reset (so a
+  // zero-copy read of the own partition never races it) and for dropping the
+  // writer when the region is formatted anew.
+  mutable std::shared_mutex writer_mutex_;
+  std::unique_ptr<PartitionWriter> writer_;
+
+  std::atomic<bool> stale_{false};
+  std::atomic<bool> lost_claim_logged_{false};
+  fuse_session* session_ = nullptr;
+
+  std::mutex handles_mutex_;
+  std::unordered_map<Handle*, std::unique_ptr<Handle>> handles_;
+
+  std::mutex park_mutex_;
+  std::unordered_map<fuse_req_t, ParkedRead> parked_;
+
+  Watcher watcher_;
+};
+
+}  // namespace ivshmfs::fs

@@ -1,0 +1,186 @@
+// SPDX-License-Identifier: MIT
+// ivshmfs: mounts a shared region as a directory. The order of main() is
+// libfuse's: parse the command line, open what we serve, create the session,
+// set signal handlers, mount, detach, loop, unmount. Everything that can fail
+// for a reason the user must see (no backend, id not in the region, partition
+// owned by a live daemon) happens before detaching, so it reaches stderr and
+// the exit status.
+#include <fuse_lowlevel.h>
+#include <sys/stat.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <exception>
+#include <memory>
+#include <string>
+
+#include <spdlog/spdlog.h>
+
+#include "daemon.hpp"
+#include "filesystem.hpp"
+#include "ivshmfs/backend.hpp"
+#include "ivshmfs/identity.hpp"
+#include "ivshmfs/region.hpp"
+#include "ivshmfs/writer.hpp"
+#include "logging.hpp"
+#include "options.hpp"
+#include "status.hpp"
+
+namespace ivshmfs::fs {
+namespace {
+
+// A missing or empty host file is created and formatted; so is one that
+// holds no header at all (all zero, as QEMU creates it). Anything else is
+// left alone: a region we cannot read is reported, never overwritten.
+bool should_format(const std::string& path) {
+  struct stat st {};
+  if (::stat(path.c_str(), &st) != 0) return errno == ENOENT;
+  return S_ISREG(st.st_mode) && st.st_size == 0;
+}
+
+Result<std::shared_ptr<Region>> open_region(const Options& options, const std::string& path) {
+  BackendOptions backend_options;
+  if (options.create && should_format(path)) {
+    backend_options.create = true;
+    backend_options.create_size = options.create_size;
+    auto backend = Backend::open(path, backend_options);
+    if (!backend) return std::move(backend).error();
+    if (auto r = Region::format(**backend, FormatOptions{options.partitions, false}); !r) {
+      if (r.error().code != Errc::already_formatted) return std::move(r).error();
+    } else {
+      spdlog::info("{}: created and formatted: {}, {} partitions", path, format_size((*backend)->size()),
+                   options.partitions);
+    }
+    return Region::open(std::move(*backend));
+  }
+  auto backend = Backend::open(path, backend_options);
+  if (!backend) return std::move(backend).error();
+  auto region = Region::open(std::move(*backend));
+  if (!region && region.error().code == Errc::not_formatted && options.create) {
+    auto again = Backend::open(path, backend_options);
+    if (!again) return std::move(again).error();
+    if (auto r = Region::format(**again, FormatOptions{options.partitions, false}); !r) return std::move(r).error();
+    spdlog::info("{}: formatted: {}, {} partitions", path, format_size((*again)->size()), options.partitions);
+    return Region::open(std::move(*again));
+  }
+  return region;
+}
+
+// Adds -o fsname=BACKEND,subtype=ivshmfs,default_permissions in front of the
+// user's options, so that theirs win and /proc/mounts shows fuse.ivshmfs.
+bool add_mount_options(fuse_args& args, const std::string& backend) {
+  std::string escaped;
+  for (char c : backend) {
+    if (c == ',' || c == '\\') escaped.push_back('\\');
+    escaped.push_back(c);
+  }
+  const std::string opts = "-ofsname=" + escaped + ",subtype=ivshmfs,default_permissions";
+  return fuse_opt_insert_arg(&args, 1, opts.c_str()) == 0;
+}
+
+int serve(fuse_args& args, const Options& options, Detacher& detacher) {
+  std::string path;
+  if (options.backend) {
+    path = *options.backend;
+  } else if (auto found = find_default_backend()) {
+    path = *found;
+    spdlog::info("no BACKEND given: using {}", path);
+  } else {
+    spdlog::error(
+        "no BACKEND given and no ivshmem device found (no /dev/ivshmN, no PCI device 1af4:1110): "
+        "pass a host file, e.g. 'ivshmfs -o create,size=64M /dev/shm/ivshm {}', or /dev/ivshm0",
+        options.mountpoint);
+    return 1;
+  }
+
+  auto region = open_region(options, path);
+  if (!region) {
+    spdlog::error("{}", region.error().message);
+    if (region.error().code == Errc::not_formatted) spdlog::error("format it with ivshmctl, or pass -o create");
+    return 1;
+  }
+  const Backend& backend = (*region)->backend();
+  spdlog::info("{}: {} region, {}, {} partitions, format id {:#018x}", path, to_string(backend.kind()),
+               format_size(backend.size()), (*region)->info().partition_count, (*region)->info().format_id);
+
+  auto identity = resolve_peer_id(options.id, &backend);
+  if (!identity) {
+    spdlog::error("{}; pass -o id=N", identity.error().message);
+    return 1;
+  }
+  spdlog::info("peer id {} (from {})", identity->id, identity->source);
+  if ((*region)->find(identity->id) == nullptr) {
+    std::string ids;
+    for (const auto& p : (*region)->partitions()) ids += (ids.empty() ? "" : ", ") + std::to_string(p.id);
+    spdlog::error("{}: peer id {} has no partition in this region (partitions: {}); pass -o id=N", path, identity->id,
+                  ids);
+    return 1;
+  }
+
+  auto writer = PartitionWriter::claim(*region, identity->id);
+  if (!writer) {
+    spdlog::error("{}", writer.error().message);
+    return 1;
+  }
+  spdlog::info("claimed partition {} ({})", identity->id, partition_file_name(identity->id));
+
+  Filesystem filesystem(*region, std::move(*writer), options);
+  if (!add_mount_options(args, path)) return 1;
+  fuse_session* session = fuse_session_new(&args, &Filesystem::operations(), sizeof(fuse_lowlevel_ops), &filesystem);
+  if (session == nullptr) return 1;  // libfuse printed why
+  int status = 1;
+  if (fuse_set_signal_handlers(session) == 0) {
+    if (fuse_session_mount(session, options.mountpoint.c_str()) == 0) {
+      detacher.succeed();
+      if (!options.foreground) log_to_syslog(options.log_level);
+      spdlog::info("mounted {} on {}", path, options.mountpoint);
+      filesystem.start(session);
+      int loop = 0;
+      if (options.singlethread) {
+        loop = fuse_session_loop(session);
+      } else {
+        fuse_loop_config* config = fuse_loop_cfg_create();
+        fuse_loop_cfg_set_clone_fd(config, static_cast<unsigned>(options.clone_fd));
+        if (options.max_idle_threads != 0) fuse_loop_cfg_set_idle_threads(config, options.max_idle_threads);
+        // fuse_parse_cmdline leaves max_threads at UINT_MAX unless -o max_threads= was given.
+        if (options.max_threads != 0 && options.max_threads <= 100000) {
+          fuse_loop_cfg_set_max_threads(config, options.max_threads);
+        }
+        loop = fuse_session_loop_mt(session, config);
+        fuse_loop_cfg_destroy(config);
+      }
+      filesystem.stop();
+      fuse_session_unmount(session);
+      // The loop returns the signal that ended it: SIGTERM, SIGINT and SIGHUP
+      // are the ordinary ways to stop a daemon, not failures.
+      status = loop == 0 || loop == SIGTERM || loop == SIGINT || loop == SIGHUP ? 0 : 1;
+      spdlog::info("unmounted {}; releasing partition {}", options.mountpoint, identity->id);
+    }
+    fuse_remove_signal_handlers(session);
+  }
+  fuse_session_destroy(session);
+  return status;
+}
+
+}  // namespace
+}  // namespace ivshmfs::fs
+
+int main(int argc, char* argv[]) try {
+  using namespace ivshmfs::fs;
+  fuse_args args = FUSE_ARGS_INIT(argc, argv);
+  Options options;
+  const ParseOutcome parsed = parse_options(args, options);
+  if (parsed != ParseOutcome::run) {
+    fuse_opt_free_args(&args);
+    return parsed == ParseOutcome::exit_success ? 0 : 1;
+  }
+  log_to_stderr(options.log_level);
+  Detacher detacher(options.foreground);  // the parent waits here for the outcome
+  const int status = serve(args, options, detacher);
+  fuse_opt_free_args(&args);
+  return status;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "ivshmfs: %s\n", e.what());
+  return 1;
+}

@@ -1,0 +1,271 @@
+// SPDX-License-Identifier: MIT
+#include "options.hpp"
+
+#include <grp.h>
+#include <pwd.h>
+#include <unistd.h>
+
+#include <charconv>
+#include <cstddef>
+#include <cstdio>
+#include <cstdlib>
+#include <string_view>
+#include <system_error>
+#include <vector>
+
+#include "ivshmfs/identity.hpp"
+
+namespace ivshmfs::fs {
+namespace {
+
+// fuse_opt fills this C struct through offsetof; every value is kept as text
+// and converted below, so a bad value gets a message that names the option.
+struct RawOptions {
+  char* id = nullptr;
+  int create = 0;
+  char* size = nullptr;
+  char* partitions = nullptr;
+  char* log = nullptr;
+  char* uid = nullptr;
+  char* gid = nullptr;
+  char* umask = nullptr;
+  char* poll_min_us = nullptr;
+  char* poll_max_ms = nullptr;
+  std::vector<std::string>* positional = nullptr;
+};
+
+#define IVSHMFS_OPT(templ, field, value) \
+  fuse_opt { templ, offsetof(RawOptions, field), value }
+
+const fuse_opt kOptionSpecs[] = {
+    IVSHMFS_OPT("id=%s", id, 0),
+    IVSHMFS_OPT("create", create, 1),
+    IVSHMFS_OPT("size=%s", size, 0),
+    IVSHMFS_OPT("partitions=%s", partitions, 0),
+    IVSHMFS_OPT("log=%s", log, 0),
+    IVSHMFS_OPT("uid=%s", uid, 0),
+    IVSHMFS_OPT("gid=%s", gid, 0),
+    IVSHMFS_OPT("umask=%s", umask, 0),
+    IVSHMFS_OPT("poll_min_us=%s", poll_min_us, 0),
+    IVSHMFS_OPT("poll_max_ms=%s", poll_max_ms, 0),
+    FUSE_OPT_END,
+};
+
+#undef IVSHMFS_OPT
+
+// Positional arguments (BACKEND, MOUNTPOINT) are taken out here, because
+// fuse_parse_cmdline accepts only one; everything else stays for FUSE.
+int keep_or_collect(void* data, const char* arg, int key, fuse_args* /*outargs*/) {
+  if (key == FUSE_OPT_KEY_NONOPT) {
+    static_cast<RawOptions*>(data)->positional->emplace_back(arg);
+    return 0;
+  }
+  return 1;
+}
+
+void free_raw(RawOptions& raw) {
+  for (char* p :
+       {raw.id, raw.size, raw.partitions, raw.log, raw.uid, raw.gid, raw.umask, raw.poll_min_us, raw.poll_max_ms}) {
+    std::free(p);  // NOLINT: fuse_opt allocates with malloc
+  }
+}
+
+template <class T>
+bool parse_number(std::string_view text, T& out, int base = 10) {
+  if (text.empty()) return false;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), out, base);
+  return ec == std::errc{} && end == text.data() + text.size();
+}
+
+bool fail(const char* option, const char* value, const char* expected) {
+  std::fprintf(stderr, "ivshmfs: bad value '%s' for -o %s: expected %s\n", value, option, expected);
+  return false;
+}
+
+std::optional<spdlog::level::level_enum> parse_level(std::string_view name) {
+  using spdlog::level::level_enum;
+  if (name == "trace") return level_enum::trace;
+  if (name == "debug") return level_enum::debug;
+  if (name == "info") return level_enum::info;
+  if (name == "warn" || name == "warning") return level_enum::warn;
+  if (name == "error" || name == "err") return level_enum::err;
+  if (name == "critical") return level_enum::critical;
+  if (name == "off") return level_enum::off;
+  return std::nullopt;
+}
+
+bool convert(const RawOptions& raw, Options& options) {
+  options.ownership.uid = getuid();
+  options.ownership.gid = getgid();
+  if (raw.id != nullptr) {
+    uint32_t id = 0;
+    if (!parse_number(raw.id, id)) return fail("id", raw.id, "a partition number such as 0 or 1");
+    options.id = id;
+  }
+  options.create = raw.create != 0;
+  if (raw.size != nullptr) {
+    auto size = parse_size(raw.size);
+    if (!size || *size == 0) return fail("size", raw.size, "a size such as 64M or 1G");
+    options.create_size = *size;
+  }
+  if (raw.partitions != nullptr) {
+    uint32_t n = 0;
+    if (!parse_number(raw.partitions, n) || n == 0) return fail("partitions", raw.partitions, "a count such as 4");
+    options.partitions = n;
+  }
+  if ((raw.size != nullptr || raw.partitions != nullptr) && !options.create) {
+    std::fprintf(stderr, "ivshmfs: -o size= and -o partitions= only apply with -o create\n");
+    return false;
+  }
+  if (raw.log != nullptr) {
+    auto level = parse_level(raw.log);
+    if (!level) return fail("log", raw.log, "trace, debug, info, warn, error, critical or off");
+    options.log_level = *level;
+  }
+  if (raw.uid != nullptr) {
+    uid_t uid = 0;
+    if (!parse_number(raw.uid, uid)) {
+      const passwd* pw = getpwnam(raw.uid);  // NOLINT: runs once, before any thread
+      if (pw == nullptr) return fail("uid", raw.uid, "a user name or number");
+      uid = pw->pw_uid;
+    }
+    options.ownership.uid = uid;
+  }
+  if (raw.gid != nullptr) {
+    gid_t gid = 0;
+    if (!parse_number(raw.gid, gid)) {
+      const group* gr = getgrnam(raw.gid);  // NOLINT: runs once, before any thread
+      if (gr == nullptr) return fail("gid", raw.gid, "a group name or number");
+      gid = gr->gr_gid;
+    }
+    options.ownership.gid = gid;
+  }
+  if (raw.umask != nullptr) {
+    unsigned mask = 0;
+    if (!parse_number(raw.umask, mask, 8) || mask > 0777) return fail("umask", raw.umask, "octal bits such as 022");
+    options.ownership.umask = static_cast<mode_t>(mask);
+  }
+  if (raw.poll_min_us != nullptr) {
+    unsigned us = 0;
+    if (!parse_number(raw.poll_min_us, us) || us == 0) return fail("poll_min_us", raw.poll_min_us, "microseconds > 0");
+    options.poll.min = std::chrono::microseconds(us);
+  }
+  if (raw.poll_max_ms != nullptr) {
+    unsigned ms = 0;
+    if (!parse_number(raw.poll_max_ms, ms) || ms == 0) return fail("poll_max_ms", raw.poll_max_ms, "milliseconds > 0");
+    options.poll.max = std::chrono::milliseconds(ms);
+  }
+  if (options.poll.max < options.poll.min) options.poll.max = options.poll.min;
+  return true;
+}
+
+void print_usage(const char* program) {
+  std::printf("usage: %s [options] [BACKEND] MOUNTPOINT\n       %s --help\n", program, program);
+}
+
+void print_help(const char* program) {
+  std::printf(
+      "NAME\n"
+      "    ivshmfs - mount an ivshmem shared-memory region as a directory\n"
+      "\n"
+      "SYNOPSIS\n"
+      "    %s [options] [BACKEND] MOUNTPOINT\n"
+      "    mount -t fuse.ivshmfs BACKEND MOUNTPOINT -o id=N[,allow_other,...]\n"
+      "\n"
+      "DESCRIPTION\n"
+      "    Each partition of the region becomes a file vmN in MOUNTPOINT. The own\n"
+      "    partition (-o id=N) is writable by this peer only, with append\n"
+      "    semantics; every partition is readable. follow/vmN reads like vmN but\n"
+      "    waits at the end of the data for more. .status describes the region.\n"
+      "\n"
+      "    BACKEND is a host file (e.g. /dev/shm/ivshm), /dev/ivshmN of the ivshm\n"
+      "    driver, or a PCI resource2 file. When omitted, the first ivshmem\n"
+      "    device of this system is used.\n"
+      "\n"
+      "IVSHMFS OPTIONS\n"
+      "    -o id=N              this peer's partition (default: from the hostname,\n"
+      "                         vmN, vmN-suffix or N_suffix)\n"
+      "    -o create            create and format BACKEND if it is a missing or\n"
+      "                         empty (or all-zero) host file\n"
+      "    -o size=SIZE         size of a created region, e.g. 64M (default 64M)\n"
+      "    -o partitions=N      partitions of a created region (default 4)\n"
+      "    -o log=LEVEL         trace, debug, info (default), warn, error, off\n"
+      "    -o uid=USER          owner of the files (default: the daemon's user)\n"
+      "    -o gid=GROUP         group of the files (default: the daemon's group)\n"
+      "    -o umask=MASK        octal; own file 0666&~MASK, others 0444&~MASK\n"
+      "                         (default 022)\n"
+      "    -o poll_min_us=N     fastest polling of peers' partitions, while data\n"
+      "                         flows (default 100)\n"
+      "    -o poll_max_ms=N     slowest polling, when idle (default 50)\n"
+      "\n"
+      "EXIT STATUS\n"
+      "    0 after a clean unmount; 1 when the region cannot be opened, the\n"
+      "    partition is owned by a live daemon, or mounting fails (the reason is\n"
+      "    printed on stderr before the daemon detaches).\n"
+      "\n"
+      "See docs/filesystem.md for the files, .status, extended attributes and\n"
+      "coherence between peers.\n"
+      "\n"
+      "FUSE OPTIONS\n",
+      program);
+}
+
+}  // namespace
+
+ParseOutcome parse_options(fuse_args& args, Options& options) {
+  const char* program = args.argc > 0 ? args.argv[0] : "ivshmfs";
+  std::vector<std::string> positional;
+  RawOptions raw;
+  raw.positional = &positional;
+  if (fuse_opt_parse(&args, &raw, kOptionSpecs, keep_or_collect) == -1) {
+    free_raw(raw);
+    return ParseOutcome::exit_failure;
+  }
+  const bool converted = convert(raw, options);
+  free_raw(raw);
+  if (!converted) return ParseOutcome::exit_failure;
+
+  if (positional.size() > 2) {
+    std::fprintf(stderr, "ivshmfs: too many arguments: '%s'\n", positional[2].c_str());
+    print_usage(program);
+    return ParseOutcome::exit_failure;
+  }
+  if (positional.size() == 2) options.backend = positional[0];
+  if (!positional.empty() && fuse_opt_add_arg(&args, positional.back().c_str()) != 0) {
+    return ParseOutcome::exit_failure;
+  }
+
+  fuse_cmdline_opts cmdline{};
+  if (fuse_parse_cmdline(&args, &cmdline) != 0) return ParseOutcome::exit_failure;
+  const auto release_mountpoint = [&] { std::free(cmdline.mountpoint); };  // NOLINT: malloc'd by libfuse
+  if (cmdline.show_help) {
+    print_help(program);
+    fuse_cmdline_help();
+    fuse_lowlevel_help();
+    release_mountpoint();
+    return ParseOutcome::exit_success;
+  }
+  if (cmdline.show_version) {
+    std::printf("ivshmfs version %s\nFUSE library version %s\n", IVSHMFS_VERSION, fuse_pkgversion());
+    fuse_lowlevel_version();
+    release_mountpoint();
+    return ParseOutcome::exit_success;
+  }
+  if (cmdline.mountpoint == nullptr) {
+    std::fprintf(stderr, "ivshmfs: no mount point given\n");
+    print_usage(program);
+    return ParseOutcome::exit_failure;
+  }
+  options.mountpoint = cmdline.mountpoint;
+  release_mountpoint();
+  options.foreground = cmdline.foreground != 0;
+  options.debug = cmdline.debug != 0;
+  options.singlethread = cmdline.singlethread != 0;
+  options.clone_fd = cmdline.clone_fd;
+  options.max_idle_threads = cmdline.max_idle_threads;
+  options.max_threads = cmdline.max_threads;
+  if (options.debug && options.log_level > spdlog::level::debug) options.log_level = spdlog::level::debug;
+  return ParseOutcome::run;
+}
+
+}  // namespace ivshmfs::fs

@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: MIT
+// The daemon's command line: FUSE's own options plus ours (-o id=, create, ...).
+#pragma once
+
+#include <fuse_lowlevel.h>
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <spdlog/common.h>
+
+namespace ivshmfs::fs {
+
+// How the files look: ownership and permission bits.
+struct FileOwnership {
+  uid_t uid = 0;
+  gid_t gid = 0;
+  mode_t umask = 022;
+};
+
+// Bounds of the adaptive interval at which the watcher polls the control blocks.
+struct PollBounds {
+  std::chrono::microseconds min{100};     // while data flows
+  std::chrono::microseconds max{50'000};  // when idle
+};
+
+struct Options {
+  std::optional<std::string> backend;  // omitted: find_default_backend()
+  std::string mountpoint;              // absolute (FUSE resolves it)
+  std::optional<uint32_t> id;          // -o id=N; omitted: resolve_peer_id
+  bool create = false;                 // -o create: create and format a missing host file
+  uint64_t create_size = 64ULL << 20;  // -o size=SIZE
+  uint32_t partitions = 4;             // -o partitions=N
+  spdlog::level::level_enum log_level = spdlog::level::info;
+  FileOwnership ownership;
+  PollBounds poll;
+  bool foreground = false;
+  bool debug = false;
+  bool singlethread = false;
+  int clone_fd = 0;
+  unsigned max_idle_threads = 0;  // 0: libfuse's default
+  unsigned max_threads = 0;       // 0: libfuse's default
+};
+
+enum class ParseOutcome { run, exit_success, exit_failure };
+
+// Parses argv (consumed from `args`, which then holds what fuse_session_new
+// needs). Prints help, version or the reason of a failure itself.
+ParseOutcome parse_options(fuse_args& args, Options& options);
+
+}  // namespace ivshmfs::fs

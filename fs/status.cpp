@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: MIT
+#include "status.hpp"
+
+#include <spdlog/fmt/fmt.h>
+
+#include "ivshmfs/backend.hpp"
+
+namespace ivshmfs::fs {
+
+std::string partition_file_name(uint32_t id) { return "vm" + std::to_string(id); }
+
+std::string format_status(const Region& region, uint32_t self_id, bool stale) {
+  const RegionInfo& info = region.info();
+  std::string out = fmt::format(
+      "region backend={} kind={} size={} version={} format_id={:#018x} format_time_ns={} partitions={} self={} "
+      "state={}\n",
+      region.backend().path(), to_string(region.backend().kind()), info.region_size, info.version, info.format_id,
+      info.format_time_ns, info.partition_count, self_id, stale ? "reformatted" : "ok");
+  if (stale) return out;  // the partition table we hold no longer describes the region
+  for (const PartitionInfo& p : region.partitions()) {
+    auto s = region.stat(p.id);
+    if (!s) {
+      out +=
+          fmt::format("partition id={} file={} error={}\n", p.id, partition_file_name(p.id), to_string(s.error().code));
+      continue;
+    }
+    out += fmt::format(
+        "partition id={} file={} self={} claimed={} alive={} owner_pid={} owner_local={} owner_since_ns={} "
+        "owner_heartbeat_ns={} length={} capacity={} free={} generation={} last_write_ns={}\n",
+        p.id, partition_file_name(p.id), p.id == self_id ? 1 : 0, s->claimed ? 1 : 0, s->alive ? 1 : 0, s->owner_pid,
+        s->owner_local ? 1 : 0, s->owner_since_ns, s->owner_heartbeat_ns, s->length, s->capacity,
+        s->capacity - s->length, s->generation, s->last_write_ns);
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, std::string>> partition_xattrs(const PartitionStat& s, bool self) {
+  const std::string p = kXattrPrefix;
+  return {
+      {p + "id", std::to_string(s.id)},
+      {p + "self", self ? "1" : "0"},
+      {p + "length", std::to_string(s.length)},
+      {p + "capacity", std::to_string(s.capacity)},
+      {p + "free", std::to_string(s.capacity - s.length)},
+      {p + "generation", std::to_string(s.generation)},
+      {p + "last_write_ns", std::to_string(s.last_write_ns)},
+      {p + "claimed", s.claimed ? "1" : "0"},
+      {p + "alive", s.alive ? "1" : "0"},
+      {p + "owner_pid", std::to_string(s.owner_pid)},
+      {p + "owner_local", s.owner_local ? "1" : "0"},
+      {p + "owner_since_ns", std::to_string(s.owner_since_ns)},
+      {p + "owner_heartbeat_ns", std::to_string(s.owner_heartbeat_ns)},
+  };
+}
+
+}  // namespace ivshmfs::fs

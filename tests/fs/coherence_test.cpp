@@ -1,0 +1,374 @@
+// SPDX-License-Identifier: MIT
+// Coherence between peers: what one daemon commits is visible in another
+// daemon's mount as soon as write() returns; poll wakes on new data; the
+// follow view streams; concurrent writers never interleave within a write.
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/epoll.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+#include <future>
+#include <map>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "mount_support.hpp"
+
+namespace ivshmfs::fstest {
+namespace {
+
+std::string read_all_fd(int fd) {
+  std::string out;
+  std::vector<char> buf(1 << 16);
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    if (n <= 0) break;
+    out.append(buf.data(), static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+std::string read_all(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  if (fd < 0) return {};
+  std::string out = read_all_fd(fd);
+  ::close(fd);
+  return out;
+}
+
+class Peers : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (auto missing = missing_prerequisite()) GTEST_SKIP() << "skipped: " << *missing;
+    a_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_a_.path(), 0, {}});
+    b_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_b_.path(), 1, {}});
+    ASSERT_TRUE(a_->start()) << "vm0 daemon did not mount:\n" << a_->log();
+    ASSERT_TRUE(b_->start()) << "vm1 daemon did not mount:\n" << b_->log();
+  }
+  void TearDown() override {
+    b_.reset();
+    a_.reset();
+  }
+
+  RegionFile region_{16 << 20, 2};
+  TempDir dir_a_{"mnt-a"};
+  TempDir dir_b_{"mnt-b"};
+  std::unique_ptr<Daemon> a_;
+  std::unique_ptr<Daemon> b_;
+};
+
+TEST_F(Peers, AWriteIsVisibleInTheOtherMountAsSoonAsItReturns) {
+  const int writer = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(writer, 0);
+  // The reader keeps its file open across writes: no cached size or pages
+  // may hide what the peer appended.
+  const int reader = ::open(b_->file("vm0").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(reader, 0);
+  std::string expected;
+  for (int i = 0; i < 300; ++i) {
+    const std::string record = "record " + std::to_string(i) + "\n";
+    ASSERT_EQ(::write(writer, record.data(), record.size()), static_cast<ssize_t>(record.size()));
+    expected += record;
+    struct stat st {};
+    ASSERT_EQ(::stat(b_->file("vm0").c_str(), &st), 0);
+    ASSERT_EQ(st.st_size, static_cast<off_t>(expected.size())) << "stat in the other mount after write " << i;
+    ASSERT_EQ(::fstat(reader, &st), 0);
+    ASSERT_EQ(st.st_size, static_cast<off_t>(expected.size())) << "fstat of an open file after write " << i;
+    char buf[64];
+    const ssize_t n = ::pread(reader, buf, sizeof buf, static_cast<off_t>(expected.size() - record.size()));
+    ASSERT_EQ(std::string(buf, static_cast<std::size_t>(std::max<ssize_t>(n, 0))), record) << "after write " << i;
+  }
+  EXPECT_EQ(read_all(b_->file("vm0")), expected);
+  ::close(reader);
+  ::close(writer);
+}
+
+TEST_F(Peers, AResetIsVisibleInTheOtherMountAsATruncation) {
+  const int reader = ::open(b_->file("vm0").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(reader, 0);
+  for (int i = 0; i < 50; ++i) {
+    const std::string text = "generation " + std::to_string(i);
+    const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+    ::close(fd);
+    struct stat st {};
+    ASSERT_EQ(::fstat(reader, &st), 0);
+    ASSERT_EQ(st.st_size, static_cast<off_t>(text.size()));
+    char buf[64];
+    const ssize_t n = ::pread(reader, buf, sizeof buf, 0);
+    ASSERT_EQ(std::string(buf, static_cast<std::size_t>(std::max<ssize_t>(n, 0))), text);
+  }
+  ::close(reader);
+}
+
+TEST_F(Peers, TheOtherDirectionWorksToo) {
+  const int fd = ::open(b_->file("vm1").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::write(fd, "from vm1", 8), 8);
+  ::close(fd);
+  EXPECT_EQ(read_all(a_->file("vm1")), "from vm1");
+}
+
+TEST_F(Peers, PollWakesWhenAPeerCommits) {
+  const int fd = ::open(b_->file("vm0").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(read_all_fd(fd), "");
+  pollfd p{fd, POLLIN, 0};
+  ASSERT_EQ(::poll(&p, 1, 0), 0) << "nothing to read yet";
+
+  auto waiter = std::async(std::launch::async, [fd] {
+    pollfd q{fd, POLLIN, 0};
+    const int r = ::poll(&q, 1, static_cast<int>(std::chrono::milliseconds(kDeadline).count()));
+    return r == 1 ? q.revents : -1;
+  });
+  std::this_thread::sleep_for(200ms);  // usually lets the waiter block first; correct either way
+  const int w = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(w, 0);
+  ASSERT_EQ(::write(w, "wake", 4), 4);
+  ::close(w);
+  const int revents = waiter.get();
+  EXPECT_NE(revents, -1) << "poll did not wake within the deadline";
+  EXPECT_TRUE((revents & POLLIN) != 0) << "revents " << revents;
+  EXPECT_EQ(read_all_fd(fd), "wake");
+  ASSERT_EQ(::poll(&p, 1, 0), 0) << "read to the end: nothing new";
+  ::close(fd);
+}
+
+TEST_F(Peers, EpollOnTheFollowViewWakesWhenAPeerCommits) {
+  const int fd = ::open(b_->file("follow/vm0").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  const int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  ASSERT_GE(ep, 0);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = fd;
+  ASSERT_EQ(::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev), 0) << std::strerror(errno);
+  epoll_event out{};
+  ASSERT_EQ(::epoll_wait(ep, &out, 1, 0), 0) << "empty partition: not readable";
+  auto waiter = std::async(std::launch::async, [ep] {
+    epoll_event got{};
+    return ::epoll_wait(ep, &got, 1, static_cast<int>(std::chrono::milliseconds(kDeadline).count()));
+  });
+  std::this_thread::sleep_for(200ms);
+  const int w = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(w, 0);
+  ASSERT_EQ(::write(w, "ep", 2), 2);
+  ::close(w);
+  EXPECT_EQ(waiter.get(), 1) << "epoll did not wake within the deadline";
+  char buf[8];
+  EXPECT_EQ(::read(fd, buf, sizeof buf), 2);
+  ::close(ep);
+  ::close(fd);
+}
+
+TEST_F(Peers, FollowReadsWaitForMoreData) {
+  const int w = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(w, 0);
+  ASSERT_EQ(::write(w, "first", 5), 5);
+  const int fd = ::open(b_->file("follow/vm0").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  char buf[64];
+  ASSERT_EQ(::read(fd, buf, sizeof buf), 5);
+  EXPECT_EQ(std::string(buf, 5), "first");
+
+  for (const std::string next : {"second", "third", "fourth"}) {
+    auto reader = std::async(std::launch::async, [fd] {
+      char b[64];
+      const ssize_t n = ::read(fd, b, sizeof b);
+      return n < 0 ? "error: " + std::string(std::strerror(errno)) : std::string(b, static_cast<std::size_t>(n));
+    });
+    std::this_thread::sleep_for(100ms);  // usually parks the read first; correct either way
+    ASSERT_EQ(::write(w, next.data(), next.size()), static_cast<ssize_t>(next.size()));
+    ASSERT_EQ(reader.wait_for(kDeadline), std::future_status::ready) << "the follow read never returned";
+    EXPECT_EQ(reader.get(), next);
+  }
+
+  // A reset: the follow view continues with the new contents.
+  ASSERT_EQ(::ftruncate(w, 0), 0);
+  ASSERT_EQ(::write(w, "after reset", 11), 11);
+  auto reader = std::async(std::launch::async, [fd] {
+    char b[64];
+    const ssize_t n = ::read(fd, b, sizeof b);
+    return n < 0 ? std::string("error") : std::string(b, static_cast<std::size_t>(n));
+  });
+  ASSERT_EQ(reader.wait_for(kDeadline), std::future_status::ready);
+  EXPECT_EQ(reader.get(), "after reset");
+  ::close(fd);
+  ::close(w);
+}
+
+TEST_F(Peers, FollowStreamsThroughCatIntoAPipe) {
+  int pipefd[2];
+  ASSERT_EQ(::pipe2(pipefd, O_CLOEXEC), 0);
+  const pid_t cat = ::fork();
+  if (cat == 0) {
+    ::dup2(pipefd[1], STDOUT_FILENO);
+    ::execlp("cat", "cat", b_->file("follow/vm0").c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  ASSERT_GT(cat, 0);
+  ::close(pipefd[1]);
+  std::string expected;
+  std::string got;
+  for (int i = 0; i < 20; ++i) {
+    const std::string line = "line " + std::to_string(i) + "\n";
+    expected += line;
+    const int w = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+    ASSERT_GE(w, 0);
+    ASSERT_EQ(::write(w, line.data(), line.size()), static_cast<ssize_t>(line.size()));
+    ::close(w);
+    const bool arrived = eventually([&] {
+      pollfd p{pipefd[0], POLLIN, 0};
+      while (::poll(&p, 1, 0) == 1) {
+        char buf[256];
+        const ssize_t n = ::read(pipefd[0], buf, sizeof buf);
+        if (n <= 0) break;
+        got.append(buf, static_cast<std::size_t>(n));
+      }
+      return got == expected;
+    });
+    ASSERT_TRUE(arrived) << "cat follow/vm0 delivered '" << got << "'";
+  }
+  ::kill(cat, SIGINT);  // cat has no handler: this interrupts its parked read
+  int status = 0;
+  ASSERT_TRUE(eventually([&] { return ::waitpid(cat, &status, WNOHANG) == cat; })) << "cat did not stop on SIGINT";
+  EXPECT_TRUE(WIFSIGNALED(status));
+  ::close(pipefd[0]);
+}
+
+void ignore_signal(int /*sig*/) {}
+
+TEST_F(Peers, ASignalInterruptsABlockedFollowRead) {
+  struct sigaction sa {};
+  sa.sa_handler = ignore_signal;
+  sa.sa_flags = 0;  // no SA_RESTART: the read must fail with EINTR
+  struct sigaction old {};
+  ASSERT_EQ(::sigaction(SIGUSR1, &sa, &old), 0);
+
+  const int fd = ::open(b_->file("follow/vm0").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  std::atomic<bool> done{false};
+  std::atomic<int> result{0};
+  std::atomic<int> error{0};
+  std::thread reader([&] {
+    char buf[16];
+    result = static_cast<int>(::read(fd, buf, sizeof buf));
+    error = errno;
+    done = true;
+  });
+  // The signal may come before the read blocks; send it until the read returns.
+  const bool returned = eventually(
+      [&] {
+        if (!done) ::pthread_kill(reader.native_handle(), SIGUSR1);
+        return done.load();
+      },
+      kDeadline);
+  if (!returned) {
+    // Unblock the reader so the test can end, then fail.
+    const int w = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+    if (w >= 0) {
+      (void)!::write(w, "x", 1);
+      ::close(w);
+    }
+  }
+  reader.join();
+  ::sigaction(SIGUSR1, &old, nullptr);
+  ASSERT_TRUE(returned) << "the follow read ignored the signal";
+  EXPECT_EQ(result.load(), -1);
+  EXPECT_EQ(error.load(), EINTR);
+
+  // The file still works after the interruption.
+  const int w = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(w, 0);
+  ASSERT_EQ(::write(w, "ok", 2), 2);
+  ::close(w);
+  char buf[8];
+  EXPECT_EQ(::read(fd, buf, sizeof buf), 2);
+  ::close(fd);
+}
+
+// A record: "R", writer, sequence, length, payload, checksum of all before it.
+std::string make_record(uint32_t writer, uint32_t seq, std::size_t payload_size, std::mt19937& rng) {
+  std::string r = "R";
+  auto put32 = [&](uint32_t v) { r.append(reinterpret_cast<const char*>(&v), 4); };
+  put32(writer);
+  put32(seq);
+  put32(static_cast<uint32_t>(payload_size));
+  for (std::size_t i = 0; i < payload_size; ++i) r.push_back(static_cast<char>(rng()));
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a
+  for (char c : r) h = (h ^ static_cast<unsigned char>(c)) * 1099511628211ULL;
+  r.append(reinterpret_cast<const char*>(&h), 8);
+  return r;
+}
+
+TEST_F(Peers, ConcurrentWritersNeverInterleaveWithinAWrite) {
+  constexpr uint32_t kThreads = 4;
+  constexpr uint32_t kProcesses = 2;
+  constexpr uint32_t kRecords = 150;
+  auto write_records = [this](uint32_t writer) {
+    std::mt19937 rng(writer);
+    const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd < 0) return false;
+    for (uint32_t seq = 0; seq < kRecords; ++seq) {
+      const std::string r = make_record(writer, seq, 1 + rng() % 9000, rng);
+      if (::write(fd, r.data(), r.size()) != static_cast<ssize_t>(r.size())) return false;
+    }
+    ::close(fd);
+    return true;
+  };
+  std::vector<pid_t> children;
+  for (uint32_t p = 0; p < kProcesses; ++p) {
+    const pid_t child = ::fork();
+    if (child == 0) _exit(write_records(kThreads + p) ? 0 : 1);
+    children.push_back(child);
+  }
+  std::vector<std::future<bool>> threads;
+  for (uint32_t t = 0; t < kThreads; ++t) threads.push_back(std::async(std::launch::async, write_records, t));
+  for (auto& t : threads) EXPECT_TRUE(t.get()) << "a writer thread failed";
+  for (pid_t c : children) {
+    int status = 0;
+    ::waitpid(c, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "a writer process failed";
+  }
+
+  const std::string all = read_all(b_->file("vm0"));
+  std::map<uint32_t, uint32_t> next_seq;
+  std::size_t pos = 0;
+  std::size_t records = 0;
+  while (pos < all.size()) {
+    ASSERT_LE(pos + 13, all.size()) << "truncated record header at " << pos;
+    ASSERT_EQ(all[pos], 'R') << "record boundary lost at " << pos;
+    uint32_t writer = 0, seq = 0, size = 0;
+    std::memcpy(&writer, all.data() + pos + 1, 4);
+    std::memcpy(&seq, all.data() + pos + 5, 4);
+    std::memcpy(&size, all.data() + pos + 9, 4);
+    ASSERT_LE(pos + 13 + size + 8, all.size()) << "truncated record at " << pos;
+    uint64_t h = 1469598103934665603ULL;
+    for (std::size_t i = pos; i < pos + 13 + size; ++i) h = (h ^ static_cast<unsigned char>(all[i])) * 1099511628211ULL;
+    uint64_t stored = 0;
+    std::memcpy(&stored, all.data() + pos + 13 + size, 8);
+    ASSERT_EQ(h, stored) << "checksum mismatch: a write was interleaved at " << pos;
+    EXPECT_EQ(seq, next_seq[writer]) << "writer " << writer << " out of order";
+    next_seq[writer] = seq + 1;
+    pos += 13 + size + 8;
+    ++records;
+  }
+  EXPECT_EQ(records, static_cast<std::size_t>((kThreads + kProcesses) * kRecords));
+}
+
+}  // namespace
+}  // namespace ivshmfs::fstest

@@ -1,0 +1,355 @@
+// SPDX-License-Identifier: MIT
+// The files of a mounted region, through ordinary system calls: names, modes,
+// ownership enforced by the daemon, append semantics, resets, a full
+// partition, .status and extended attributes. Two daemons over one region
+// file, as vm0 and vm1, the way two VMs see one region.
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "mount_support.hpp"
+
+namespace ivshmfs::fstest {
+namespace {
+
+// errno of a failed call, 0 when it succeeded.
+int errno_of(int result) { return result < 0 ? errno : 0; }
+
+int open_errno(const std::string& path, int flags) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) return errno;
+  ::close(fd);
+  return 0;
+}
+
+std::string read_all(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  if (fd < 0) return {};
+  std::string out;
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    EXPECT_GE(n, 0) << path << ": " << std::strerror(errno);
+    if (n <= 0) break;
+    out.append(buf.data(), static_cast<std::size_t>(n));
+  }
+  ::close(fd);
+  return out;
+}
+
+void append(const std::string& path, const std::string& data) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  EXPECT_EQ(::write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size())) << std::strerror(errno);
+  ::close(fd);
+}
+
+std::string xattr(const std::string& path, const std::string& name) {
+  char value[256];
+  const ssize_t n = ::getxattr(path.c_str(), name.c_str(), value, sizeof value);
+  EXPECT_GE(n, 0) << path << " " << name << ": " << std::strerror(errno);
+  return n < 0 ? std::string{} : std::string(value, static_cast<std::size_t>(n));
+}
+
+std::set<std::string> list_dir(const std::string& path) {
+  std::set<std::string> names;
+  DIR* dir = ::opendir(path.c_str());
+  EXPECT_NE(dir, nullptr) << path << ": " << std::strerror(errno);
+  if (dir == nullptr) return names;
+  while (const dirent* e = ::readdir(dir)) names.insert(e->d_name);
+  ::closedir(dir);
+  return names;
+}
+
+class TwoPeers : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (auto missing = missing_prerequisite()) GTEST_SKIP() << "skipped: " << *missing;
+    a_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_a_.path(), 0, extra_options_a()});
+    b_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_b_.path(), 1, {}});
+    ASSERT_TRUE(a_->start()) << "vm0 daemon did not mount:\n" << a_->log();
+    ASSERT_TRUE(b_->start()) << "vm1 daemon did not mount:\n" << b_->log();
+  }
+  void TearDown() override {
+    b_.reset();
+    a_.reset();
+  }
+  virtual std::vector<std::string> extra_options_a() { return {}; }
+
+  // Declared first: destroyed last, after the daemons unmounted.
+  RegionFile region_;
+  TempDir dir_a_{"mnt-a"};
+  TempDir dir_b_{"mnt-b"};
+  std::unique_ptr<Daemon> a_;  // owns vm0
+  std::unique_ptr<Daemon> b_;  // owns vm1
+};
+
+TEST_F(TwoPeers, ListsOneFilePerPartitionAndTheFollowView) {
+  EXPECT_EQ(list_dir(dir_a_.path()), (std::set<std::string>{".", "..", ".status", "follow", "vm0", "vm1"}));
+  EXPECT_EQ(list_dir(a_->file("follow")), (std::set<std::string>{".", "..", "vm0", "vm1"}));
+  struct stat st {};
+  EXPECT_EQ(::stat(a_->file("vm2").c_str(), &st), -1);
+  EXPECT_EQ(errno, ENOENT);
+}
+
+TEST_F(TwoPeers, OwnFileIs0644OthersAre0444) {
+  struct stat st {};
+  ASSERT_EQ(::stat(a_->file("vm0").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode, S_IFREG | 0644);
+  EXPECT_EQ(st.st_uid, ::getuid());
+  ASSERT_EQ(::stat(a_->file("vm1").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode, S_IFREG | 0444);
+  ASSERT_EQ(::stat(b_->file("vm1").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode, S_IFREG | 0644);
+  ASSERT_EQ(::stat(b_->file(".status").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode, S_IFREG | 0444);
+}
+
+TEST_F(TwoPeers, OpeningAnotherPeersFileForWritingIsEACCESEvenForRoot) {
+  ASSERT_EQ(::geteuid(), 0U) << "this checks that the daemon, not the mode bits, refuses";
+  for (int flags : {O_WRONLY, O_RDWR, O_WRONLY | O_APPEND, O_RDONLY | O_TRUNC, O_WRONLY | O_TRUNC}) {
+    EXPECT_EQ(open_errno(a_->file("vm1"), flags), EACCES) << "flags " << std::hex << flags;
+    EXPECT_EQ(open_errno(b_->file("vm0"), flags), EACCES) << "flags " << std::hex << flags;
+  }
+  EXPECT_EQ(errno_of(::truncate(a_->file("vm1").c_str(), 0)), EACCES);
+  EXPECT_EQ(open_errno(a_->file("vm1"), O_RDONLY), 0);
+  EXPECT_EQ(open_errno(a_->file(".status"), O_WRONLY), EACCES);
+  EXPECT_EQ(open_errno(a_->file("follow/vm0"), O_WRONLY), EACCES);
+}
+
+TEST_F(TwoPeers, WritesAppendWhateverTheOffset) {
+  const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  EXPECT_EQ(::write(fd, "abc", 3), 3);
+  EXPECT_EQ(::pwrite(fd, "XYZ", 3, 0), 3) << "pwrite at offset 0 appends";
+  EXPECT_EQ(::lseek(fd, 1, SEEK_SET), 1);
+  EXPECT_EQ(::write(fd, "12", 2), 2);
+  EXPECT_EQ(::pwrite(fd, "!", 1, 1000000), 1) << "an offset past the end appends too";
+  ::close(fd);
+  append(a_->file("vm0"), "tail");
+  EXPECT_EQ(read_all(a_->file("vm0")), "abcXYZ12!tail");
+  EXPECT_EQ(read_all(b_->file("vm0")), "abcXYZ12!tail");
+}
+
+TEST_F(TwoPeers, DataIsBinarySafe) {
+  std::string data;
+  for (int round = 0; round < 64; ++round) {
+    for (int c = 0; c < 256; ++c) data.push_back(static_cast<char>(c));
+  }
+  append(a_->file("vm0"), data);
+  EXPECT_EQ(read_all(b_->file("vm0")), data);
+  struct stat st {};
+  ASSERT_EQ(::stat(b_->file("vm0").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(data.size()));
+}
+
+TEST_F(TwoPeers, OTruncAndTruncateToZeroReset) {
+  append(a_->file("vm0"), "old contents");
+  const std::string generation_before = xattr(b_->file("vm0"), "user.ivshmfs.generation");
+
+  const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_TRUNC | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  EXPECT_EQ(::write(fd, "new", 3), 3);
+  ::close(fd);
+  EXPECT_EQ(read_all(b_->file("vm0")), "new");
+  EXPECT_EQ(std::stoull(xattr(b_->file("vm0"), "user.ivshmfs.generation")), std::stoull(generation_before) + 2);
+
+  ASSERT_EQ(::truncate(a_->file("vm0").c_str(), 0), 0) << std::strerror(errno);
+  struct stat st {};
+  ASSERT_EQ(::stat(b_->file("vm0").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 0);
+
+  append(a_->file("vm0"), "again");
+  const int fd2 = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd2, 0);
+  EXPECT_EQ(::ftruncate(fd2, 0), 0) << std::strerror(errno);
+  ::close(fd2);
+  EXPECT_EQ(read_all(b_->file("vm0")), "");
+}
+
+TEST_F(TwoPeers, TruncateToANonZeroSizeIsEPERM) {
+  append(a_->file("vm0"), "0123456789");
+  EXPECT_EQ(errno_of(::truncate(a_->file("vm0").c_str(), 5)), EPERM);
+  EXPECT_EQ(errno_of(::truncate(a_->file("vm0").c_str(), 100)), EPERM);
+  const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(errno_of(::ftruncate(fd, 3)), EPERM);
+  ::close(fd);
+  EXPECT_EQ(read_all(b_->file("vm0")), "0123456789") << "a refused truncate changes nothing";
+}
+
+TEST_F(TwoPeers, AFullPartitionGivesAShortWriteThenENOSPC) {
+  const uint64_t capacity = std::stoull(xattr(a_->file("vm0"), "user.ivshmfs.capacity"));
+  ASSERT_GT(capacity, 100U);
+  const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  const std::string fill(capacity - 10, 'f');
+  ASSERT_EQ(::write(fd, fill.data(), fill.size()), static_cast<ssize_t>(fill.size())) << std::strerror(errno);
+  const std::string more(100, 'm');
+  EXPECT_EQ(::write(fd, more.data(), more.size()), 10) << "short write: only 10 bytes fit";
+  EXPECT_EQ(::write(fd, "x", 1), -1);
+  EXPECT_EQ(errno, ENOSPC);
+  ::close(fd);
+  struct stat st {};
+  ASSERT_EQ(::stat(b_->file("vm0").c_str(), &st), 0);
+  EXPECT_EQ(static_cast<uint64_t>(st.st_size), capacity);
+  struct statvfs vfs {};
+  ASSERT_EQ(::statvfs(dir_a_.path().c_str(), &vfs), 0);
+  EXPECT_EQ(vfs.f_bfree, 0U);
+  // A reset makes room again.
+  ASSERT_EQ(::truncate(a_->file("vm0").c_str(), 0), 0);
+  append(a_->file("vm0"), "room");
+  EXPECT_EQ(read_all(b_->file("vm0")), "room");
+}
+
+TEST_F(TwoPeers, StatShowsCommittedLengthAndLastWriteTime) {
+  const auto before = wall_clock_ns();
+  append(a_->file("vm0"), "twelve bytes");
+  const auto after = wall_clock_ns();
+  struct stat st {};
+  ASSERT_EQ(::stat(b_->file("vm0").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 12);
+  const uint64_t mtime =
+      static_cast<uint64_t>(st.st_mtim.tv_sec) * 1'000'000'000ULL + static_cast<uint64_t>(st.st_mtim.tv_nsec);
+  // Commits are stamped with the coarse realtime clock: up to a tick behind.
+  constexpr uint64_t kCoarseClockSlack = 100'000'000;
+  EXPECT_GE(mtime, before - kCoarseClockSlack);
+  EXPECT_LE(mtime, after);
+  EXPECT_EQ(std::to_string(mtime), xattr(b_->file("vm0"), "user.ivshmfs.last_write_ns"));
+}
+
+TEST_F(TwoPeers, StatfsShowsTheOwnPartition) {
+  const uint64_t capacity = std::stoull(xattr(a_->file("vm0"), "user.ivshmfs.capacity"));
+  append(a_->file("vm0"), std::string(8192, 'd'));
+  struct statvfs vfs {};
+  ASSERT_EQ(::statvfs(dir_a_.path().c_str(), &vfs), 0);
+  EXPECT_EQ(vfs.f_blocks * vfs.f_frsize, capacity);
+  EXPECT_EQ(vfs.f_bfree * vfs.f_frsize, capacity - 8192);
+  EXPECT_EQ(vfs.f_bavail, vfs.f_bfree);
+}
+
+TEST_F(TwoPeers, CreatingRemovingAndRenamingFilesIsEPERM) {
+  EXPECT_EQ(open_errno(a_->file("new"), O_WRONLY | O_CREAT), EPERM);
+  EXPECT_EQ(errno_of(::mknod(a_->file("node").c_str(), S_IFREG | 0644, 0)), EPERM);
+  EXPECT_EQ(errno_of(::mkdir(a_->file("dir").c_str(), 0755)), EPERM);
+  EXPECT_EQ(errno_of(::unlink(a_->file("vm0").c_str())), EPERM);
+  EXPECT_EQ(errno_of(::unlink(a_->file("vm1").c_str())), EPERM);
+  EXPECT_EQ(errno_of(::rmdir(a_->file("follow").c_str())), EPERM);
+  EXPECT_EQ(errno_of(::rename(a_->file("vm0").c_str(), a_->file("renamed").c_str())), EPERM);
+  EXPECT_EQ(errno_of(::link(a_->file("vm0").c_str(), a_->file("hard").c_str())), EPERM);
+  EXPECT_EQ(errno_of(::symlink("vm0", a_->file("soft").c_str())), EPERM);
+  EXPECT_EQ(errno_of(::chmod(a_->file("vm0").c_str(), 0600)), EPERM);
+  EXPECT_EQ(list_dir(dir_a_.path()).size(), 6U) << "nothing was created";
+}
+
+TEST_F(TwoPeers, StatusFileDescribesRegionAndEveryPartition) {
+  append(a_->file("vm0"), "12345");
+  const std::string status = read_all(a_->file(".status"));
+  std::vector<std::string> lines;
+  std::istringstream in(status);
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  ASSERT_EQ(lines.size(), 3U) << status;
+  EXPECT_EQ(lines[0].rfind("region ", 0), 0U) << lines[0];
+  EXPECT_NE(lines[0].find(" backend=" + region_.path() + " "), std::string::npos) << lines[0];
+  EXPECT_NE(lines[0].find(" partitions=2 self=0 state=ok"), std::string::npos) << lines[0];
+  EXPECT_EQ(lines[1].rfind(
+                "partition id=0 file=vm0 self=1 claimed=1 alive=1 owner_pid=" + std::to_string(a_->pid()) + " ", 0),
+            0U)
+      << lines[1];
+  EXPECT_NE(lines[1].find(" length=5 "), std::string::npos) << lines[1];
+  EXPECT_NE(lines[1].find(" generation=0 "), std::string::npos) << lines[1];
+  EXPECT_EQ(lines[2].rfind(
+                "partition id=1 file=vm1 self=0 claimed=1 alive=1 owner_pid=" + std::to_string(b_->pid()) + " ", 0),
+            0U)
+      << lines[2];
+  EXPECT_NE(lines[2].find(" length=0 "), std::string::npos) << lines[2];
+  for (const auto& line : lines) EXPECT_EQ(line.find("  "), std::string::npos) << "fields split on one space";
+}
+
+TEST_F(TwoPeers, ExtendedAttributesDescribeThePartitionAndAreReadOnly) {
+  append(a_->file("vm0"), "abc");
+  EXPECT_EQ(xattr(b_->file("vm0"), "user.ivshmfs.id"), "0");
+  EXPECT_EQ(xattr(b_->file("vm0"), "user.ivshmfs.length"), "3");
+  EXPECT_EQ(xattr(b_->file("vm0"), "user.ivshmfs.self"), "0");
+  EXPECT_EQ(xattr(a_->file("vm0"), "user.ivshmfs.self"), "1");
+  EXPECT_EQ(xattr(b_->file("vm0"), "user.ivshmfs.alive"), "1");
+  EXPECT_EQ(xattr(b_->file("vm0"), "user.ivshmfs.claimed"), "1");
+  EXPECT_EQ(xattr(b_->file("vm0"), "user.ivshmfs.owner_pid"), std::to_string(a_->pid()));
+  EXPECT_EQ(xattr(b_->file("vm0"), "user.ivshmfs.generation"), "0");
+  EXPECT_EQ(xattr(b_->file("follow/vm0"), "user.ivshmfs.length"), "3");
+
+  char names[4096];
+  const ssize_t n = ::listxattr(b_->file("vm0").c_str(), names, sizeof names);
+  ASSERT_GT(n, 0) << std::strerror(errno);
+  std::set<std::string> listed;
+  for (const char* p = names; p < names + n; p += std::strlen(p) + 1) listed.insert(p);
+  for (const char* name :
+       {"user.ivshmfs.id", "user.ivshmfs.length", "user.ivshmfs.capacity", "user.ivshmfs.generation",
+        "user.ivshmfs.last_write_ns", "user.ivshmfs.owner_pid", "user.ivshmfs.alive", "user.ivshmfs.owner_since_ns"}) {
+    EXPECT_EQ(listed.count(name), 1U) << name;
+  }
+  char small[1];
+  EXPECT_EQ(::getxattr(b_->file("vm0").c_str(), "user.ivshmfs.owner_pid", small, sizeof small), -1);
+  EXPECT_EQ(errno, ERANGE);
+  EXPECT_EQ(::getxattr(b_->file("vm0").c_str(), "user.other", small, sizeof small), -1);
+  EXPECT_EQ(errno, ENODATA);
+  EXPECT_EQ(errno_of(::setxattr(a_->file("vm0").c_str(), "user.ivshmfs.length", "9", 1, 0)), EPERM);
+  EXPECT_EQ(errno_of(::removexattr(a_->file("vm0").c_str(), "user.ivshmfs.length")), EPERM);
+}
+
+TEST_F(TwoPeers, LargeWritesAndReadsGoThroughWhole) {
+  std::string data(3 << 20, '\0');
+  for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<char>((i * 131) >> 7);
+  RegionFile big(16 << 20, 2);
+  TempDir dir("mnt-big");
+  Daemon d({big.path(), dir.path(), 0, {}});
+  ASSERT_TRUE(d.start()) << d.log();
+  const int fd = ::open(d.file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0);
+  EXPECT_EQ(::write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+  ::close(fd);
+  const int rfd = ::open(d.file("vm0").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(rfd, 0);
+  std::string back(data.size() + 10, '\0');
+  std::size_t got = 0;
+  while (got < back.size()) {
+    const ssize_t n = ::read(rfd, back.data() + got, back.size() - got);
+    ASSERT_GE(n, 0) << std::strerror(errno);
+    if (n == 0) break;
+    got += static_cast<std::size_t>(n);
+  }
+  ::close(rfd);
+  back.resize(got);
+  EXPECT_TRUE(back == data) << "read back " << got << " of " << data.size() << " bytes, contents differ";
+}
+
+class CustomOwnership : public TwoPeers {
+  std::vector<std::string> extra_options_a() override { return {"uid=1234", "gid=5678", "umask=027"}; }
+};
+
+TEST_F(CustomOwnership, UidGidAndUmaskApply) {
+  struct stat st {};
+  ASSERT_EQ(::stat(a_->file("vm0").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode, S_IFREG | 0640);
+  EXPECT_EQ(st.st_uid, 1234U);
+  EXPECT_EQ(st.st_gid, 5678U);
+  ASSERT_EQ(::stat(a_->file("vm1").c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode, S_IFREG | 0440);
+  ASSERT_EQ(::stat(dir_a_.path().c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode, S_IFDIR | 0550);
+}
+
+}  // namespace
+}  // namespace ivshmfs::fstest
