@@ -93,13 +93,19 @@ guest_build_test_prog() {
 GUEST_ACCEL=${GUEST_ACCEL:-tcg}
 GUEST_MEM=${GUEST_MEM:-256M}
 
-# guest_start NAME INITRD SHMFILE SCENARIO ARGS LOG [DEVICE-OPTS]
+# guest_start NAME INITRD SHMFILE SCENARIO ARGS LOG [SHMFILE2]
 # Boot one guest in the background, hostname NAME, its ivshmem-plain device
-# backed by SHMFILE (whose size is the BAR2 size). Prints QEMU's pid.
+# backed by SHMFILE (whose size is the BAR2 size); SHMFILE2 adds a second
+# ivshmem-plain device. Prints QEMU's pid.
 guest_start() {
-	local name=$1 initrd=$2 shm=$3 scenario=$4 args=$5 logf=$6 size kver
+	local name=$1 initrd=$2 shm=$3 scenario=$4 args=$5 logf=$6 shm2=${7:-} size kver
+	local extra=()
 	kver=$(guest_kver)
 	size=$(stat -c %s "$shm")
+	if [ -n "$shm2" ]; then
+		extra=(-object "memory-backend-file,id=shm2,share=on,mem-path=$shm2,size=$(stat -c %s "$shm2")"
+		       -device ivshmem-plain,memdev=shm2)
+	fi
 	: > "$logf"
 	# shellcheck disable=SC2086
 	qemu-system-x86_64 -accel "$GUEST_ACCEL" -machine "${GUEST_MACHINE:-pc}" -cpu max -smp 1 -m "$GUEST_MEM" \
@@ -108,7 +114,7 @@ guest_start() {
 		-kernel "/boot/vmlinuz-$kver" -initrd "$initrd" \
 		-append "console=ttyS0 quiet loglevel=4 panic=-1 ${GUEST_APPEND:-}ivshmfs.hostname=$name ivshmfs.scenario=$scenario ivshmfs.args=$args" \
 		-object "memory-backend-file,id=shm,share=on,mem-path=$shm,size=$size" \
-		-device ivshmem-plain,memdev=shm \
+		-device ivshmem-plain,memdev=shm "${extra[@]}" \
 		${GUEST_QEMU_ARGS:-} >"$logf.qemu" 2>&1 &
 	echo $!
 }

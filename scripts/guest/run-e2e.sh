@@ -68,14 +68,21 @@ new_shm() { # new_shm NAME SIZE: a zeroed backing file in /dev/shm
 }
 
 run_driver() {
-	local shm pid logf=$WORK/driver.log t=$SECONDS
-	log "driver: booting one guest"
+	local shm shm2 pid logf=$WORK/driver.log t=$SECONDS
+	log "driver: booting one guest with two ivshmem devices (16 MiB, 1 MiB)"
 	shm=$(new_shm driver 16M)
+	shm2=$(new_shm driver-small 1M)
 	"$TESTPROG" fill "$shm" 1048576 65536 11
-	pid=$(guest_start vm0 "$INITRD" "$shm" driver "1048576,65536,11,2097152,65536,22" "$logf")
+	pid=$(guest_start vm0 "$INITRD" "$shm" driver "1048576,65536,11,2097152,65536,22" "$logf" "$shm2")
 	PIDS+=("$pid")
 	guest_finish "$pid" "$logf" "$TIMEOUT" || { log "driver: FAIL"; return 1; }
-	"$TESTPROG" check "$shm" 2097152 65536 22 || { log "driver: guest pattern not in the host file"; return 1; }
+	# The guest's raw writes reached the host files: a pattern in the small
+	# device's file, ivshmfs data in the big one (formatted by the guest).
+	"$TESTPROG" check "$shm2" 4096 8192 33 || { log "driver: guest pattern not in the host file"; return 1; }
+	if [ -x "$BUILD_DIR/tools/ivshmctl" ]; then
+		"$BUILD_DIR/tools/ivshmctl" read "$shm" 0 | grep -q hello-through-ivshmfs ||
+			{ log "driver: data written through ivshmfs in the guest is not in the host file"; return 1; }
+	fi
 	log "driver: PASS ($((SECONDS - t)) s; guest up in $(tr -d '\r' < "$logf" | sed -n 's/^IVSHM-BOOTED [^ ]* //p'))"
 }
 

@@ -70,6 +70,35 @@ check rmmod rmmod ivshm
 check insmod-again insmod /lib/modules/ivshm.ko
 check devnode-back test -c $DEV
 check data-survives-reload ivshm-test check $DEV "$GOFF" "$GLEN" "$GSEED"
+# A second, small device: /dev/ivshm1 in probe order, mapped without struct
+# pages (BAR2 below 2 MiB).
+check second-device test -c /dev/ivshm1
+check second-device-minor test "$(cat /sys/class/misc/ivshm1/minor)" = 1
+check second-device-size test "$(cat /sys/class/misc/ivshm1/bar2_size)" = 1048576
+out=$(ivshm-test selftest /dev/ivshm1 2>&1) && pass small-bar-selftest || fail small-bar-selftest "$(echo "$out" | grep FAIL | tr '\n' ' ')"
+check small-bar-write ivshm-test fill /dev/ivshm1 4096 8192 33
+check small-bar-independent sh -c "! ivshm-test check $DEV 4096 8192 33"
+
+# ivshmfs over the device, then unbind under the daemon: the daemon loses its
+# mapping (SIGBUS), the kernel must stay healthy.
+if command -v ivshmfs >/dev/null && command -v ivshmctl >/dev/null; then
+	if ivshmctl format --force --partitions 2 $DEV > /tmp/fmt.log 2>&1 &&
+	   ivshmfs -o id=0 $DEV /mnt/ivshm > /tmp/fs.log 2>&1 && wait_until 10 is_mounted /mnt/ivshm; then
+		echo hello-through-ivshmfs >> /mnt/ivshm/vm0
+		check ivshmfs-over-driver test "$(cat /mnt/ivshm/vm0)" = hello-through-ivshmfs
+		check unbind-under-ivshmfs sh -c "echo $BDF > /sys/bus/pci/drivers/ivshm/unbind"
+		sleep 2
+		cat /mnt/ivshm/vm0 > /dev/null 2>&1
+		umount -l /mnt/ivshm 2>/dev/null
+		check rebind-after-ivshmfs sh -c "echo $BDF > /sys/bus/pci/drivers/ivshm/bind && test -c $DEV"
+		check data-after-ivshmfs-unbind sh -c "ivshmctl read $DEV 0 | grep -q hello-through-ivshmfs"
+	else
+		fail "ivshmfs-over-driver $(cat /tmp/fmt.log /tmp/fs.log | tail -n 5 | tr '\n' ' ')"
+	fi
+else
+	info "ivshmfs/ivshmctl not in the initramfs: skipping the unbind-under-ivshmfs check"
+fi
+
 dmesg | grep -iE 'bug|oops|warning|ivshm' | sed 's/^/IVSHM-INFO dmesg: /'
 check no-kernel-warnings sh -c "! dmesg | grep -qiE 'BUG:|Oops|WARNING:|general protection'"
 finish
