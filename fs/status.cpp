@@ -9,13 +9,25 @@ namespace ivshmfs::fs {
 
 std::string partition_file_name(uint32_t id) { return "vm" + std::to_string(id); }
 
+namespace {
+
+// One field must stay one awk field: no blanks inside a value.
+std::string field(std::string value) {
+  for (char& c : value) {
+    if (c == ' ' || c == '\t' || c == '\n') c = '_';
+  }
+  return value;
+}
+
+}  // namespace
+
 std::string format_status(const Region& region, uint32_t self_id, bool stale) {
   const RegionInfo& info = region.info();
   std::string out = fmt::format(
       "region backend={} kind={} size={} version={} format_id={:#018x} format_time_ns={} partitions={} self={} "
       "state={}\n",
-      region.backend().path(), to_string(region.backend().kind()), info.region_size, info.version, info.format_id,
-      info.format_time_ns, info.partition_count, self_id, stale ? "reformatted" : "ok");
+      field(region.backend().path()), field(to_string(region.backend().kind())), info.region_size, info.version,
+      info.format_id, info.format_time_ns, info.partition_count, self_id, stale ? "reformatted" : "ok");
   if (stale) return out;  // the partition table we hold no longer describes the region
   for (const PartitionInfo& p : region.partitions()) {
     auto s = region.stat(p.id);
