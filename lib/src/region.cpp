@@ -130,9 +130,13 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
   const std::string path = backend->path();
   const std::span<std::byte> bytes = backend->bytes();
   const uint64_t size = bytes.size();
-  if (size < sizeof(ivshmfs_header)) {
-    return make_error(Errc::region_too_small, path + ": " + std::to_string(size) + " bytes cannot hold the " +
-                                                  std::to_string(sizeof(ivshmfs_header)) + "-byte header");
+  // The smallest valid region is one page of metadata and one data page:
+  // anything smaller cannot hold the layout, whatever its first bytes say.
+  constexpr uint64_t kMinRegionSize = IVSHMFS_PAGE_SIZE + IVSHMFS_MIN_CAPACITY;
+  if (size < kMinRegionSize) {
+    return make_error(Errc::region_too_small, path + ": " + std::to_string(size) +
+                                                  " bytes cannot hold an ivshmfs region (at least " +
+                                                  std::to_string(kMinRegionSize) + " bytes)");
   }
   // One private copy; nothing below reads the shared header again.
   ivshmfs_header h{};
