@@ -145,8 +145,9 @@ Error lost_claim(const PartitionWriter& w) {
 
 Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
   std::lock_guard lock(append_mutex_);
-  if (!owns()) return lost_claim(*this);
+  // A region formatted anew also zeroes our claim: report the cause, not the symptom.
   if (auto r = region_->check_format(); !r) return std::move(r).error();
+  if (!owns()) return lost_claim(*this);
   // Only we write this field, but a hostile peer may have: clamp it.
   const uint64_t length = std::min(load_relaxed(control_->committed_length), partition_.capacity);
   const uint64_t room = partition_.capacity - length;
@@ -164,8 +165,9 @@ Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
 
 Result<void> PartitionWriter::reset() {
   std::lock_guard lock(append_mutex_);
-  if (!owns()) return lost_claim(*this);
+  // A region formatted anew also zeroes our claim: report the cause, not the symptom.
   if (auto r = region_->check_format(); !r) return std::move(r).error();
+  if (!owns()) return lost_claim(*this);
   const uint64_t gen = load_relaxed(control_->generation) & ~uint64_t{1};
   store_relaxed(control_->generation, gen + 1);  // odd: readers retry
   std::atomic_thread_fence(std::memory_order_release);
@@ -176,6 +178,7 @@ Result<void> PartitionWriter::reset() {
 }
 
 Result<void> PartitionWriter::heartbeat() {
+  if (auto r = region_->check_format(); !r) return std::move(r).error();
   if (!owns()) return lost_claim(*this);
   store_release(control_->owner_heartbeat_ns, wall_clock_ns());
   return {};
