@@ -1,0 +1,337 @@
+// SPDX-License-Identifier: MIT
+// Append, read, view, stat and reset through PartitionWriter and Region:
+// counts, offsets, capacity and "no space", binary data, generations,
+// read-only readers that never write, and hostile control blocks.
+#include <time.h>
+
+#include <numeric>
+#include <random>
+
+#include "test_support.hpp"
+
+namespace ivshmfs::test {
+namespace {
+
+constexpr uint32_t kPartitions = 4;
+constexpr uint64_t kCapacity = 64 * 1024;
+constexpr uint64_t kSize = IVSHMFS_PAGE_SIZE + kPartitions * kCapacity;
+
+ClaimOptions quiet_claim() {
+  ClaimOptions options;
+  options.heartbeat_interval = std::chrono::milliseconds(0);  // no background writes to the region
+  return options;
+}
+
+class ReadWriteTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    format_file(file_.path(), kSize, kPartitions);
+    region_ = open_region(file_.path(), true);
+    ASSERT_NE(region_, nullptr);
+    auto writer = PartitionWriter::claim(region_, 1, quiet_claim());
+    ASSERT_TRUE(writer.ok()) << writer.error().message;
+    writer_ = std::move(writer).value();
+  }
+
+  std::string read_at(uint64_t offset, std::size_t size, const Region* region = nullptr) {
+    std::vector<std::byte> buf(size);
+    auto n = (region != nullptr ? *region : *region_).read(1, offset, buf);
+    if (!n.ok()) {
+      ADD_FAILURE() << "read at " << offset << ": " << n.error().message;
+      return {};
+    }
+    EXPECT_LE(*n, size);
+    return as_string(std::span(buf).first(*n));
+  }
+
+  TempFile file_{"rw"};
+  std::shared_ptr<Region> region_;
+  std::unique_ptr<PartitionWriter> writer_;
+};
+
+TEST_F(ReadWriteTest, AppendReturnsCountsAndReadsAtOffsets) {
+  auto s0 = region_->stat(1);
+  ASSERT_TRUE(s0.ok()) << s0.error().message;
+  EXPECT_EQ(s0->length, 0u);
+  EXPECT_EQ(s0->capacity, kCapacity);
+  EXPECT_EQ(s0->generation % 2, 0u);
+
+  auto n = writer_->append(as_bytes("hello, "));
+  ASSERT_TRUE(n.ok()) << n.error().message;
+  EXPECT_EQ(*n, 7u);
+  n = writer_->append(as_bytes("world"));
+  ASSERT_TRUE(n.ok()) << n.error().message;
+  EXPECT_EQ(*n, 5u);
+  n = writer_->append({});
+  ASSERT_TRUE(n.ok()) << n.error().message;
+  EXPECT_EQ(*n, 0u) << "an empty append appends nothing";
+
+  auto s = region_->stat(1);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->length, 12u) << "committed length after two appends";
+  EXPECT_EQ(s->generation, s0->generation) << "appends do not change the generation";
+
+  EXPECT_EQ(read_at(0, 100), "hello, world") << "read from 0 with a larger buffer";
+  EXPECT_EQ(read_at(0, 5), "hello") << "read limited by the buffer";
+  EXPECT_EQ(read_at(7, 3), "wor") << "read in the middle";
+  EXPECT_EQ(read_at(11, 10), "d") << "read of the last byte";
+  EXPECT_EQ(read_at(12, 10), "") << "read at the end";
+  EXPECT_EQ(read_at(1000, 10), "") << "read past the end";
+  EXPECT_EQ(read_at(UINT64_MAX, 10), "") << "read at the largest offset";
+  EXPECT_EQ(read_at(3, 0), "") << "read into an empty buffer";
+
+  // Other partitions are untouched.
+  auto other = region_->stat(2);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(other->length, 0u);
+
+  auto v = region_->view(1, 7, 100);
+  ASSERT_TRUE(v.ok()) << v.error().message;
+  EXPECT_EQ(as_string(v->bytes), "world");
+  EXPECT_TRUE(region_->generation_unchanged(1, v->generation));
+  auto end = region_->view(1, 12, 100);
+  ASSERT_TRUE(end.ok());
+  EXPECT_TRUE(end->bytes.empty());
+
+  auto missing = region_->read(kPartitions, 0, std::span<std::byte>());
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, Errc::no_such_partition);
+  EXPECT_NE(missing.error().message.find(file_.path()), std::string::npos) << missing.error().message;
+  EXPECT_FALSE(region_->stat(99).ok());
+  EXPECT_FALSE(region_->view(99, 0, 1).ok());
+}
+
+TEST_F(ReadWriteTest, BinaryDataWithZeroBytes) {
+  std::vector<std::byte> data(10000);
+  std::mt19937 rng(7);
+  for (std::size_t i = 0; i < data.size(); ++i) {
+    data[i] = i % 3 == 0 ? std::byte{0} : static_cast<std::byte>(rng());
+  }
+  data[0] = data[data.size() - 1] = std::byte{0};
+  std::size_t done = 0;
+  for (std::size_t chunk : {1u, 0u, 999u, 4096u, 5000u}) {
+    chunk = std::min(chunk, data.size() - done);
+    auto n = writer_->append(std::span(data).subspan(done, chunk));
+    ASSERT_TRUE(n.ok()) << n.error().message;
+    ASSERT_EQ(*n, chunk);
+    done += chunk;
+  }
+  ASSERT_EQ(done, data.size());
+  std::vector<std::byte> back(data.size() + 10);
+  auto n = region_->read(1, 0, back);
+  ASSERT_TRUE(n.ok()) << n.error().message;
+  ASSERT_EQ(*n, data.size());
+  back.resize(*n);
+  EXPECT_TRUE(back == data) << "binary data came back different";
+}
+
+TEST_F(ReadWriteTest, ShortAppendWhenFullThenNoSpace) {
+  std::vector<std::byte> big(kCapacity - 10, std::byte{'a'});
+  auto n = writer_->append(big);
+  ASSERT_TRUE(n.ok()) << n.error().message;
+  EXPECT_EQ(*n, kCapacity - 10);
+  std::vector<std::byte> tail(100, std::byte{'b'});
+  n = writer_->append(tail);
+  ASSERT_TRUE(n.ok()) << n.error().message;
+  EXPECT_EQ(*n, 10u) << "the append that fills the partition is short";
+  n = writer_->append(tail);
+  ASSERT_FALSE(n.ok()) << "append to a full partition succeeded with " << *n;
+  EXPECT_EQ(n.error().code, Errc::no_space) << n.error().message;
+  EXPECT_NE(n.error().message.find("full"), std::string::npos) << n.error().message;
+  EXPECT_EQ(n.error().negative_errno(), -ENOSPC);
+  n = writer_->append({});
+  EXPECT_TRUE(n.ok() && *n == 0) << "an empty append on a full partition is not an error";
+
+  auto s = region_->stat(1);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->length, kCapacity);
+  EXPECT_EQ(read_at(kCapacity - 11, 100), "abbbbbbbbbb");
+
+  ASSERT_TRUE(writer_->reset().ok());
+  n = writer_->append(tail);
+  ASSERT_TRUE(n.ok()) << "a reset partition accepts appends again: " << n.error().message;
+  EXPECT_EQ(*n, tail.size());
+}
+
+TEST_F(ReadWriteTest, ResetEmptiesAndBumpsGeneration) {
+  ASSERT_TRUE(writer_->append(as_bytes("first generation")).ok());
+  auto before = region_->stat(1);
+  ASSERT_TRUE(before.ok());
+  EXPECT_NE(before->last_write_ns, 0u) << "an append records its time";
+  // Let the wall clock move on, so the reset's time is distinguishable. The
+  // library may stamp with the coarse clock (one tick of resolution), which
+  // lags the fine one: wait for that.
+  auto coarse_ns = [] {
+    timespec ts{};
+    clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<uint64_t>(ts.tv_nsec);
+  };
+  while (coarse_ns() <= before->last_write_ns) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+
+  ASSERT_TRUE(writer_->reset().ok());
+  auto after = region_->stat(1);
+  ASSERT_TRUE(after.ok());
+  EXPECT_EQ(after->length, 0u);
+  EXPECT_EQ(after->generation, before->generation + 2) << "a reset bumps the generation by two";
+  EXPECT_GT(after->last_write_ns, before->last_write_ns) << "a reset records its time";
+  EXPECT_EQ(read_at(0, 100), "");
+  EXPECT_FALSE(region_->generation_unchanged(1, before->generation));
+  EXPECT_TRUE(region_->generation_unchanged(1, after->generation));
+
+  ASSERT_TRUE(writer_->append(as_bytes("second")).ok());
+  uint64_t generation = 0;
+  std::vector<std::byte> buf(100);
+  auto n = region_->read(1, 0, buf, &generation);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(as_string(std::span(buf).first(*n)), "second") << "nothing of the first generation survives";
+  EXPECT_EQ(generation, after->generation) << "read reports the generation it read";
+
+  auto last = region_->stat(1);
+  ASSERT_TRUE(last.ok());
+  EXPECT_GE(last->last_write_ns, after->last_write_ns);
+
+  // A reset of an empty partition still bumps the generation.
+  ASSERT_TRUE(writer_->reset().ok());
+  ASSERT_TRUE(writer_->reset().ok());
+  auto twice = region_->stat(1);
+  ASSERT_TRUE(twice.ok());
+  EXPECT_EQ(twice->generation, after->generation + 4);
+}
+
+TEST_F(ReadWriteTest, StatShowsTheOwner) {
+  auto s = region_->stat(1);
+  ASSERT_TRUE(s.ok());
+  EXPECT_TRUE(s->claimed);
+  EXPECT_TRUE(s->alive);
+  EXPECT_TRUE(s->owner_local);
+  EXPECT_EQ(s->owner_pid, static_cast<uint64_t>(::getpid()));
+  EXPECT_NE(s->owner_since_ns, 0u);
+  EXPECT_GE(s->owner_heartbeat_ns, s->owner_since_ns);
+  auto free_partition = region_->stat(0);
+  ASSERT_TRUE(free_partition.ok());
+  EXPECT_FALSE(free_partition->claimed);
+  EXPECT_FALSE(free_partition->alive);
+}
+
+// Invariant 2: readers never write. A read-only mapping (a write would
+// fault) reads and stats, and the file's bytes stay exactly as they were.
+TEST_F(ReadWriteTest, ReadOnlyReadersNeverWrite) {
+  ASSERT_TRUE(writer_->append(as_bytes("data for readers")).ok());
+  ASSERT_TRUE(writer_->reset().ok());
+  ASSERT_TRUE(writer_->append(as_bytes("after a reset")).ok());
+  writer_.reset();  // released: nothing else writes the file now
+  {
+    auto holder = PartitionWriter::claim(region_, 2, quiet_claim());  // a claimed partition, too
+    ASSERT_TRUE(holder.ok());
+    holder.value()->release();
+  }
+  // Partition 3 is held by a forged remote owner whose heartbeat stopped long ago.
+  RawMap raw(file_.path());
+  poke(raw.control(3)->owner_token, 77);
+  poke(raw.control(3)->owner_host, 12345);
+  poke(raw.control(3)->owner_pid, 999999);
+  poke(raw.control(3)->owner_heartbeat_ns, 1);
+
+  const uint64_t before = file_checksum(file_.path());
+  {
+    RegionOpenOptions ro;
+    ro.writable = false;
+    auto reader = Region::open_path(file_.path(), ro);
+    ASSERT_TRUE(reader.ok()) << reader.error().message;
+    ASSERT_FALSE((*reader)->backend().writable());
+    EXPECT_EQ(read_at(0, 100, reader->get()), "after a reset");
+    EXPECT_EQ(read_at(6, 5, reader->get()), "a res");
+    for (uint32_t id = 0; id < kPartitions; ++id) {
+      auto s = (*reader)->stat(id);
+      ASSERT_TRUE(s.ok()) << s.error().message;
+      EXPECT_EQ(s->length, id == 1 ? 13u : 0u);
+    }
+    auto stale = (*reader)->stat(3);
+    ASSERT_TRUE(stale.ok());
+    EXPECT_TRUE(stale->claimed);
+    EXPECT_FALSE(stale->alive) << "a remote owner with an ancient heartbeat is not alive";
+    auto v = (*reader)->view(1, 0, 5);
+    ASSERT_TRUE(v.ok());
+    EXPECT_EQ(as_string(v->bytes), "after");
+    EXPECT_TRUE((*reader)->check_format().ok());
+    // Claiming through a read-only mapping is refused cleanly.
+    auto claim = PartitionWriter::claim(*reader, 0);
+    ASSERT_FALSE(claim.ok());
+    EXPECT_EQ(claim.error().code, Errc::read_only) << claim.error().message;
+    // And formatting it too.
+    auto format = Region::format((*reader)->backend(), FormatOptions{4, true});
+    ASSERT_FALSE(format.ok());
+    EXPECT_EQ(format.error().code, Errc::read_only);
+  }
+  EXPECT_EQ(file_checksum(file_.path()), before) << "a reader changed the region's bytes";
+}
+
+// Invariant 1: a committed length from shared memory is clamped to the capacity.
+TEST_F(ReadWriteTest, HostileCommittedLengthIsClamped) {
+  ASSERT_TRUE(writer_->append(as_bytes("abc")).ok());
+  RawMap raw(file_.path());
+  for (uint64_t hostile : {kCapacity + 1, kCapacity + 12345, UINT64_MAX / 2, UINT64_MAX}) {
+    SCOPED_TRACE(hostile);
+    poke(raw.control(1)->committed_length, hostile);
+    auto reader = open_region(file_.path(), false);
+    ASSERT_NE(reader, nullptr);
+    auto s = reader->stat(1);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    EXPECT_EQ(s->length, kCapacity) << "stat reports an unclamped length";
+    std::vector<std::byte> buf(kCapacity + 4096);
+    auto n = reader->read(1, 0, buf);
+    ASSERT_TRUE(n.ok()) << n.error().message;
+    EXPECT_EQ(*n, kCapacity);
+    n = reader->read(1, kCapacity - 1, buf);
+    ASSERT_TRUE(n.ok());
+    EXPECT_EQ(*n, 1u);
+    n = reader->read(1, kCapacity, buf);
+    ASSERT_TRUE(n.ok());
+    EXPECT_EQ(*n, 0u);
+    auto v = reader->view(1, 10, SIZE_MAX);
+    ASSERT_TRUE(v.ok());
+    EXPECT_EQ(v->bytes.size(), kCapacity - 10);
+    // The owner trusts the field no more than readers do.
+    auto appended = writer_->append(as_bytes("x"));
+    ASSERT_FALSE(appended.ok());
+    EXPECT_EQ(appended.error().code, Errc::no_space) << appended.error().message;
+  }
+}
+
+// A reset that never finishes (odd generation, e.g. a crashed or hostile
+// peer) makes readers give up with Errc::busy instead of spinning forever.
+TEST_F(ReadWriteTest, StuckResetGivesBusy) {
+  ASSERT_TRUE(writer_->append(as_bytes("abc")).ok());
+  RawMap raw(file_.path());
+  const uint64_t gen = peek(raw.control(1)->generation);
+  poke(raw.control(1)->generation, gen + 1);
+  std::vector<std::byte> buf(10);
+  auto n = region_->read(1, 0, buf);
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.error().code, Errc::busy) << n.error().message;
+  EXPECT_NE(n.error().message.find("partition 1"), std::string::npos) << n.error().message;
+  auto s = region_->stat(1);
+  ASSERT_FALSE(s.ok());
+  EXPECT_EQ(s.error().code, Errc::busy);
+  auto v = region_->view(1, 0, 10);
+  ASSERT_FALSE(v.ok());
+  EXPECT_EQ(v.error().code, Errc::busy);
+  poke(raw.control(1)->generation, gen);
+  EXPECT_EQ(read_at(0, 10), "abc") << "reads work again once the generation is even";
+}
+
+TEST_F(ReadWriteTest, ReleasedWriterCannotWrite) {
+  writer_->release();
+  EXPECT_FALSE(writer_->owns());
+  auto n = writer_->append(as_bytes("x"));
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.error().code, Errc::not_owner) << n.error().message;
+  auto r = writer_->reset();
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.error().code, Errc::not_owner);
+  EXPECT_FALSE(writer_->heartbeat().ok());
+  writer_->release();  // twice is harmless
+}
+
+}  // namespace
+}  // namespace ivshmfs::test
