@@ -1,0 +1,396 @@
+#!/usr/bin/env bash
+# ivshmctl end to end on region files in /dev/shm: format, status (table and
+# JSON), write/read round trips with binary data, reset, refusal while a live
+# writer owns a partition and --force, error messages and exit codes, --help.
+#
+#   tests/cli/ivshmctl_test.sh PATH/TO/ivshmctl
+#
+# Prints each check and ends with "N passed, M failed"; exits non-zero if any
+# check failed.
+set -u
+
+ctl=${1:?usage: $0 PATH/TO/ivshmctl}
+[ -x "$ctl" ] || {
+  echo "not executable: $ctl"
+  echo "0 passed, 1 failed"
+  exit 1
+}
+
+passed=0
+failed=0
+tmp=$(mktemp -d "/dev/shm/ivshmctl-test-$$-XXXXXX")
+bg_pids=()
+cleanup() {
+  local pid
+  for pid in "${bg_pids[@]}"; do kill "$pid" 2>/dev/null; done
+  exec 3>&-
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+n=0
+# Sets $file to a fresh, unique region file name (not created). Not called
+# through $(...): the counter must survive.
+next_file() {
+  n=$((n + 1))
+  file="$tmp/region-$n"
+}
+
+# run ARGS...: runs ivshmctl with stdin from /dev/null unless redirected by
+# the caller; sets $status, $out (stdout file) and $err (stderr text).
+out="$tmp/stdout"
+run() {
+  "$ctl" "$@" >"$out" 2>"$tmp/stderr"
+  status=$?
+  err=$(cat "$tmp/stderr")
+}
+
+pass() {
+  passed=$((passed + 1))
+  echo "ok   - $1"
+}
+fail() {
+  failed=$((failed + 1))
+  echo "FAIL - $1"
+  shift
+  local line
+  for line in "$@"; do echo "       $line"; done
+}
+
+# expect_status N DESCRIPTION
+expect_status() {
+  if [ "$status" = "$1" ]; then
+    pass "$2 (exit $1)"
+  else
+    fail "$2: exit $status, expected $1" "stdout: $(head -c 300 "$out")" "stderr: $err"
+  fi
+}
+# expect_err TEXT DESCRIPTION: stderr contains TEXT
+expect_err() {
+  if [[ "$err" == *"$1"* ]]; then
+    pass "$2: stderr says '$1'"
+  else
+    fail "$2: stderr lacks '$1'" "stderr: $err"
+  fi
+}
+# expect_out TEXT DESCRIPTION: stdout contains TEXT
+expect_out() {
+  if grep -qF -- "$1" "$out"; then
+    pass "$2: stdout says '$1'"
+  else
+    fail "$2: stdout lacks '$1'" "stdout: $(head -c 500 "$out")"
+  fi
+}
+expect_eq() { # ACTUAL EXPECTED DESCRIPTION
+  if [ "$1" = "$2" ]; then
+    pass "$3"
+  else
+    fail "$3: got '$1', expected '$2'"
+  fi
+}
+
+# json_field FILE EXPR: evaluates a Python expression over the parsed JSON `j`.
+json_field() {
+  python3 -c '
+import json, sys
+try:
+    j = json.load(open(sys.argv[1]))
+    print(eval(sys.argv[2]))
+except Exception as e:
+    print("invalid JSON or field (%s: %s)" % (type(e).__name__, e))
+' "$1" "$2"
+}
+
+sha() { sha256sum "$1" | cut -d' ' -f1; }
+
+echo "== help and usage"
+run --help
+expect_status 0 "ivshmctl --help"
+expect_out "Usage: ivshmctl COMMAND" "ivshmctl --help"
+for cmd in format status read write reset; do
+  run "$cmd" --help
+  expect_status 0 "ivshmctl $cmd --help"
+  expect_out "Usage: ivshmctl $cmd" "ivshmctl $cmd --help"
+  run "$cmd" -h
+  expect_status 0 "ivshmctl $cmd -h"
+done
+run --version
+expect_status 0 "ivshmctl --version"
+run
+expect_status 2 "no command"
+expect_err "no command" "no command"
+run frobnicate
+expect_status 2 "unknown command"
+expect_err "unknown command 'frobnicate'" "unknown command"
+next_file
+run status --bogus "$file"
+expect_status 2 "unknown option"
+expect_err "--bogus" "unknown option"
+run read --force "$file" 0
+expect_status 2 "an option another command has (read --force)"
+
+echo "== format"
+next_file
+f=$file
+run format "$f"
+expect_status 1 "format of a missing file without --size"
+expect_err "$f" "format of a missing file names it"
+expect_err "--size" "format of a missing file says what to pass"
+[ ! -e "$f" ] && pass "no file created without --size" || fail "a file was created without --size"
+
+for bad in 12X abc "" -5 1.5M 99999999999999999999T; do
+  run format --size "$bad" "$f"
+  expect_status 2 "format --size '$bad'"
+  expect_err "'$bad'" "format --size '$bad' quotes the bad size"
+done
+for bad in 0 65 abc -1; do
+  run format --size 1M --partitions "$bad" "$f"
+  expect_status 2 "format --partitions '$bad'"
+  expect_err "--partitions" "format --partitions '$bad'"
+done
+[ ! -e "$f" ] && pass "no file created by refused formats" || fail "a refused format created $f"
+
+run format --size 1M "$f"
+expect_status 0 "format --size 1M"
+expect_out "formatted $f" "format"
+expect_out "4 partitions" "format defaults to 4 partitions"
+expect_eq "$(stat -c %s "$f")" 1048576 "format --size 1M makes a 1 MiB file"
+
+run format "$f"
+expect_status 1 "format of a formatted region without --force"
+expect_err "$f" "refused format names the file"
+expect_err "--force" "refused format says how to proceed"
+
+run format --size 2M "$f"
+expect_status 1 "format --size that differs from the existing file"
+expect_err "$f" "size mismatch names the file"
+
+run format --force --partitions 2 "$f"
+expect_status 0 "format --force --partitions 2 of an existing file (no --size)"
+expect_out "2 partitions" "format --partitions 2"
+
+next_file
+small=$file
+run format --size 4K "$small"
+expect_status 1 "format of a region too small for its partitions"
+expect_err "$small" "too-small format names the file"
+expect_err "too small" "too-small format says so"
+
+next_file
+blank=$file
+truncate -s 64K "$blank"
+run format --partitions 8 "$blank"
+expect_status 0 "format of an existing blank file without --size"
+expect_out "8 partitions" "format --partitions 8"
+
+echo "== status"
+next_file
+f=$file
+run format --size 1M --partitions 4 "$f"
+expect_status 0 "format for status"
+run status "$f"
+expect_status 0 "status"
+expect_out "$f" "status names the region"
+expect_out "ID" "status table header"
+expect_out "LENGTH/CAPACITY" "status table header"
+for id in 0 1 2 3; do
+  if grep -qE "^$id +- +- +0/" "$out"; then pass "status row for partition $id (unclaimed, empty)"; else
+    fail "status row for partition $id" "$(cat "$out")"
+  fi
+done
+run status --json "$f"
+expect_status 0 "status --json"
+if command -v python3 >/dev/null; then
+  expect_eq "$(json_field "$out" 'j["partition_count"]')" 4 "JSON partition_count"
+  expect_eq "$(json_field "$out" 'len(j["partitions"])')" 4 "JSON partitions list"
+  expect_eq "$(json_field "$out" 'j["region_size"]')" 1048576 "JSON region_size"
+  expect_eq "$(json_field "$out" 'j["backend"]')" "$f" "JSON backend"
+  expect_eq "$(json_field "$out" '[p["id"] for p in j["partitions"]]')" "[0, 1, 2, 3]" "JSON partition ids"
+  expect_eq "$(json_field "$out" 'all(p["length"] == 0 and not p["claimed"] and not p["alive"] for p in j["partitions"])')" \
+    True "JSON: all partitions empty and unclaimed"
+  expect_eq "$(json_field "$out" 'j["partitions"][0]["capacity"] % 4096 == 0 and j["partitions"][0]["capacity"] > 0')" \
+    True "JSON capacity is a positive page multiple"
+else
+  fail "python3 is needed to parse status --json"
+fi
+
+echo "== write and read"
+data="$tmp/data"
+head -c 200000 /dev/urandom >"$data"
+printf 'zero\0bytes\0\0end' >>"$data"
+run write "$f" 1 <"$data"
+expect_status 0 "write of binary data from stdin"
+run read "$f" 1
+expect_status 0 "read to stdout"
+expect_eq "$(sha "$out")" "$(sha "$data")" "read returns exactly what write appended (sha256)"
+printf 'more' >"$tmp/more"
+run write "$f" 1 <"$tmp/more"
+expect_status 0 "second write appends"
+cat "$data" "$tmp/more" >"$tmp/both"
+run read "$f" 1
+expect_eq "$(sha "$out")" "$(sha "$tmp/both")" "read after two writes is their concatenation"
+run read "$f" 2
+expect_status 0 "read of an empty partition"
+expect_eq "$(stat -c %s "$out")" 0 "an empty partition reads as nothing"
+run write "$f" 3 </dev/null
+expect_status 0 "write of empty stdin"
+run status --json "$f"
+if command -v python3 >/dev/null; then
+  expect_eq "$(json_field "$out" 'j["partitions"][1]["length"]')" "$(stat -c %s "$tmp/both")" "JSON length after writes"
+  expect_eq "$(json_field "$out" 'j["partitions"][1]["claimed"]')" False "write released its claim on exit"
+  expect_eq "$(json_field "$out" 'j["partitions"][1]["last_write_ns"] > 0')" True "JSON last_write_ns set"
+  gen_before=$(json_field "$out" 'j["partitions"][1]["generation"]')
+fi
+
+echo "== reset"
+run reset "$f" 1
+expect_status 0 "reset"
+run read "$f" 1
+expect_eq "$(stat -c %s "$out")" 0 "read after reset is empty"
+run status --json "$f"
+if command -v python3 >/dev/null; then
+  if [[ "${gen_before:-}" =~ ^[0-9]+$ ]]; then
+    expect_eq "$(json_field "$out" 'j["partitions"][1]["generation"]')" "$((gen_before + 2))" "reset bumps the generation by 2"
+  else
+    fail "generation before the reset is unknown: ${gen_before:-}"
+  fi
+  expect_eq "$(json_field "$out" 'j["partitions"][1]["length"]')" 0 "JSON length after reset"
+fi
+
+echo "== a full partition"
+next_file
+tiny=$file
+run format --size 20K --partitions 4 "$tiny"
+expect_status 0 "format a region with 4 KiB partitions"
+head -c 5000 /dev/urandom >"$tmp/5000"
+run write "$tiny" 0 <"$tmp/5000"
+expect_status 1 "write beyond the capacity"
+expect_err "$tiny" "full partition error names the file"
+expect_err "full" "full partition error says so"
+expect_err "4096 bytes" "full partition error says how much was written"
+run read "$tiny" 0
+expect_eq "$(stat -c %s "$out")" 4096 "the partition holds what fitted"
+expect_eq "$(sha "$out")" "$(head -c 4096 "$tmp/5000" | sha256sum | cut -d' ' -f1)" "and exactly those bytes"
+
+echo "== ids and files that are wrong"
+run read "$f" 4
+expect_status 1 "read of an id out of range"
+expect_err "$f" "out-of-range id error names the file"
+expect_err "no partition 4" "out-of-range id error names the id"
+run write "$f" 9 </dev/null
+expect_status 1 "write of an id out of range"
+expect_err "no partition 9" "write to an out-of-range id"
+run reset "$f" 64
+expect_status 1 "reset of an id out of range"
+for bad in abc -1 1x 99999999999; do
+  run read "$f" "$bad"
+  expect_status 2 "read with id '$bad'"
+  expect_err "'$bad'" "read with id '$bad' quotes it"
+done
+run read "$f"
+expect_status 2 "read without an id"
+run read "$f" 1 2
+expect_status 2 "read with an extra argument"
+run status
+expect_status 2 "status without a backend"
+next_file
+missing=$file
+for cmd in "status $missing" "read $missing 0" "write $missing 0" "reset $missing 0"; do
+  # shellcheck disable=SC2086
+  run $cmd </dev/null
+  expect_status 1 "ivshmctl $cmd on a missing file"
+  expect_err "$missing" "ivshmctl ${cmd%% *} on a missing file names it"
+done
+[ ! -e "$missing" ] && pass "no command created the missing file" || fail "a command created $missing"
+next_file
+blank=$file
+truncate -s 64K "$blank"
+run status "$blank"
+expect_status 1 "status of a blank file"
+expect_err "$blank" "blank file error names the file"
+expect_err "not formatted" "blank file error says it is not formatted"
+next_file
+garbage=$file
+head -c 65536 /dev/urandom >"$garbage"
+run status "$garbage"
+expect_status 1 "status of random bytes"
+expect_err "$garbage" "bad magic error names the file"
+expect_err "magic" "bad magic error says so"
+next_file
+corrupt=$file
+run format --size 64K "$corrupt"
+printf '\x07' | dd of="$corrupt" bs=1 seek=44 conv=notrunc status=none # page_size
+run status "$corrupt"
+expect_status 1 "status of a region with a corrupt page_size"
+expect_err "$corrupt" "corrupt header error names the file"
+expect_err "page_size" "corrupt header error names the field"
+next_file
+shrunk=$file
+run format --size 64K "$shrunk"
+truncate -s 60K "$shrunk"
+run read "$shrunk" 0
+expect_status 1 "read of a region whose file was truncated"
+expect_err "$shrunk" "size mismatch names the file"
+run status /dev/null
+expect_status 1 "status of a character device that is not an ivshm device"
+expect_err "/dev/null" "the device error names it"
+
+echo "== a live owner"
+next_file
+f=$file
+run format --size 1M "$f"
+fifo="$tmp/fifo"
+mkfifo "$fifo"
+exec 3<>"$fifo" # keeps the fifo open, so the writer below waits for data
+"$ctl" write "$f" 2 <"$fifo" 2>"$tmp/holder.err" &
+holder=$!
+bg_pids+=("$holder")
+claimed=False
+for _ in $(seq 1 400); do
+  "$ctl" status --json "$f" >"$tmp/status.json" 2>/dev/null
+  claimed=$(json_field "$tmp/status.json" 'j["partitions"][2]["claimed"] and j["partitions"][2]["alive"]')
+  [ "$claimed" = True ] && break
+  sleep 0.05
+done
+expect_eq "$claimed" True "a background 'ivshmctl write' holds partition 2"
+expect_eq "$(json_field "$tmp/status.json" 'j["partitions"][2]["owner_pid"]')" "$holder" "status --json shows the owner's pid"
+run status "$f"
+if grep -qE "^2 +pid $holder \(here\) +yes" "$out"; then pass "status table shows the live owner"; else
+  fail "status table shows the live owner" "$(cat "$out")"
+fi
+printf 'intruder' >"$tmp/intruder"
+run write "$f" 2 <"$tmp/intruder"
+expect_status 1 "write refused while a live owner holds the partition"
+expect_err "$f" "refusal names the file"
+expect_err "partition 2" "refusal names the partition"
+expect_err "pid $holder" "refusal names the owner's pid"
+expect_err "--force" "refusal says how to override"
+run reset "$f" 2
+expect_status 1 "reset refused while a live owner holds the partition"
+expect_err "pid $holder" "reset refusal names the owner"
+run write "$f" 3 <"$tmp/intruder"
+expect_status 0 "other partitions stay writable"
+printf 'forced' >"$tmp/forced"
+run write --force "$f" 2 <"$tmp/forced"
+expect_status 0 "write --force takes the partition"
+run read "$f" 2
+expect_eq "$(cat "$out")" "forced" "the forced write landed"
+printf 'late' >&3
+exec 3>&-
+wait "$holder"
+holder_status=$?
+bg_pids=()
+expect_eq "$holder_status" 1 "the displaced writer fails its next append"
+holder_err=$(cat "$tmp/holder.err")
+if [[ "$holder_err" == *"no longer owned"* && "$holder_err" == *"$f"* ]]; then
+  pass "the displaced writer says it lost the partition"
+else
+  fail "the displaced writer says it lost the partition" "stderr: $holder_err"
+fi
+run read "$f" 2
+expect_eq "$(cat "$out")" "forced" "nothing from the displaced writer reached the partition"
+run reset --force "$f" 2
+expect_status 0 "reset --force"
+
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
