@@ -60,10 +60,11 @@ if [ "$mode" = quick ]; then
   partition_size=$((512 * MiB))
 else
   sizes="64 4096 65536 1048576 16777216"
-  gb_args=(--benchmark_min_time=0.2 --benchmark_repetitions=5 --benchmark_report_aggregates_only=true)
-  stream_total=$((64 * MiB)); stream_small_total=$((8 * MiB)); stream_reps=7
+  gb_args=(--benchmark_min_time=0.2 --benchmark_repetitions=9 --benchmark_enable_random_interleaving=true
+    --benchmark_report_aggregates_only=true)
+  stream_total=$((64 * MiB)); stream_small_total=$((8 * MiB)); stream_reps=9
   latency_count=50000
-  file_max_bytes=$((128 * MiB)); file_max_secs=1.5; file_reps=3
+  file_max_bytes=$((128 * MiB)); file_max_secs=1; file_reps=5
   follow_count=3000; follow_interval_us=500
   idle_secs=5
   partition_size=$((2560 * MiB))
