@@ -89,7 +89,37 @@ guest_build_test_prog() {
 
 # ---- booting ----
 
-# Extra QEMU arguments, e.g. GUEST_QEMU_ARGS="-accel kvm" where KVM works.
+# guest_kernel WORK: the kernel image QEMU boots. Debian's bzImage is
+# XZ-compressed and decompressing it under TCG takes seconds; the kernel has
+# CONFIG_PVH, so QEMU can boot the ELF vmlinux inside it directly. Extract it
+# once into WORK; fall back to the bzImage if that fails.
+guest_kernel() {
+	local work=$1 kver vmlinux
+	kver=$(guest_kver)
+	vmlinux=$work/vmlinux-$kver
+	if [ ! -s "$vmlinux" ] && command -v python3 >/dev/null; then
+		python3 - "/boot/vmlinuz-$kver" "$vmlinux.tmp" <<'PY' && mv "$vmlinux.tmp" "$vmlinux"
+import lzma, sys
+data = open(sys.argv[1], "rb").read()
+off = data.find(b"\xfd7zXZ\x00")
+if off < 0:
+    sys.exit(1)
+elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(data[off:])
+if elf[:4] != b"\x7fELF":
+    sys.exit(1)
+open(sys.argv[2], "wb").write(elf)
+PY
+		rm -f "$vmlinux.tmp"
+	fi
+	if [ -s "$vmlinux" ] && grep -q '^CONFIG_PVH=y' "/boot/config-$kver" 2>/dev/null; then
+		echo "$vmlinux"
+	else
+		echo "/boot/vmlinuz-$kver"
+	fi
+}
+
+# GUEST_ACCEL=kvm where KVM really works (GUEST_QEMU_ARGS="-cpu host" then);
+# GUEST_QEMU_ARGS adds QEMU arguments. GUEST_KERNEL is set by guest_kernel.
 GUEST_ACCEL=${GUEST_ACCEL:-tcg}
 GUEST_MEM=${GUEST_MEM:-256M}
 
@@ -98,9 +128,8 @@ GUEST_MEM=${GUEST_MEM:-256M}
 # backed by SHMFILE (whose size is the BAR2 size); SHMFILE2 adds a second
 # ivshmem-plain device. Prints QEMU's pid.
 guest_start() {
-	local name=$1 initrd=$2 shm=$3 scenario=$4 args=$5 logf=$6 shm2=${7:-} size kver
+	local name=$1 initrd=$2 shm=$3 scenario=$4 args=$5 logf=$6 shm2=${7:-} size
 	local extra=()
-	kver=$(guest_kver)
 	size=$(stat -c %s "$shm")
 	if [ -n "$shm2" ]; then
 		extra=(-object "memory-backend-file,id=shm2,share=on,mem-path=$shm2,size=$(stat -c %s "$shm2")"
@@ -111,7 +140,7 @@ guest_start() {
 	qemu-system-x86_64 -accel "$GUEST_ACCEL" -machine "${GUEST_MACHINE:-pc}" -cpu max -smp 1 -m "$GUEST_MEM" \
 		-nodefaults -no-reboot -display none -monitor none \
 		-serial "file:$logf" \
-		-kernel "/boot/vmlinuz-$kver" -initrd "$initrd" \
+		-kernel "${GUEST_KERNEL:-/boot/vmlinuz-$(guest_kver)}" -initrd "$initrd" \
 		-append "console=ttyS0 quiet loglevel=4 panic=-1 ${GUEST_APPEND:-}ivshmfs.hostname=$name ivshmfs.scenario=$scenario ivshmfs.args=$args" \
 		-object "memory-backend-file,id=shm,share=on,mem-path=$shm,size=$size" \
 		-device ivshmem-plain,memdev=shm "${extra[@]}" \

@@ -62,14 +62,20 @@ order+=(ivshm.ko)
 printf '%s\n' "${order[@]}" > "$stage/lib/modules/load-order"
 
 # Programs and the shared libraries they need (including the loader).
+# Debug info is stripped from the copies: a smaller image unpacks faster
+# under TCG.
+copy_stripped() {
+	cp -L "$1" "$2"
+	strip --strip-debug "$2" 2>/dev/null || true
+}
 copy_with_libs() {
 	local bin=$1 dest=$2 lib
-	cp -L "$bin" "$stage$dest"
+	copy_stripped "$bin" "$stage$dest"
 	ldd "$bin" 2>/dev/null | grep -q 'not a dynamic' && return 0
 	for lib in $(ldd "$bin" | awk '/=> \// { print $3 } /^\t\// { print $1 }'); do
 		[ -e "$stage$lib" ] && continue
 		mkdir -p "$stage$(dirname "$lib")"
-		cp -L "$lib" "$stage$lib"
+		copy_stripped "$lib" "$stage$lib"
 	done
 }
 copy_with_libs "$test_prog" /usr/local/bin/ivshm-test

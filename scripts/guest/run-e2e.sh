@@ -5,6 +5,7 @@
 #   scripts/guest/run-e2e.sh [--mode MODE] [BUILD_DIR]
 #
 # MODE is one of
+#   boot    boot one guest and power it off: measures boot time
 #   driver  boot one guest: ivshm.ko probe, ioctl, sysfs, mmap checks, data
 #           exchange with the host file, unbind/rmmod with a live mapping
 #   bench   boot one guest: copy bandwidth through /dev/ivshm0 (cacheable)
@@ -25,7 +26,7 @@ mode=all
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--mode) mode=$2; shift 2 ;;
-	-h|--help) sed -n '3,22p' "$0"; exit 0 ;;
+	-h|--help) sed -n '3,23p' "$0"; exit 0 ;;
 	-*) die "unknown option $1" ;;
 	*) break ;;
 	esac
@@ -42,9 +43,10 @@ log "kernel $KVER, headers $(guest_kdir), work dir $WORK"
 t=$SECONDS
 MODULE=$(guest_build_module "$WORK")
 TESTPROG=$(guest_build_test_prog "$WORK")
+GUEST_KERNEL=$(guest_kernel "$WORK")
 INITRD=$WORK/initramfs.cpio.gz
 "$GUEST_DIR/mkinitramfs.sh" --build-dir "$BUILD_DIR" --module "$MODULE" --test-prog "$TESTPROG" -o "$INITRD"
-log "build: $((SECONDS - t)) s"
+log "build: $((SECONDS - t)) s; booting $GUEST_KERNEL"
 
 SHMS=()
 PIDS=()
@@ -86,6 +88,18 @@ run_driver() {
 	log "driver: PASS ($((SECONDS - t)) s; guest up in $(tr -d '\r' < "$logf" | sed -n 's/^IVSHM-BOOTED [^ ]* //p'))"
 }
 
+run_boot() {
+	local shm pid logf=$WORK/boot.log t
+	shm=$(new_shm boot 16M)
+	t=$(date +%s.%N)
+	pid=$(guest_start vm0 "$INITRD" "$shm" boot "" "$logf")
+	PIDS+=("$pid")
+	guest_wait_line "$pid" "$logf" '^IVSHM-BOOTED' "$TIMEOUT" || { guest_show_log "$logf"; return 1; }
+	local tb; tb=$(date +%s.%N)
+	guest_finish "$pid" "$logf" "$TIMEOUT" || return 1
+	log "boot: /init reached $(echo "$tb - $t" | bc 2>/dev/null || echo "?") s after starting QEMU (guest uptime $(tr -d '\r' < "$logf" | sed -n 's/^IVSHM-BOOTED [^ ]* //p')); powered off $(echo "$(date +%s.%N) - $t" | bc 2>/dev/null || echo "?") s after start"
+}
+
 run_bench() {
 	local shm pid logf=$WORK/bench.log t=$SECONDS
 	log "bench: booting one guest"
@@ -99,6 +113,7 @@ run_bench() {
 
 rc=0
 case "$mode" in
+boot) run_boot || rc=1 ;;
 driver) run_driver || rc=1 ;;
 bench) run_bench || rc=1 ;;
 e2e) . "$GUEST_DIR/e2e.sh"; run_e2e || rc=1 ;;
