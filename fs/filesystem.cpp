@@ -463,7 +463,10 @@ void Filesystem::read(fuse_req_t req, std::size_t size, off_t off, fuse_file_inf
       fuse_reply_buf(req, nullptr, 0);
       return;
     }
-    fuse_reply_buf(req, h.text.data() + offset, std::min(size, h.text.size() - offset));
+    // A copy on our stack: the kernel may finish the read, and a RELEASE on
+    // another thread free the handle, before writev has returned here.
+    const std::string slice = h.text.substr(offset, size);
+    fuse_reply_buf(req, slice.data(), slice.size());
     return;
   }
   if (stale_) {
