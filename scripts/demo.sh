@@ -7,7 +7,7 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build="$root/build"
+build="${IVSHMFS_BUILD_DIR:-$root/build}"
 keep=0
 [ "${1:-}" = "--keep" ] && keep=1
 [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ] && { sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 0; }
@@ -28,7 +28,8 @@ unmount_all() {
 [ "$keep" = 1 ] || trap unmount_all EXIT
 unmount_all
 
-step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
+step() { printf '\n%s$ %s%s\n' "$bold" "$*" "$plain"; }
 run() { step "$*"; eval "$@"; }
 
 run "$ivshmctl" format --force --size 64M --partitions 4 "$region"
