@@ -17,7 +17,7 @@ class Detacher {
   Detacher& operator=(const Detacher&) = delete;
   ~Detacher();
 
-  // Mounted: let the parent exit 0, start a session, drop the terminal.
+  // Mounted: let the parent exit 0, leave the process group, drop the terminal.
   void succeed() noexcept;
 
  private:

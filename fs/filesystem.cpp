@@ -130,8 +130,8 @@ Filesystem::~Filesystem() {
   }
 }
 
-void Filesystem::start(fuse_session* session) {
-  session_ = session;
+void Filesystem::start(fuse_session* fuse) {
+  fuse_ = fuse;
   watcher_.start();
 }
 
@@ -779,12 +779,12 @@ void Filesystem::partition_changed(Slot& slot) {
   // Attribute timeouts are zero already; this also drops what a kernel
   // might hold from before (e.g. an i_size raised by our own direct write).
   const uint32_t index = slot.info.index;
-  if (session_ != nullptr) {
+  if (fuse_ != nullptr) {
     if (slot.lookups.load(std::memory_order_relaxed) > 0) {
-      fuse_lowlevel_notify_inval_inode(session_, partition_ino(index), -1, 0);  // ENOENT: forgotten meanwhile
+      fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), -1, 0);  // ENOENT: forgotten meanwhile
     }
     if (slot.follow_lookups.load(std::memory_order_relaxed) > 0) {
-      fuse_lowlevel_notify_inval_inode(session_, follow_ino(index), -1, 0);
+      fuse_lowlevel_notify_inval_inode(fuse_, follow_ino(index), -1, 0);
     }
   }
   wake_pollers(slot);

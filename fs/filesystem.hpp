@@ -40,9 +40,9 @@ class Filesystem {
   // The operation table for fuse_session_new; userdata must be this object.
   static const fuse_lowlevel_ops& operations() noexcept;
 
-  // Mounted: starts watching peers (notifications need the session).
-  void start(fuse_session* session);
-  // The session loop ended: stops watching and answers parked reads.
+  // Mounted: starts watching peers (notifications need the FUSE channel).
+  void start(fuse_session* fuse);
+  // The FUSE loop ended: stops watching and answers parked reads.
   void stop() noexcept;
 
   enum class NodeKind { none, root, status, follow_dir, partition, follow };
@@ -115,7 +115,7 @@ class Filesystem {
 
   std::atomic<bool> stale_{false};
   std::atomic<bool> lost_claim_logged_{false};
-  fuse_session* session_ = nullptr;
+  fuse_session* fuse_ = nullptr;
 
   std::mutex handles_mutex_;
   std::unordered_map<Handle*, std::unique_ptr<Handle>> handles_;

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // ivshmfs: mounts a shared region as a directory. The order of main() is
-// libfuse's: parse the command line, open what we serve, create the session,
+// libfuse's: parse the command line, open what we serve, create the FUSE instance,
 // set signal handlers, mount, detach, loop, unmount. Everything that can fail
 // for a reason the user must see (no backend, id not in the region, partition
 // owned by a live daemon) happens before detaching, so it reaches stderr and
@@ -127,18 +127,18 @@ int serve(fuse_args& args, const Options& options, Detacher& detacher) {
 
   Filesystem filesystem(*region, std::move(*writer), options);
   if (!add_mount_options(args, path)) return 1;
-  fuse_session* session = fuse_session_new(&args, &Filesystem::operations(), sizeof(fuse_lowlevel_ops), &filesystem);
-  if (session == nullptr) return 1;  // libfuse printed why
+  fuse_session* fuse = fuse_session_new(&args, &Filesystem::operations(), sizeof(fuse_lowlevel_ops), &filesystem);
+  if (fuse == nullptr) return 1;  // libfuse printed why
   int status = 1;
-  if (fuse_set_signal_handlers(session) == 0) {
-    if (fuse_session_mount(session, options.mountpoint.c_str()) == 0) {
+  if (fuse_set_signal_handlers(fuse) == 0) {
+    if (fuse_session_mount(fuse, options.mountpoint.c_str()) == 0) {
       detacher.succeed();
       if (!options.foreground) log_to_syslog(options.log_level);
       spdlog::info("mounted {} on {}", path, options.mountpoint);
-      filesystem.start(session);
+      filesystem.start(fuse);
       int loop = 0;
       if (options.singlethread) {
-        loop = fuse_session_loop(session);
+        loop = fuse_session_loop(fuse);
       } else {
         fuse_loop_config* config = fuse_loop_cfg_create();
         fuse_loop_cfg_set_clone_fd(config, static_cast<unsigned>(options.clone_fd));
@@ -147,19 +147,19 @@ int serve(fuse_args& args, const Options& options, Detacher& detacher) {
         if (options.max_threads != 0 && options.max_threads <= 100000) {
           fuse_loop_cfg_set_max_threads(config, options.max_threads);
         }
-        loop = fuse_session_loop_mt(session, config);
+        loop = fuse_session_loop_mt(fuse, config);
         fuse_loop_cfg_destroy(config);
       }
       filesystem.stop();
-      fuse_session_unmount(session);
+      fuse_session_unmount(fuse);
       // The loop returns the signal that ended it: SIGTERM, SIGINT and SIGHUP
       // are the ordinary ways to stop a daemon, not failures.
       status = loop == 0 || loop == SIGTERM || loop == SIGINT || loop == SIGHUP ? 0 : 1;
       spdlog::info("unmounted {}; releasing partition {}", options.mountpoint, identity->id);
     }
-    fuse_remove_signal_handlers(session);
+    fuse_remove_signal_handlers(fuse);
   }
-  fuse_session_destroy(session);
+  fuse_session_destroy(fuse);
   return status;
 }
 

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Helpers for the mounted-filesystem tests: a formatted region file in
+// Support for the mounted-filesystem tests: a formatted region file in
 // /dev/shm, real ivshmfs daemons started from the built binary in temporary
 // mount points, and cleanup that always unmounts (fusermount3 -u, then a
 // lazy unmount and SIGKILL) even when an assertion failed halfway.
