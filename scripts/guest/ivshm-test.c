@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * ivshm-test: small, statically linked helper for the guest harness.
+ * ivshm-test: small, statically linked test program of the guest harness.
  *
  *   ivshm-test info DEV                 print IVSHM_IOC_INFO of /dev/ivshmN
  *   ivshm-test selftest DEV             ioctl and mmap argument checks

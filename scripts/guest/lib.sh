@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0
-# Shared helpers of the ivshmfs guest harness; sourced, not run.
+# Shared functions of the ivshmfs guest harness; sourced, not run.
 
 GUEST_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$GUEST_DIR/../.." && pwd)
@@ -79,7 +79,7 @@ guest_build_module() {
 	echo "$work/module/ivshm.ko"
 }
 
-# Build the static ivshm-test helper; print its path.
+# Build the static ivshm-test program; print its path.
 guest_build_test_prog() {
 	local work=$1
 	cc -static -O2 -Wall -Wextra -Werror -I "$REPO_DIR/kernel/uapi" \

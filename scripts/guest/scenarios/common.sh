@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-2.0
-# Helpers for guest scenarios (busybox sh). Sourced.
+# Functions for guest scenarios (busybox sh). Sourced.
 FAILS=0
 pass() { echo "IVSHM-RESULT PASS $*"; }
 fail() { echo "IVSHM-RESULT FAIL $*"; FAILS=$((FAILS + 1)); }
