@@ -10,7 +10,6 @@
 #include <cstring>
 #include <fstream>
 #include <random>
-#include <set>
 #include <thread>
 
 #include "ivshmfs/identity.hpp"
@@ -187,7 +186,7 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
 
   auto region = std::shared_ptr<Region>(new Region(std::move(backend)));
   region->info_ = RegionInfo{h.version, h.region_size, h.format_id, h.format_time_ns, h.partition_count, h.data_offset};
-  std::set<uint32_t> ids;
+  region->index_by_id_.fill(-1);
   for (uint32_t i = 0; i < count; ++i) {
     const ivshmfs_partition_entry& e = table[i];
     auto bad = [&](const std::string& what) {
@@ -195,7 +194,8 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
                         path + ": corrupt partition table: entry " + std::to_string(i) + ": " + what);
     };
     if (e.id >= IVSHMFS_MAX_PARTITIONS) return bad("id " + std::to_string(e.id) + " is out of range");
-    if (!ids.insert(e.id).second) return bad("id " + std::to_string(e.id) + " is used twice");
+    if (region->index_by_id_[e.id] >= 0) return bad("id " + std::to_string(e.id) + " is used twice");
+    region->index_by_id_[e.id] = static_cast<int16_t>(i);
     if (e.flags != 0) return bad("unknown flags " + hex(e.flags));
     if (e.control_offset != h.control_offset + uint64_t{i} * sizeof(ivshmfs_control)) {
       return bad("control_offset " + hex(e.control_offset) + " is not control block " + std::to_string(i));
@@ -242,10 +242,8 @@ Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const R
 }
 
 const PartitionInfo* Region::find(uint32_t id) const noexcept {
-  for (const auto& p : partitions_) {
-    if (p.id == id) return &p;
-  }
-  return nullptr;
+  if (id >= index_by_id_.size() || index_by_id_[id] < 0) return nullptr;
+  return &partitions_[static_cast<std::size_t>(index_by_id_[id])];
 }
 
 ivshmfs_control* Region::control(const PartitionInfo& p) const noexcept {
@@ -335,27 +333,31 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
                     backend_->path() + ": partition " + std::to_string(id) + " kept resetting during a read");
 }
 
-Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) const {
+Result<PartitionSnapshot> Region::snapshot(uint32_t id) const {
   const PartitionInfo* p = find(id);
   if (p == nullptr) return no_partition(*this, id);
+  ivshmfs_control* c = control(*p);
+  for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
+    const uint64_t gen = load_acquire(c->generation);
+    PartitionSnapshot s{std::min(load_acquire(c->committed_length), p->capacity), gen, load_relaxed(c->last_write_ns)};
+    std::atomic_thread_fence(std::memory_order_acquire);
+    if (gen % 2 == 0 && load_relaxed(c->generation) == gen) return s;
+    backoff(attempt);
+  }
+  return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
+}
+
+Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) const {
+  auto snap = snapshot(id);
+  if (!snap) return std::move(snap).error();
+  const PartitionInfo* p = find(id);
   ivshmfs_control* c = control(*p);
   PartitionStat s;
   s.id = id;
   s.capacity = p->capacity;
-  for (int attempt = 0;; ++attempt) {
-    const uint64_t gen = load_acquire(c->generation);
-    s.length = std::min(load_acquire(c->committed_length), p->capacity);
-    s.last_write_ns = load_relaxed(c->last_write_ns);
-    std::atomic_thread_fence(std::memory_order_acquire);
-    if (gen % 2 == 0 && load_relaxed(c->generation) == gen) {
-      s.generation = gen;
-      break;
-    }
-    if (attempt >= kMaxReadAttempts) {
-      return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
-    }
-    backoff(attempt);
-  }
+  s.length = snap->length;
+  s.generation = snap->generation;
+  s.last_write_ns = snap->last_write_ns;
   s.claimed = load_acquire(c->owner_token) != 0;
   s.owner_pid = load_relaxed(c->owner_pid);
   s.owner_since_ns = load_relaxed(c->owner_since_ns);
@@ -367,7 +369,7 @@ Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) co
     // A heartbeat from a clock ahead of ours counts as fresh.
     const bool fresh = s.owner_heartbeat_ns >= now || now - s.owner_heartbeat_ns <= stale_ns;
     // On this system a vanished owner process is dead at once, heartbeat or not.
-    const bool gone = s.owner_local && s.owner_pid > 0 && s.owner_pid < (1ULL << 31) &&
+    const bool gone = fresh && s.owner_local && s.owner_pid > 0 && s.owner_pid < (1ULL << 31) &&
                       !process_running(static_cast<pid_t>(s.owner_pid));
     s.alive = fresh && !gone;
   }

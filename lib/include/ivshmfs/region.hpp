@@ -4,6 +4,7 @@
 // owner's business: see writer.hpp.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -54,6 +55,14 @@ struct RegionInfo {
 struct LivenessPolicy {
   // A claim whose heartbeat is older than this is stale and may be taken over.
   std::chrono::milliseconds stale_after{5000};
+};
+
+// The data-path facts of a partition, from one consistent load: cheap
+// enough for every getattr and every poll.
+struct PartitionSnapshot {
+  uint64_t length = 0;  // committed bytes, clamped to capacity
+  uint64_t generation = 0;
+  uint64_t last_write_ns = 0;
 };
 
 struct PartitionStat {
@@ -115,7 +124,11 @@ class Region {
   // True while no reset happened since `generation` was read.
   [[nodiscard]] bool generation_unchanged(uint32_t id, uint64_t generation) const noexcept;
 
-  // Committed length (clamped) and generation in one consistent load.
+  // Committed length (clamped), generation and last write in one consistent
+  // load; no system call.
+  Result<PartitionSnapshot> snapshot(uint32_t id) const;
+  // The snapshot plus the owner's claim and whether it is alive (this may
+  // read /proc to tell whether a local owner process still runs).
   Result<PartitionStat> stat(uint32_t id, const LivenessPolicy& policy = {}) const;
 
   // For the writer and for polling: the live control block of a partition.
@@ -129,6 +142,7 @@ class Region {
   std::unique_ptr<Backend> backend_;
   RegionInfo info_;
   std::vector<PartitionInfo> partitions_;
+  std::array<int16_t, IVSHMFS_MAX_PARTITIONS> index_by_id_{};  // -1: no such id
 };
 
 // Identity of this system, to tell whether a claim's owner runs here.
