@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "ivshmfs/writer.hpp"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -109,6 +110,9 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
   store_release(c->owner_heartbeat_ns, now);
   if (displaced_live_owner) std::this_thread::sleep_for(kTakeoverGrace);
   repair_generation(c);
+  // Fault the partition in now rather than one page per append later. Best
+  // effort: older kernels and some device mappings do not support it.
+  ::madvise(region->data(*p), p->capacity, MADV_POPULATE_WRITE);
 
   auto writer = std::unique_ptr<PartitionWriter>(new PartitionWriter(std::move(region), *p, token));
   if (options.heartbeat_interval.count() > 0) {
@@ -143,24 +147,40 @@ Error lost_claim(const PartitionWriter& w) {
 }
 }  // namespace
 
-Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
-  std::lock_guard lock(append_mutex_);
+Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
+  std::unique_lock lock(append_mutex_);
   // A region formatted anew also zeroes our claim: report the cause, not the symptom.
   if (auto r = region_->check_format(); !r) return std::move(r).error();
   if (!owns()) return lost_claim(*this);
+  if (max == 0) return make_error(Errc::invalid_argument, "reserve: zero bytes asked for");
   // Only we write this field, but a hostile peer may have: clamp it.
   const uint64_t length = std::min(load_relaxed(control_->committed_length), partition_.capacity);
   const uint64_t room = partition_.capacity - length;
-  if (bytes.empty()) return std::size_t{0};
   if (room == 0) {
     return make_error(Errc::no_space, region_->backend().path() + ": partition " + std::to_string(id()) + " is full (" +
                                           std::to_string(partition_.capacity) + " bytes)");
   }
-  const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(room, bytes.size()));
-  std::memcpy(data_ + length, bytes.data(), n);
-  store_relaxed(control_->last_write_ns, commit_clock_ns());
-  store_release(control_->committed_length, length + n);
+  const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(room, max));
+  return Reservation(*this, std::move(lock), length, {data_ + length, n});
+}
+
+std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
+  n = std::min(n, bytes_.size());
+  if (n > 0 && lock_.owns_lock()) {
+    store_relaxed(writer_->control_->last_write_ns, commit_clock_ns());
+    store_release(writer_->control_->committed_length, length_ + n);
+  }
+  if (lock_.owns_lock()) lock_.unlock();
+  bytes_ = {};
   return n;
+}
+
+Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
+  if (bytes.empty()) return std::size_t{0};
+  auto room = reserve(bytes.size());
+  if (!room) return std::move(room).error();
+  std::memcpy(room->bytes().data(), bytes.data(), room->bytes().size());
+  return room->commit(room->bytes().size());
 }
 
 Result<void> PartitionWriter::reset() {

@@ -42,6 +42,32 @@ class PartitionWriter {
   // Errc::no_space when it is full. Appends are serialised: one never
   // interleaves with another.
   Result<std::size_t> append(std::span<const std::byte> bytes);
+  // Room past the committed length, held exclusively until commit() or
+  // destruction: the way to fill the partition without an intermediate copy
+  // (e.g. straight from a pipe). Nothing is visible to readers until commit.
+  class Reservation {
+   public:
+    Reservation(Reservation&&) noexcept = default;
+    Reservation& operator=(Reservation&&) = delete;
+    ~Reservation() = default;
+    // Where to put the bytes: at most the size asked for, never empty.
+    [[nodiscard]] std::span<std::byte> bytes() const noexcept { return bytes_; }
+    // Publishes the first n bytes (n <= bytes().size()); ends the reservation.
+    std::size_t commit(std::size_t n) noexcept;
+
+   private:
+    friend class PartitionWriter;
+    Reservation(PartitionWriter& writer, std::unique_lock<std::mutex> lock, uint64_t length, std::span<std::byte> bytes)
+        : writer_(&writer), lock_(std::move(lock)), length_(length), bytes_(bytes) {}
+    PartitionWriter* writer_;
+    std::unique_lock<std::mutex> lock_;
+    uint64_t length_;
+    std::span<std::byte> bytes_;
+  };
+  // Up to `max` bytes of room (max > 0); Errc::no_space when the partition is
+  // full. Other appends and resets wait until the reservation ends.
+  Result<Reservation> reserve(std::size_t max);
+
   // Truncates the partition to zero under the generation counter.
   Result<void> reset();
   // Refreshes the heartbeat; Errc::not_owner once the claim was taken over.
