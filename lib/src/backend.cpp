@@ -82,8 +82,13 @@ Result<std::unique_ptr<Backend>> BackendFactory::open(std::string_view path_view
     backend->kind_ = is_pci_resource(path) ? BackendKind::pci_resource : BackendKind::host_file;
     size = static_cast<uint64_t>(st.st_size);
     if (size == 0 && options.create && options.create_size > 0 && backend->kind_ == BackendKind::host_file) {
-      if (::ftruncate(fd.fd, static_cast<off_t>(options.create_size)) != 0) {
-        return make_sys_error(path + ": cannot size to " + format_size(options.create_size));
+      // Allocate every page now: a sparse file in a full tmpfs would turn a
+      // later store into the mapping into SIGBUS; this way it fails here.
+      if (int err = ::posix_fallocate(fd.fd, 0, static_cast<off_t>(options.create_size)); err != 0) {
+        errno = err;
+        Error e = make_sys_error(path + ": cannot allocate " + format_size(options.create_size));
+        ::ftruncate(fd.fd, 0);
+        return e;
       }
       size = options.create_size;
     }
@@ -97,7 +102,14 @@ Result<std::unique_ptr<Backend>> BackendFactory::open(std::string_view path_view
 
   const int prot = PROT_READ | (options.writable ? PROT_WRITE : 0);
   void* base = ::mmap(nullptr, size, prot, MAP_SHARED, fd.fd, 0);
-  if (base == MAP_FAILED) return make_sys_error(path + ": mmap of " + format_size(size));
+  if (base == MAP_FAILED) {
+    Error e = make_sys_error(path + ": mmap of " + format_size(size));
+    if (e.sys_errno == EINVAL && backend->kind_ == BackendKind::pci_resource) {
+      // With CONFIG_IO_STRICT_DEVMEM the kernel refuses to map a BAR that a driver has claimed.
+      e.message += " (is the ivshm driver bound to this device? use its /dev/ivshmN instead)";
+    }
+    return e;
+  }
   backend->base_ = static_cast<std::byte*>(base);
   backend->size_ = size;
   backend->fd_ = fd.release();
