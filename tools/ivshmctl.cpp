@@ -27,10 +27,11 @@ using namespace ivshmfs;
 constexpr std::size_t kChunk = 1 << 20;
 
 const char* const kUsage =
-    "Usage: ivshmctl COMMAND [OPTIONS] BACKEND [ID]\n"
+    "Usage: ivshmctl COMMAND [OPTIONS] [BACKEND] [ID]\n"
     "\n"
     "Administer an ivshmfs shared region. BACKEND is a host file (e.g. /dev/shm/ivshm),\n"
-    "an ivshm device (/dev/ivshm0) or a PCI resource file (.../resource2).\n"
+    "an ivshm device (/dev/ivshm0) or a PCI resource file (.../resource2). Left out,\n"
+    "it is the first ivshmem device: /dev/ivshmN, else the first 1af4:1110 resource2.\n"
     "\n"
     "Commands:\n"
     "  format [--size SIZE] [--partitions N] [--force] BACKEND\n"
@@ -309,6 +310,7 @@ int cmd_reset(const Args& args) {
 
 struct Command {
   std::vector<std::string> options;
+  std::size_t operands;  // BACKEND plus the rest
   const char* help;
   std::function<int(const Args&)> run;
 };
@@ -317,7 +319,8 @@ const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table{
       {"format",
        {{"size", "partitions", "force"},
-        "Usage: ivshmctl format [--size SIZE] [--partitions N] [--force] BACKEND\n\n"
+        1,
+        "Usage: ivshmctl format [--size SIZE] [--partitions N] [--force] [BACKEND]\n\n"
         "Lay out a fresh region: a new format id, N empty, unclaimed partitions of equal size.\n\n"
         "  --size SIZE       create a missing host file of SIZE bytes (K, M, G, T suffixes);\n"
         "                    for an existing backend it must match its size\n"
@@ -326,26 +329,30 @@ const std::map<std::string, Command>& commands() {
         cmd_format}},
       {"status",
        {{"json"},
-        "Usage: ivshmctl status [--json] BACKEND\n\n"
+        1,
+        "Usage: ivshmctl status [--json] [BACKEND]\n\n"
         "Show the region's layout and, per partition: id, owner, whether the owner is alive\n"
         "(heartbeating), committed length and capacity, generation (resets), last write.\n\n"
         "  --json            one JSON object instead of the table\n",
         cmd_status}},
       {"read",
        {{},
-        "Usage: ivshmctl read BACKEND ID\n\n"
+        2,
+        "Usage: ivshmctl read [BACKEND] ID\n\n"
         "Write the committed bytes of partition ID to standard output, unchanged.\n",
         cmd_read}},
       {"write",
        {{"force"},
-        "Usage: ivshmctl write [--force] BACKEND ID\n\n"
+        2,
+        "Usage: ivshmctl write [--force] [BACKEND] ID\n\n"
         "Append standard input to partition ID. Refused while a live owner (e.g. a mounted\n"
         "ivshmfs daemon) holds the partition.\n\n"
         "  --force           take the partition from its live owner, which stops writing\n",
         cmd_write}},
       {"reset",
        {{"force"},
-        "Usage: ivshmctl reset [--force] BACKEND ID\n\n"
+        2,
+        "Usage: ivshmctl reset [--force] [BACKEND] ID\n\n"
         "Truncate partition ID to zero bytes; readers see the new generation.\n\n"
         "  --force           take the partition from its live owner, which stops writing\n",
         cmd_reset}},
@@ -376,6 +383,14 @@ int main(int argc, char** argv) {
   if (args->help) {
     std::fputs(it->second.help, stdout);
     return 0;
+  }
+  // Inside a guest BACKEND may be left out: the first ivshmem device is used.
+  if (args->positional.size() + 1 == it->second.operands) {
+    auto found = find_default_backend();
+    if (!found) {
+      return usage_error("no BACKEND given and no ivshmem device found (load the ivshm driver, or name a file)");
+    }
+    args->positional.insert(args->positional.begin(), *found);
   }
   return it->second.run(*args);
 }

@@ -22,7 +22,7 @@ struct ivshm_info {
 	__u32 ivposition;  /* IVPosition register; 0 on ivshmem-plain */
 	__u32 revision;    /* PCI revision id */
 	__u32 flags;       /* IVSHM_INFO_F_* */
-	__u32 vectors;     /* MSI-X vectors enabled (0 without interrupts) */
+	__u32 vectors;     /* MSI-X vectors of the device (0 on ivshmem-plain) */
 	__u32 minor;       /* N of /dev/ivshmN */
 	__u32 reserved0;
 	__u64 reserved[4]; /* zero; room to grow without a new ioctl */
