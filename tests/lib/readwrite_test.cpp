@@ -320,6 +320,45 @@ TEST_F(ReadWriteTest, StuckResetGivesBusy) {
   EXPECT_EQ(read_at(0, 10), "abc") << "reads work again once the generation is even";
 }
 
+TEST_F(ReadWriteTest, ReserveThenCommit) {
+  ASSERT_TRUE(writer_->append(as_bytes("head:")).ok());
+  {
+    auto r = writer_->reserve(10);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    ASSERT_EQ(r->bytes().size(), 10u);
+    std::memcpy(r->bytes().data(), "abcdefghij", 10);
+    auto s = region_->stat(1);
+    ASSERT_TRUE(s.ok());
+    EXPECT_EQ(s->length, 5u) << "reserved bytes are visible before commit";
+    EXPECT_EQ(read_at(0, 100), "head:");
+    EXPECT_EQ(r->commit(4), 4u);
+    EXPECT_EQ(read_at(0, 100), "head:abcd") << "commit publishes only the first n bytes";
+  }
+  {
+    auto r = writer_->reserve(100);
+    ASSERT_TRUE(r.ok());
+    std::memcpy(r->bytes().data(), "dropped", 7);
+    // Destroyed without commit: nothing is published.
+  }
+  EXPECT_EQ(read_at(0, 100), "head:abcd") << "an abandoned reservation published bytes";
+  auto zero = writer_->reserve(0);
+  ASSERT_FALSE(zero.ok());
+  EXPECT_EQ(zero.error().code, Errc::invalid_argument);
+  {
+    auto r = writer_->reserve(SIZE_MAX);
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->bytes().size(), kCapacity - 9) << "a reservation is limited to the room left";
+    std::memset(r->bytes().data(), 'z', r->bytes().size());
+    EXPECT_EQ(r->commit(SIZE_MAX), kCapacity - 9) << "commit clamps to the reservation";
+  }
+  auto full = writer_->reserve(1);
+  ASSERT_FALSE(full.ok());
+  EXPECT_EQ(full.error().code, Errc::no_space) << full.error().message;
+  auto s = region_->stat(1);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->length, kCapacity);
+}
+
 TEST_F(ReadWriteTest, ReleasedWriterCannotWrite) {
   writer_->release();
   EXPECT_FALSE(writer_->owns());

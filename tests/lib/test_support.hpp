@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-// Helpers shared by the library's unit tests: scratch region files in
+// Support code for the library's unit tests: scratch region files in
 // /dev/shm, mappings with PROT_NONE guard pages around them, raw access to the
 // bytes for forging corrupt regions, and running code in a forked child.
 #pragma once
