@@ -30,11 +30,14 @@ done
 # Runtime: fuse3 (fusermount3, mount.fuse3), python3 (a test writes through
 # the mount from Python), gnuplot (the benchmark chart).
 packages=(g++ gcc make cmake pkg-config libfuse3-dev fuse3 libspdlog-dev libgtest-dev libbenchmark-dev
-          python3 gnuplot-nox psmisc)
+          python3 gnuplot-nox)
 if [ "$guest" = 1 ]; then
   # The guest harness boots Debian's kernel under QEMU with a busybox initramfs
-  # and builds the ivshm module against Debian's headers.
-  packages+=(qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static cpio kmod gzip xz-utils)
+  # and builds the ivshm module against Debian's headers; its list is the one
+  # it installs itself.
+  # shellcheck source=guest/lib.sh
+  read -ra guest_packages <<<"$(. "$root/scripts/guest/lib.sh" && echo "$GUEST_PACKAGES")"
+  packages+=("${guest_packages[@]}")
 fi
 
 missing=()
