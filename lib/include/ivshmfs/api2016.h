@@ -24,27 +24,27 @@ extern "C" {
 #endif
 
 struct shared_mem {
-	char *filename; /* the region: host file, /dev/ivshmN, PCI resource2 */
-	int filesize;   /* bytes; used to create the file when it is missing */
+  char* filename; /* the region: host file, /dev/ivshmN, PCI resource2 */
+  int filesize;   /* bytes; used to create the file when it is missing */
 };
 
 /* Maps the region (creating and formatting a missing or blank file with two
  * partitions, as the report did) and claims this VM's partition. Returns 1. */
-int init(struct shared_mem *data);
+int init(struct shared_mem* data);
 /* Copies VM readVmId's data into recvBuff as a NUL-terminated string. The
  * buffer must hold mapPartitionSize() + 1 bytes; prefer readFromMapN().
  * Returns the bytes stored including the terminating NUL (always >= 1). */
-int readFromMap(char *recvBuff, int readVmId);
+int readFromMap(char* recvBuff, int readVmId);
 /* Appends the NUL-terminated writeBuff to this VM's partition. Returns the
  * bytes written (> 0); an empty string is -1 with errno EINVAL. */
-int writeFromMap(char *writeBuff);
+int writeFromMap(char* writeBuff);
 /* Releases the partition and unmaps the region. Returns 1. */
 int shutdownMap(void);
 
 /* Additions: length-aware read (at most size - 1 bytes plus NUL, same return
  * convention), an explicit VM id (call before init), and the capacity of one
  * partition (after init). */
-int readFromMapN(char *recvBuff, size_t size, int readVmId);
+int readFromMapN(char* recvBuff, size_t size, int readVmId);
 int setVmId(int vmId);
 long mapPartitionSize(void);
 

@@ -37,24 +37,24 @@ extern "C" {
 #define IVSHMFS_MIN_CAPACITY IVSHMFS_PAGE_SIZE
 
 struct ivshmfs_header {
-	uint64_t magic;           /*  0: IVSHMFS_MAGIC; stored last by format */
-	uint32_t version;         /*  8: IVSHMFS_LAYOUT_VERSION */
-	uint32_t header_size;     /* 12: sizeof(struct ivshmfs_header) */
-	uint64_t region_size;     /* 16: bytes of the whole region */
-	uint64_t format_id;       /* 24: random, non-zero, new at every format */
-	uint64_t format_time_ns;  /* 32: CLOCK_REALTIME of the format */
-	uint32_t partition_count; /* 40: 1 .. IVSHMFS_MAX_PARTITIONS */
-	uint32_t page_size;       /* 44: alignment of data areas: IVSHMFS_PAGE_SIZE */
-	uint64_t control_offset;  /* 48: first control block; IVSHMFS_CONTROL_ALIGN-aligned */
-	uint64_t data_offset;     /* 56: first byte after the metadata; page-aligned */
+  uint64_t magic;           /*  0: IVSHMFS_MAGIC; stored last by format */
+  uint32_t version;         /*  8: IVSHMFS_LAYOUT_VERSION */
+  uint32_t header_size;     /* 12: sizeof(struct ivshmfs_header) */
+  uint64_t region_size;     /* 16: bytes of the whole region */
+  uint64_t format_id;       /* 24: random, non-zero, new at every format */
+  uint64_t format_time_ns;  /* 32: CLOCK_REALTIME of the format */
+  uint32_t partition_count; /* 40: 1 .. IVSHMFS_MAX_PARTITIONS */
+  uint32_t page_size;       /* 44: alignment of data areas: IVSHMFS_PAGE_SIZE */
+  uint64_t control_offset;  /* 48: first control block; IVSHMFS_CONTROL_ALIGN-aligned */
+  uint64_t data_offset;     /* 56: first byte after the metadata; page-aligned */
 };
 
 struct ivshmfs_partition_entry {
-	uint32_t id;             /*  0: peer id; unique, < IVSHMFS_MAX_PARTITIONS */
-	uint32_t flags;          /*  4: zero in version 1 */
-	uint64_t control_offset; /*  8: this partition's struct ivshmfs_control */
-	uint64_t data_offset;    /* 16: page-aligned, >= header.data_offset */
-	uint64_t capacity;       /* 24: bytes; page multiple, >= IVSHMFS_MIN_CAPACITY */
+  uint32_t id;             /*  0: peer id; unique, < IVSHMFS_MAX_PARTITIONS */
+  uint32_t flags;          /*  4: zero in version 1 */
+  uint64_t control_offset; /*  8: this partition's struct ivshmfs_control */
+  uint64_t data_offset;    /* 16: page-aligned, >= header.data_offset */
+  uint64_t capacity;       /* 24: bytes; page multiple, >= IVSHMFS_MIN_CAPACITY */
 };
 
 /*
@@ -63,18 +63,18 @@ struct ivshmfs_partition_entry {
  * owner's claim and heartbeat, so heartbeats never disturb the data path.
  */
 struct ivshmfs_control {
-	/* cache line 0: the data path */
-	uint64_t committed_length; /*  0: bytes published; release store, acquire load */
-	uint64_t generation;       /*  8: seqlock: odd while a reset is under way */
-	uint64_t last_write_ns;    /* 16: CLOCK_REALTIME of the last commit or reset */
-	uint64_t reserved0[5];     /* 24: zero */
-	/* cache line 1: ownership */
-	uint64_t owner_token;     /* 64: 0 = unclaimed; else a random claim token */
-	uint64_t owner_heartbeat_ns; /* 72: CLOCK_REALTIME, refreshed by the live owner */
-	uint64_t owner_since_ns;  /* 80: CLOCK_REALTIME of the claim */
-	uint64_t owner_pid;       /* 88: process id of the owner, in its own system */
-	uint64_t owner_host;      /* 96: hash of the owner system's boot id */
-	uint64_t reserved1[3];    /* 104: zero */
+  /* cache line 0: the data path */
+  uint64_t committed_length; /*  0: bytes published; release store, acquire load */
+  uint64_t generation;       /*  8: seqlock: odd while a reset is under way */
+  uint64_t last_write_ns;    /* 16: CLOCK_REALTIME of the last commit or reset */
+  uint64_t reserved0[5];     /* 24: zero */
+  /* cache line 1: ownership */
+  uint64_t owner_token;        /* 64: 0 = unclaimed; else a random claim token */
+  uint64_t owner_heartbeat_ns; /* 72: CLOCK_REALTIME, refreshed by the live owner */
+  uint64_t owner_since_ns;     /* 80: CLOCK_REALTIME of the claim */
+  uint64_t owner_pid;          /* 88: process id of the owner, in its own system */
+  uint64_t owner_host;         /* 96: hash of the owner system's boot id */
+  uint64_t reserved1[3];       /* 104: zero */
 };
 
 #ifdef __cplusplus
