@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include <spdlog/sinks/stdout_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include "ivshmfs/identity.hpp"
@@ -363,8 +364,11 @@ const std::map<std::string, Command>& commands() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  spdlog::set_pattern("ivshmctl: %v");
-  spdlog::set_level(spdlog::level::warn);
+  // Messages go to stderr: stdout carries a partition's bytes (read) or JSON.
+  auto logger = spdlog::stderr_logger_mt("ivshmctl");
+  logger->set_pattern("ivshmctl: %v");
+  logger->set_level(spdlog::level::warn);
+  spdlog::set_default_logger(std::move(logger));
   if (argc < 2) return usage_error("no command given");
   const std::string name = argv[1];
   if (name == "--help" || name == "-h" || name == "help") {

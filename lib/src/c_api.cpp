@@ -6,8 +6,12 @@
 #include <cerrno>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <new>
 #include <string>
+
+#include <spdlog/sinks/stdout_sinks.h>
+#include <spdlog/spdlog.h>
 
 #include "ivshmfs/backend.hpp"
 #include "ivshmfs/identity.hpp"
@@ -23,6 +27,20 @@ struct ivshmfs_region {
 namespace {
 
 thread_local std::string last_error;
+
+// The library logs through spdlog's default logger, which writes to stdout
+// until a program sets its own: a C program's stdout is its data, so send
+// the library's few warnings to stderr unless the program chose a logger.
+void log_to_stderr_unless_configured() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (!spdlog::default_logger()->name().empty()) return;
+    auto logger = spdlog::stderr_logger_mt("ivshmfs-c");
+    logger->set_pattern("ivshmfs: %v");
+    logger->set_level(spdlog::level::warn);
+    spdlog::set_default_logger(std::move(logger));
+  });
+}
 
 int fail(const ivshmfs::Error& error) {
   last_error = error.message;
@@ -53,6 +71,7 @@ extern "C" {
 
 int ivshmfs_open(const struct ivshmfs_open_options* options, ivshmfs_region** out) {
   return guarded([&]() -> int {
+    log_to_stderr_unless_configured();
     if (options == nullptr || out == nullptr) return fail(EINVAL, "ivshmfs_open: options and out must not be NULL");
     *out = nullptr;
     std::string path;

@@ -4,12 +4,11 @@
 #include "ivshmfs/api2016.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <optional>
-
-#include <spdlog/spdlog.h>
 
 #include "ivshmfs/identity.hpp"
 #include "ivshmfs/ivshmfs.h"
@@ -49,7 +48,7 @@ int init(struct shared_mem* data) {
     char* end = nullptr;
     const long value = std::strtol(env, &end, 10);
     if (*end != '\0' || value < 0 || value > INT32_MAX) {
-      spdlog::error("IVSHMFS_ID='{}' is not a partition id", env);
+      std::fprintf(stderr, "ivshmfs: IVSHMFS_ID='%s' is not a partition id\n", env);
       return fail(EINVAL);
     }
     id = static_cast<int32_t>(value);
@@ -59,7 +58,7 @@ int init(struct shared_mem* data) {
                                static_cast<uint64_t>(data->filesize), 2};
   ivshmfs_region* opened = nullptr;
   if (int r = ivshmfs_open(&options, &opened); r < 0) {
-    spdlog::error("init: {}", ivshmfs_last_error());
+    std::fprintf(stderr, "ivshmfs: init: %s\n", ivshmfs_last_error());
     return fail(-r);
   }
   ivshmfs_partition_stat s{};
