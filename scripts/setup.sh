@@ -29,8 +29,10 @@ done
 # spdlog (logging), GoogleTest (tests), Google Benchmark (benchmarks).
 # Runtime: fuse3 (fusermount3, mount.fuse3), python3 (a test writes through
 # the mount from Python), gnuplot (the benchmark chart).
+# Checks: clang-format and clang-tidy (scripts/lint.sh), clang with its
+# libFuzzer runtime (scripts/fuzz.sh).
 packages=(g++ gcc make cmake pkg-config libfuse3-dev fuse3 libspdlog-dev libgtest-dev libbenchmark-dev
-          python3 gnuplot-nox)
+          python3 gnuplot-nox clang clang-format clang-tidy libclang-rt-dev)
 if [ "$guest" = 1 ]; then
   # The guest harness boots Debian's kernel under QEMU with a busybox initramfs
   # and builds the ivshm module against Debian's headers; its list is the one

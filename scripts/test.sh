@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs every ivshmfs test: installs what is missing, builds a normal and a
 # sanitizer (ASan+UBSan) tree, runs the whole suite on the first (unit tests,
-# real FUSE mounts, QEMU guests, the quick benchmark) and the suite minus the
-# guest and benchmark runs on the second. Needs root (FUSE mounts, apt-get).
+# real FUSE mounts, QEMU guests, a bounded fuzzing run, the style gate, the
+# quick benchmark) and, on the second, the unit, CLI and mount tests (the
+# guests, benchmark, fuzzer and linters have nothing more to show there).
+# Needs root (FUSE mounts, apt-get).
 #
 #   scripts/test.sh [ctest arguments, e.g. -L fs or -R Claims]
 set -uo pipefail
@@ -22,7 +24,7 @@ echo "== tests: $build"
 ctest --test-dir "$build" --output-on-failure --timeout 1500 "$@" 2>&1 | tee -a "$log" || status=1
 echo "== tests under AddressSanitizer and UndefinedBehaviorSanitizer: $build-asan"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir "$build-asan" --output-on-failure --timeout 1500 -LE 'guest|bench' "$@" 2>&1 | tee -a "$log" || status=1
+  ctest --test-dir "$build-asan" --output-on-failure --timeout 1500 -LE 'guest|bench|fuzz|lint' "$@" 2>&1 | tee -a "$log" || status=1
 
 # One closing line for both runs, from ctest's own summaries.
 read -r passed failed < <(awk '/tests passed, [0-9]+ tests? failed out of/ {
