@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <exception>
 #include <new>
@@ -94,25 +95,33 @@ struct Filesystem::Slot {
   // The watcher's last view; only the watcher thread touches these.
   uint64_t seen_length = 0;
   uint64_t seen_generation = 0;
+  bool inval_pending = false;  // the kernel's view of the inode is due a refresh
+  std::chrono::steady_clock::time_point last_inval{};
   std::mutex poll_mutex;
   std::unordered_set<Handle*> pollers;  // handles holding a poll handle
 };
 
 Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<PartitionWriter> writer, const Options& options)
     : region_(std::move(region)),
-      self_id_(writer->id()),
       ownership_(options.ownership),
       writer_(std::move(writer)),
       watcher_(options.poll, [this] { return tick(); }) {
+  if (writer_) self_id_ = writer_->id();
+  // The kernel pins the pages of a reply: a mapping without struct pages (a
+  // PCI resource file, or /dev/ivshmN of a BAR below 2 MiB, see driver.md)
+  // fails there with EFAULT, so such reads go through a private buffer.
+  const Backend& backend = region_->backend();
+  copy_own_reads_ = backend.kind() == BackendKind::pci_resource ||
+                    (backend.kind() == BackendKind::device && backend.size() < (std::size_t{2} << 20));
   for (const PartitionInfo& p : region_->partitions()) {
     auto slot = std::make_unique<Slot>();
     slot->info = p;
     slot->name = partition_file_name(p.id);
-    if (auto s = region_->stat(p.id)) {
+    if (auto s = region_->snapshot(p.id)) {
       slot->seen_length = s->length;
       slot->seen_generation = s->generation;
     }
-    if (p.id == self_id_) self_index_ = p.index;
+    if (self_id_ && p.id == *self_id_) self_index_ = p.index;
     index_by_name_.emplace(slot->name, static_cast<uint32_t>(slots_.size()));
     slots_.push_back(std::move(slot));
   }
@@ -189,7 +198,7 @@ int Filesystem::attributes(Node node, struct stat& st) const {
     case NodeKind::follow: {
       if (stale_) return EIO;
       const Slot& slot = *slots_[node.index];
-      auto s = region_->stat(slot.info.id);
+      auto s = region_->snapshot(slot.info.id);
       if (!s) return errno_of(s.error());
       const bool own = node.kind == NodeKind::partition && node.index == self_index_;
       st.st_ino = node.kind == NodeKind::partition ? partition_ino(node.index) : follow_ino(node.index);
@@ -234,6 +243,7 @@ void Filesystem::init(fuse_conn_info* conn) {
   // A write bigger than max_write arrives in pieces; asynchronous direct I/O
   // would send them in parallel and let them land out of order.
   conn->want &= ~static_cast<unsigned>(FUSE_CAP_ASYNC_DIO | FUSE_CAP_WRITEBACK_CACHE);
+  conn->want &= ~static_cast<unsigned>(FUSE_CAP_SPLICE_READ);
   spdlog::debug("FUSE protocol {}.{}, max_write {}, capable {:#x}, want {:#x}", conn->proto_major, conn->proto_minor,
                 conn->max_write, conn->capable, conn->want);
 }
@@ -394,7 +404,7 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
         return;
       }
     }
-    auto s = region_->stat(slots_[node.index]->info.id);
+    auto s = region_->snapshot(slots_[node.index]->info.id);
     if (!s) {
       fuse_reply_err(req, errno_of(s.error()));
       return;
@@ -421,7 +431,7 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off) {
   const uint32_t id = slots_[h.index]->info.id;
   const auto offset = static_cast<uint64_t>(std::max<off_t>(off, 0));
-  if (h.index == self_index_) {
+  if (h.index == self_index_ && !copy_own_reads_) {
     // Only this daemon resets its own partition, and a reset waits for this
     // lock: the bytes go to the kernel straight from the mapping.
     std::shared_lock lock(writer_mutex_);
@@ -440,6 +450,7 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
   }
   // A peer may reset its partition at any moment, and what we hand to the
   // kernel cannot be taken back: copy, check the generation, then reply.
+  // (Also the own partition when the mapping cannot be pinned.)
   auto out = scratch(size);
   uint64_t generation = 0;
   auto n = region_->read(id, offset, out, &generation);
@@ -480,7 +491,7 @@ void Filesystem::read(fuse_req_t req, std::size_t size, off_t off, fuse_file_inf
   read_partition(req, h, size, off);
 }
 
-void Filesystem::write(fuse_req_t req, const char* buf, std::size_t size, fuse_file_info* fi) {
+void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, fuse_file_info* fi) {
   const auto& h = *reinterpret_cast<const Handle*>(fi->fh);
   if (!h.writable) {
     fuse_reply_err(req, EBADF);
@@ -490,22 +501,43 @@ void Filesystem::write(fuse_req_t req, const char* buf, std::size_t size, fuse_f
     fuse_reply_err(req, EIO);
     return;
   }
+  const std::size_t size = fuse_buf_size(in);
+  if (size == 0) {
+    fuse_reply_write(req, 0);
+    return;
+  }
   std::shared_lock lock(writer_mutex_);
   if (!writer_) {
     fuse_reply_err(req, EIO);
     return;
   }
   // The file offset is ignored: every write appends at the committed length.
-  auto n = writer_->append(std::span(reinterpret_cast<const std::byte*>(buf), size));
-  lock.unlock();
-  if (!n) {
-    const Errc code = n.error().code;
-    if (code == Errc::not_owner && !lost_claim_logged_.exchange(true)) spdlog::error("{}", n.error().message);
-    fuse_reply_err(req, code == Errc::not_owner || code == Errc::reformatted ? EIO : errno_of(n.error()));
+  // The reservation holds the append lock, so this write is committed whole
+  // (or, when the partition fills, as much as fits) and never interleaves
+  // with another. One copy: from the request (libfuse's buffer, or the pipe
+  // the kernel spliced the writer's pages into) straight into the partition.
+  auto room = writer_->reserve(size);
+  if (!room) {
+    lock.unlock();
+    const Errc code = room.error().code;
+    if (code == Errc::not_owner && !lost_claim_logged_.exchange(true)) spdlog::error("{}", room.error().message);
+    fuse_reply_err(req, code == Errc::not_owner || code == Errc::reformatted ? EIO : errno_of(room.error()));
     return;
   }
-  fuse_reply_write(req, *n);
-  watcher_.kick();
+  const std::span<std::byte> into = room->bytes();
+  fuse_bufvec dst = FUSE_BUFVEC_INIT(into.size());
+  dst.buf[0].mem = into.data();
+  const ssize_t copied = fuse_buf_copy(&dst, in, static_cast<fuse_buf_copy_flags>(0));
+  if (copied <= 0) {
+    room->commit(0);
+    lock.unlock();
+    fuse_reply_err(req, copied < 0 ? static_cast<int>(-copied) : EIO);
+    return;
+  }
+  const std::size_t n = room->commit(static_cast<std::size_t>(copied));
+  lock.unlock();
+  fuse_reply_write(req, n);
+  own_partition_changed();
 }
 
 void Filesystem::release(fuse_req_t req, fuse_file_info* fi) {
@@ -547,12 +579,16 @@ void Filesystem::statfs(fuse_req_t req) {
   st.f_frsize = IVSHMFS_PAGE_SIZE;
   st.f_namemax = 255;
   st.f_files = slots_.size() + 3;
-  if (!stale_) {
+  if (!stale_ && self_index_ != kNoPartition) {
     // df shows the own partition: what this peer can still write.
-    if (auto s = region_->stat(self_id_)) {
-      st.f_blocks = s->capacity / IVSHMFS_PAGE_SIZE;
-      st.f_bfree = st.f_bavail = (s->capacity - s->length) / IVSHMFS_PAGE_SIZE;
+    const PartitionInfo& p = slots_[self_index_]->info;
+    if (auto s = region_->snapshot(p.id)) {
+      st.f_blocks = p.capacity / IVSHMFS_PAGE_SIZE;
+      st.f_bfree = st.f_bavail = (p.capacity - s->length) / IVSHMFS_PAGE_SIZE;
     }
+  } else if (!stale_) {
+    // A read-only peer writes nothing: every partition, no free space.
+    for (const auto& slot : slots_) st.f_blocks += slot->info.capacity / IVSHMFS_PAGE_SIZE;
   }
   fuse_reply_statfs(req, &st);
 }
@@ -582,14 +618,14 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
   if (h.kind == NodeKind::follow) {
     if (follow_has_data(h)) revents |= POLLIN | POLLRDNORM;
   } else {
-    auto s = region_->stat(slot.info.id);
+    auto s = region_->snapshot(slot.info.id);
     if (!s) {
       fuse_reply_err(req, errno_of(s.error()));
       return;
     }
     std::lock_guard lock(h.mutex);
     if (s->length > h.position || s->generation != h.generation) revents |= POLLIN | POLLRDNORM;
-    if (h.writable && s->length < s->capacity) revents |= POLLOUT | POLLWRNORM;
+    if (h.writable && s->length < slot.info.capacity) revents |= POLLOUT | POLLWRNORM;
   }
   fuse_reply_poll(req, revents);
 }
@@ -649,7 +685,7 @@ void Filesystem::listxattr(fuse_req_t req, fuse_ino_t ino, std::size_t size) {
 // The follow view
 
 bool Filesystem::follow_has_data(Handle& h) const {
-  auto s = region_->stat(slots_[h.index]->info.id);
+  auto s = region_->snapshot(slots_[h.index]->info.id);
   if (!s) return true;  // let the read report the error
   std::lock_guard lock(h.mutex);
   return s->generation != h.generation || s->length > h.position;
@@ -663,7 +699,7 @@ bool Filesystem::try_serve_follow(fuse_req_t req, Handle& h, std::size_t size) {
   }
   const uint32_t id = slots_[h.index]->info.id;
   for (;;) {
-    auto s = region_->stat(id);
+    auto s = region_->snapshot(id);
     if (!s) {
       fuse_reply_err(req, errno_of(s.error()));
       return true;
@@ -756,42 +792,67 @@ bool Filesystem::tick() {
     go_stale(r.error().message);
     return false;
   }
-  bool changed = false;
+  // The kernel caches no attributes (zero timeouts), so invalidating the
+  // inode is only a refresh of what else it may hold (an i_size raised by a
+  // direct write, mapped pages): at a reset at once, while data flows at most
+  // every kInvalEvery per file, and once more after the flow stops.
+  constexpr auto kInvalEvery = std::chrono::milliseconds(1);
+  bool peer_changed = false;
+  std::optional<std::chrono::steady_clock::time_point> now;
   for (auto& slot : slots_) {
-    auto s = region_->stat(slot->info.id);
+    auto s = region_->snapshot(slot->info.id);
     if (!s) continue;
-    if (s->length == slot->seen_length && s->generation == slot->seen_generation) continue;
-    slot->seen_length = s->length;
-    slot->seen_generation = s->generation;
-    changed = true;
-    partition_changed(*slot);
-  }
-  {
-    std::shared_lock lock(writer_mutex_);
-    if (writer_ && !writer_->owns() && !lost_claim_logged_.exchange(true)) {
-      spdlog::error("partition {} was taken over by another writer; writes now fail with EIO", self_id_);
+    if (s->length != slot->seen_length || s->generation != slot->seen_generation) {
+      const bool reset = s->generation != slot->seen_generation;
+      slot->seen_length = s->length;
+      slot->seen_generation = s->generation;
+      // Our own appends are not news: own_partition_changed() woke their
+      // waiters already. They do not keep the watcher polling fast.
+      if (slot->info.index != self_index_) peer_changed = true;
+      partition_changed(*slot);
+      // The kernel knows the size of what it wrote through us: our own
+      // appends need no refresh, a reset does.
+      if (slot->info.index != self_index_ || reset) slot->inval_pending = true;
+      if (reset) slot->last_inval = {};
+    }
+    if (slot->inval_pending && fuse_ != nullptr) {
+      if (!now) now = std::chrono::steady_clock::now();
+      if (*now - slot->last_inval >= kInvalEvery) {
+        slot->inval_pending = false;
+        slot->last_inval = *now;
+        const uint32_t index = slot->info.index;
+        if (slot->lookups.load(std::memory_order_relaxed) > 0) {
+          fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), -1, 0);  // ENOENT: forgotten meanwhile
+        }
+        if (slot->follow_lookups.load(std::memory_order_relaxed) > 0) {
+          fuse_lowlevel_notify_inval_inode(fuse_, follow_ino(index), -1, 0);
+        }
+      }
     }
   }
-  return changed;
+  if (self_index_ != kNoPartition && !lost_claim_logged_.load(std::memory_order_relaxed)) {
+    std::shared_lock lock(writer_mutex_);
+    if (writer_ && !writer_->owns() && !lost_claim_logged_.exchange(true)) {
+      spdlog::error("partition {} was taken over by another writer; writes now fail with EIO", *self_id_);
+    }
+  }
+  // A pending invalidation keeps the watcher ticking fast until it is done.
+  bool pending = false;
+  for (const auto& slot : slots_) pending = pending || slot->inval_pending;
+  return peer_changed || pending;
 }
 
 void Filesystem::partition_changed(Slot& slot) {
-  // Attribute timeouts are zero already; this also drops what a kernel
-  // might hold from before (e.g. an i_size raised by our own direct write).
-  const uint32_t index = slot.info.index;
-  if (fuse_ != nullptr) {
-    if (slot.lookups.load(std::memory_order_relaxed) > 0) {
-      fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), -1, 0);  // ENOENT: forgotten meanwhile
-    }
-    if (slot.follow_lookups.load(std::memory_order_relaxed) > 0) {
-      fuse_lowlevel_notify_inval_inode(fuse_, follow_ino(index), -1, 0);
-    }
-  }
+  // Waiters first: they are what the latency is about.
   wake_pollers(slot);
+  answer_parked(slot.info.index);
+}
 
+void Filesystem::answer_parked(uint32_t index) {
   std::vector<std::pair<fuse_req_t, ParkedRead>> ready;
   {
     std::lock_guard lock(park_mutex_);
+    if (parked_.empty()) return;
     for (auto it = parked_.begin(); it != parked_.end();) {
       if (it->second.parked && it->second.handle->index == index) {
         ready.emplace_back(*it);
@@ -810,8 +871,24 @@ void Filesystem::partition_changed(Slot& slot) {
   }
 }
 
+// After the commit: a waiter that registered before it is found here; one
+// that registers after it sees the new length itself (both sides take the
+// same mutex, which orders them).
+void Filesystem::own_partition_changed() noexcept {
+  if (self_index_ == kNoPartition) return;
+  Slot& slot = *slots_[self_index_];
+  try {
+    partition_changed(slot);
+  } catch (const std::exception& e) {
+    spdlog::error("waking readers of the own partition: {}", e.what());
+  } catch (...) {
+    spdlog::error("waking readers of the own partition: unknown exception");
+  }
+}
+
 void Filesystem::wake_pollers(Slot& slot) noexcept {
   std::lock_guard lock(slot.poll_mutex);
+  if (slot.pollers.empty()) return;
   for (Handle* h : slot.pollers) {
     if (h->poll == nullptr) continue;
     fuse_lowlevel_notify_poll(h->poll);
@@ -888,9 +965,9 @@ struct Filesystem::Ops {
     reply_exception(req);
   }
 
-  static void write(fuse_req_t req, fuse_ino_t /*ino*/, const char* buf, size_t size, off_t /*off*/,
-                    fuse_file_info* fi) noexcept try {
-    self(req).write(req, buf, size, fi);
+  static void write_buf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t /*off*/, fuse_file_info* fi) noexcept
+      try {
+    self(req).write_buf(req, in, fi);
   } catch (...) {
     reply_exception(req);
   }
@@ -979,7 +1056,7 @@ struct Filesystem::Ops {
     o.readdir = readdir;
     o.open = open;
     o.read = read;
-    o.write = write;
+    o.write_buf = write_buf;
     o.release = release;
     o.flush = flush;
     o.fsync = fsync;

@@ -7,6 +7,11 @@
 // Threads: libfuse's worker threads run the operations; the watcher thread
 // polls the control blocks and wakes poll handles and parked follow reads; the
 // writer's own thread heartbeats the claim.
+//
+// The data path (getattr, read, write, poll, follow reads, watcher ticks)
+// uses Region::snapshot only: no system call, no allocation. Region::stat
+// (which may read /proc to tell whether a local owner still runs) is kept for
+// .status and the extended attributes.
 #pragma once
 
 #include <fuse_lowlevel.h>
@@ -16,6 +21,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <string>
 #include <unordered_map>
@@ -31,11 +37,15 @@ namespace ivshmfs::fs {
 
 class Filesystem {
  public:
-  // `writer` owns partition `self_id` of `region`.
+  // `writer` owns this peer's partition of `region`; a null writer makes a
+  // read-only peer (every file 0444, no partition of its own).
   Filesystem(std::shared_ptr<Region> region, std::unique_ptr<PartitionWriter> writer, const Options& options);
   Filesystem(const Filesystem&) = delete;
   Filesystem& operator=(const Filesystem&) = delete;
   ~Filesystem();
+
+  // This peer's partition id; none on a read-only peer.
+  [[nodiscard]] std::optional<uint32_t> self_id() const noexcept { return self_id_; }
 
   // The operation table for fuse_session_new; userdata must be this object.
   static const fuse_lowlevel_ops& operations() noexcept;
@@ -71,7 +81,7 @@ class Filesystem {
   void readdir(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t off);
   void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void read(fuse_req_t req, std::size_t size, off_t off, fuse_file_info* fi);
-  void write(fuse_req_t req, const char* buf, std::size_t size, fuse_file_info* fi);
+  void write_buf(fuse_req_t req, fuse_bufvec* in, fuse_file_info* fi);
   void release(fuse_req_t req, fuse_file_info* fi);
   void statfs(fuse_req_t req);
   void poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph);
@@ -97,12 +107,19 @@ class Filesystem {
   // The watcher's tick and what it does on a change.
   bool tick();
   void partition_changed(Slot& slot);
+  // A local append or reset of the own partition: wakes its pollers and
+  // parked follow reads now, if there are any (cheap when there are none).
+  void own_partition_changed() noexcept;
+  void answer_parked(uint32_t index);
   void wake_pollers(Slot& slot) noexcept;
   void go_stale(const std::string& why);
 
+  static constexpr uint32_t kNoPartition = UINT32_MAX;
+
   std::shared_ptr<Region> region_;
-  uint32_t self_id_;
-  uint32_t self_index_ = 0;
+  std::optional<uint32_t> self_id_;     // none on a read-only peer
+  uint32_t self_index_ = kNoPartition;  // the own partition's slot
+  bool copy_own_reads_ = false;         // the mapping cannot be handed to the kernel
   FileOwnership ownership_;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::unordered_map<std::string, uint32_t> index_by_name_;

@@ -13,6 +13,7 @@
 #include <cstdio>
 #include <exception>
 #include <memory>
+#include <new>
 #include <string>
 
 #include <spdlog/spdlog.h>
@@ -79,6 +80,26 @@ bool add_mount_options(fuse_args& args, const std::string& backend) {
   return fuse_opt_insert_arg(&args, 1, opts.c_str()) == 0;
 }
 
+// The multi-threaded loop's settings from -o clone_fd, max_threads= and
+// max_idle_threads=. fuse_parse_cmdline leaves max_idle_threads at UINT_MAX
+// ("never stop idle threads") when it is not given, which libfuse's setter
+// would report as an invalid value: the loop config's default is that already.
+struct LoopConfigDeleter {
+  void operator()(fuse_loop_config* c) const noexcept { fuse_loop_cfg_destroy(c); }
+};
+std::unique_ptr<fuse_loop_config, LoopConfigDeleter> loop_config(const Options& options) {
+  constexpr unsigned kMaxThreadsLimit = 100000;  // libfuse's FUSE_LOOP_MT_MAX_THREADS
+  std::unique_ptr<fuse_loop_config, LoopConfigDeleter> config(fuse_loop_cfg_create());
+  if (!config) throw std::bad_alloc();
+  fuse_loop_cfg_set_clone_fd(config.get(), static_cast<unsigned>(options.clone_fd));
+  if (options.max_idle_threads <= kMaxThreadsLimit)
+    fuse_loop_cfg_set_idle_threads(config.get(), options.max_idle_threads);
+  if (options.max_threads != 0 && options.max_threads <= kMaxThreadsLimit) {
+    fuse_loop_cfg_set_max_threads(config.get(), options.max_threads);
+  }
+  return config;
+}
+
 int serve(fuse_args& args, const Options& options, Detacher& detacher) {
   std::string path;
   if (options.backend) {
@@ -104,28 +125,39 @@ int serve(fuse_args& args, const Options& options, Detacher& detacher) {
   spdlog::info("{}: {} region, {}, {} partitions, format id {:#018x}", path, to_string(backend.kind()),
                format_size(backend.size()), (*region)->info().partition_count, (*region)->info().format_id);
 
-  auto identity = resolve_peer_id(options.id, &backend);
-  if (!identity) {
-    spdlog::error("{}; pass -o id=N", identity.error().message);
-    return 1;
-  }
-  spdlog::info("peer id {} (from {})", identity->id, identity->source);
-  if ((*region)->find(identity->id) == nullptr) {
-    std::string ids;
-    for (const auto& p : (*region)->partitions()) ids += (ids.empty() ? "" : ", ") + std::to_string(p.id);
-    spdlog::error("{}: peer id {} has no partition in this region (partitions: {}); pass -o id=N", path, identity->id,
-                  ids);
-    return 1;
+  std::unique_ptr<PartitionWriter> writer;
+  if (options.read_only) {
+    // A peer that only watches (e.g. a host): it owns no partition, so it
+    // claims none and does not need an id.
+    if (options.id)
+      spdlog::info("read-only (-o ro): -o id={} ignored, no partition claimed", *options.id);
+    else
+      spdlog::info("read-only (-o ro): no partition claimed");
+  } else {
+    auto identity = resolve_peer_id(options.id, &backend);
+    if (!identity) {
+      spdlog::error("{}; pass -o id=N", identity.error().message);
+      return 1;
+    }
+    spdlog::info("peer id {} (from {})", identity->id, identity->source);
+    if ((*region)->find(identity->id) == nullptr) {
+      std::string ids;
+      for (const auto& p : (*region)->partitions()) ids += (ids.empty() ? "" : ", ") + std::to_string(p.id);
+      spdlog::error("{}: peer id {} has no partition in this region (partitions: {}); pass -o id=N", path, identity->id,
+                    ids);
+      return 1;
+    }
+
+    auto claimed = PartitionWriter::claim(*region, identity->id);
+    if (!claimed) {
+      spdlog::error("{}", claimed.error().message);
+      return 1;
+    }
+    writer = std::move(*claimed);
+    spdlog::info("claimed partition {} ({})", identity->id, partition_file_name(identity->id));
   }
 
-  auto writer = PartitionWriter::claim(*region, identity->id);
-  if (!writer) {
-    spdlog::error("{}", writer.error().message);
-    return 1;
-  }
-  spdlog::info("claimed partition {} ({})", identity->id, partition_file_name(identity->id));
-
-  Filesystem filesystem(*region, std::move(*writer), options);
+  Filesystem filesystem(*region, std::move(writer), options);
   if (!add_mount_options(args, path)) return 1;
   fuse_session* fuse = fuse_session_new(&args, &Filesystem::operations(), sizeof(fuse_lowlevel_ops), &filesystem);
   if (fuse == nullptr) return 1;  // libfuse printed why
@@ -140,22 +172,17 @@ int serve(fuse_args& args, const Options& options, Detacher& detacher) {
       if (options.singlethread) {
         loop = fuse_session_loop(fuse);
       } else {
-        fuse_loop_config* config = fuse_loop_cfg_create();
-        fuse_loop_cfg_set_clone_fd(config, static_cast<unsigned>(options.clone_fd));
-        if (options.max_idle_threads != 0) fuse_loop_cfg_set_idle_threads(config, options.max_idle_threads);
-        // fuse_parse_cmdline leaves max_threads at UINT_MAX unless -o max_threads= was given.
-        if (options.max_threads != 0 && options.max_threads <= 100000) {
-          fuse_loop_cfg_set_max_threads(config, options.max_threads);
-        }
-        loop = fuse_session_loop_mt(fuse, config);
-        fuse_loop_cfg_destroy(config);
+        loop = fuse_session_loop_mt(fuse, loop_config(options).get());
       }
       filesystem.stop();
       fuse_session_unmount(fuse);
       // The loop returns the signal that ended it: SIGTERM, SIGINT and SIGHUP
       // are the ordinary ways to stop a daemon, not failures.
       status = loop == 0 || loop == SIGTERM || loop == SIGINT || loop == SIGHUP ? 0 : 1;
-      spdlog::info("unmounted {}; releasing partition {}", options.mountpoint, identity->id);
+      if (options.read_only)
+        spdlog::info("unmounted {}", options.mountpoint);
+      else
+        spdlog::info("unmounted {}; releasing partition {}", options.mountpoint, filesystem.self_id().value_or(0));
     }
     fuse_remove_signal_handlers(fuse);
   }

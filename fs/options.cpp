@@ -31,8 +31,11 @@ struct RawOptions {
   char* umask = nullptr;
   char* poll_min_us = nullptr;
   char* poll_max_ms = nullptr;
+  int read_only = 0;
   std::vector<std::string>* positional = nullptr;
 };
+
+constexpr int kKeyReadOnly = 1;
 
 #define IVSHMFS_OPT(templ, field, value) \
   fuse_opt { templ, offsetof(RawOptions, field), value }
@@ -48,6 +51,8 @@ const fuse_opt kOptionSpecs[] = {
     IVSHMFS_OPT("umask=%s", umask, 0),
     IVSHMFS_OPT("poll_min_us=%s", poll_min_us, 0),
     IVSHMFS_OPT("poll_max_ms=%s", poll_max_ms, 0),
+    // Also FUSE's (the kernel mounts read-only): kept for it by keep_or_collect.
+    FUSE_OPT_KEY("ro", kKeyReadOnly),
     FUSE_OPT_END,
 };
 
@@ -60,6 +65,7 @@ int keep_or_collect(void* data, const char* arg, int key, fuse_args* /*outargs*/
     static_cast<RawOptions*>(data)->positional->emplace_back(arg);
     return 0;
   }
+  if (key == kKeyReadOnly) static_cast<RawOptions*>(data)->read_only = 1;
   return 1;
 }
 
@@ -103,6 +109,7 @@ bool convert(const RawOptions& raw, Options& options) {
     options.id = id;
   }
   options.create = raw.create != 0;
+  options.read_only = raw.read_only != 0;
   if (raw.size != nullptr) {
     auto size = parse_size(raw.size);
     if (!size || *size == 0) return fail("size", raw.size, "a size such as 64M or 1G");
@@ -194,9 +201,14 @@ void print_help(const char* program) {
       "    -o gid=GROUP         group of the files (default: the daemon's group)\n"
       "    -o umask=MASK        octal; own file 0666&~MASK, others 0444&~MASK\n"
       "                         (default 022)\n"
-      "    -o poll_min_us=N     fastest polling of peers' partitions, while data\n"
-      "                         flows (default 100)\n"
-      "    -o poll_max_ms=N     slowest polling, when idle (default 50)\n"
+      "    -o poll_min_us=N     fastest polling of peers' partitions, used while\n"
+      "                         data flows: for 20 ms after a peer's last\n"
+      "                         change (default 50)\n"
+      "    -o poll_max_ms=N     slowest polling, reached by doubling once idle\n"
+      "                         (default 50)\n"
+      "    -o ro                a read-only peer: mounts read-only and claims no\n"
+      "                         partition (every file 0444, writes fail with\n"
+      "                         EROFS); -o id= is not needed\n"
       "\n"
       "EXIT STATUS\n"
       "    0 after a clean unmount; 1 when the region cannot be opened, the\n"

@@ -21,10 +21,13 @@ struct FileOwnership {
   mode_t umask = 022;
 };
 
-// Bounds of the adaptive interval at which the watcher polls the control blocks.
+// Bounds of the adaptive interval at which the watcher polls the control
+// blocks: `min` while data flows (for `hot` after the last change a peer
+// made), then doubling up to `max` while nothing changes.
 struct PollBounds {
-  std::chrono::microseconds min{100};     // while data flows
+  std::chrono::microseconds min{50};      // while data flows
   std::chrono::microseconds max{50'000};  // when idle
+  std::chrono::microseconds hot{20'000};  // how long "data flows" lasts after a change
 };
 
 struct Options {
@@ -37,6 +40,7 @@ struct Options {
   spdlog::level::level_enum log_level = spdlog::level::info;
   FileOwnership ownership;
   PollBounds poll;
+  bool read_only = false;  // -o ro: claim nothing, every file 0444
   bool foreground = false;
   bool debug = false;
   bool singlethread = false;

@@ -21,13 +21,14 @@ std::string field(std::string value) {
 
 }  // namespace
 
-std::string format_status(const Region& region, uint32_t self_id, bool stale) {
+std::string format_status(const Region& region, std::optional<uint32_t> self_id, bool stale) {
   const RegionInfo& info = region.info();
   std::string out = fmt::format(
       "region backend={} kind={} size={} version={} format_id={:#018x} format_time_ns={} partitions={} self={} "
       "state={}\n",
       field(region.backend().path()), field(to_string(region.backend().kind())), info.region_size, info.version,
-      info.format_id, info.format_time_ns, info.partition_count, self_id, stale ? "reformatted" : "ok");
+      info.format_id, info.format_time_ns, info.partition_count,
+      self_id ? std::to_string(*self_id) : std::string("none"), stale ? "reformatted" : "ok");
   if (stale) return out;  // the partition table we hold no longer describes the region
   for (const PartitionInfo& p : region.partitions()) {
     auto s = region.stat(p.id);
@@ -39,7 +40,7 @@ std::string format_status(const Region& region, uint32_t self_id, bool stale) {
     out += fmt::format(
         "partition id={} file={} self={} claimed={} alive={} owner_pid={} owner_local={} owner_since_ns={} "
         "owner_heartbeat_ns={} length={} capacity={} free={} generation={} last_write_ns={}\n",
-        p.id, partition_file_name(p.id), p.id == self_id ? 1 : 0, s->claimed ? 1 : 0, s->alive ? 1 : 0, s->owner_pid,
+        p.id, partition_file_name(p.id), self_id == p.id ? 1 : 0, s->claimed ? 1 : 0, s->alive ? 1 : 0, s->owner_pid,
         s->owner_local ? 1 : 0, s->owner_since_ns, s->owner_heartbeat_ns, s->length, s->capacity,
         s->capacity - s->length, s->generation, s->last_write_ns);
   }

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -16,8 +17,9 @@ namespace ivshmfs::fs {
 // The name of partition `id`'s file: "vm<id>".
 std::string partition_file_name(uint32_t id);
 
-// The whole .status text. `stale` once the region was formatted anew.
-std::string format_status(const Region& region, uint32_t self_id, bool stale);
+// The whole .status text. `stale` once the region was formatted anew; no
+// `self_id` on a read-only peer (self=none).
+std::string format_status(const Region& region, std::optional<uint32_t> self_id, bool stale);
 
 // Prefix of every extended attribute of a partition file.
 inline constexpr const char* kXattrPrefix = "user.ivshmfs.";

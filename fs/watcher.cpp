@@ -1,7 +1,11 @@
 // SPDX-License-Identifier: MIT
 #include "watcher.hpp"
 
+#include <sys/prctl.h>
+#include <time.h>
+
 #include <algorithm>
+#include <chrono>
 #include <exception>
 
 #include <spdlog/spdlog.h>
@@ -31,7 +35,13 @@ void Watcher::kick() noexcept {
 }
 
 void Watcher::run(const std::stop_token& stop) {
+  using clock = std::chrono::steady_clock;
+  ::prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);  // 1 us
+  // Sleeps up to this long are nanosleeps; longer ones wait on the condition
+  // variable so that kick() and stop() end them early.
+  constexpr auto kShortSleep = std::chrono::microseconds(1000);
   auto interval = bounds_.min;
+  auto last_change = clock::now();
   while (!stop.stop_requested()) {
     bool changed = false;
     try {
@@ -39,10 +49,22 @@ void Watcher::run(const std::stop_token& stop) {
     } catch (const std::exception& e) {
       spdlog::error("watcher: {}", e.what());
     }
-    interval = changed ? bounds_.min : std::min(interval * 2, bounds_.max);
+    const auto now = clock::now();
+    if (changed) last_change = now;
+    interval = now - last_change < bounds_.hot ? bounds_.min : std::min(interval * 2, bounds_.max);
+    if (interval <= kShortSleep) {
+      timespec ts{0, static_cast<long>(std::chrono::nanoseconds(interval).count())};
+      ::nanosleep(&ts, nullptr);
+      continue;
+    }
     std::unique_lock lock(mutex_);
     wake_.wait_for(lock, stop, interval, [this] { return kicked_; });
-    kicked_ = false;
+    if (kicked_) {
+      kicked_ = false;
+      // A local reset: look again soon, and keep looking quickly a while.
+      last_change = clock::now();
+      interval = bounds_.min;
+    }
   }
 }
 
