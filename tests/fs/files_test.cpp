@@ -335,6 +335,55 @@ TEST_F(TwoPeers, LargeWritesAndReadsGoThroughWhole) {
   EXPECT_TRUE(back == data) << "read back " << got << " of " << data.size() << " bytes, contents differ";
 }
 
+// A read-only peer (-o ro), e.g. a host that only watches: it claims no
+// partition, shows every file 0444, refuses writes, and still sees what the
+// writers commit.
+TEST_F(TwoPeers, AReadOnlyPeerClaimsNothingAndSeesEverything) {
+  TempDir dir_ro{"mnt-ro"};
+  Daemon ro(Daemon::Config{region_.path(), dir_ro.path(), std::nullopt, {"ro"}});
+  ASSERT_TRUE(ro.start()) << "read-only daemon did not mount:\n" << ro.log();
+
+  for (const char* name : {"vm0", "vm1"}) {
+    struct stat st {};
+    ASSERT_EQ(::stat(ro.file(name).c_str(), &st), 0) << name;
+    EXPECT_EQ(st.st_mode, S_IFREG | 0444) << name;
+    for (int flags : {O_WRONLY, O_RDWR, O_WRONLY | O_APPEND, O_WRONLY | O_TRUNC}) {
+      const int error = open_errno(ro.file(name), flags);
+      EXPECT_TRUE(error == EROFS || error == EACCES) << name << " flags " << std::hex << flags << ": " << error;
+    }
+    const int error = errno_of(::truncate(ro.file(name).c_str(), 0));
+    EXPECT_TRUE(error == EROFS || error == EACCES) << name << ": " << error;
+    EXPECT_EQ(xattr(ro.file(name), "user.ivshmfs.self"), "0") << name;
+  }
+  struct statvfs vfs {};
+  ASSERT_EQ(::statvfs(dir_ro.path().c_str(), &vfs), 0);
+  EXPECT_NE(vfs.f_flag & ST_RDONLY, 0U);
+  EXPECT_EQ(vfs.f_bavail, 0U);
+
+  // The writers keep their claims and their files; the read-only peer sees
+  // their appends as soon as they return, in files and in the follow view.
+  append(a_->file("vm0"), "from vm0\n");
+  append(b_->file("vm1"), "from vm1\n");
+  EXPECT_EQ(read_all(ro.file("vm0")), "from vm0\n");
+  EXPECT_EQ(read_all(ro.file("vm1")), "from vm1\n");
+  struct stat st {};
+  ASSERT_EQ(::stat(ro.file("vm1").c_str(), &st), 0);
+  EXPECT_EQ(st.st_size, 9);
+  const int fd = ::open(ro.file("follow/vm1").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  char buf[64];
+  EXPECT_EQ(::read(fd, buf, sizeof buf), 9);
+  ::close(fd);
+
+  const std::string status = read_all(ro.file(".status"));
+  EXPECT_NE(status.find(" self=none "), std::string::npos) << status;
+  EXPECT_EQ(status.find(" self=1 "), std::string::npos) << "no partition is this peer's own:\n" << status;
+  EXPECT_NE(ro.log().find("no partition claimed"), std::string::npos) << ro.log();
+  // Claiming nothing, it displaced no one: vm0's owner still writes.
+  append(a_->file("vm0"), "still mine\n");
+  EXPECT_EQ(read_all(ro.file("vm0")), "from vm0\nstill mine\n");
+}
+
 class CustomOwnership : public TwoPeers {
   std::vector<std::string> extra_options_a() override { return {"uid=1234", "gid=5678", "umask=027"}; }
 };
