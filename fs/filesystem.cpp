@@ -46,7 +46,7 @@ int errno_of(const Error& e) noexcept { return -e.negative_errno(); }
 // A per-thread buffer for reads that must be copied out of the mapping first.
 std::span<std::byte> scratch(std::size_t size) {
   thread_local std::vector<std::byte> buffer;
-  if (buffer.size() < size) buffer.resize(std::max<std::size_t>(size, 64 * 1024));
+  if (buffer.size() < size) buffer.resize(std::max<std::size_t>(size, std::size_t{64} * 1024));
   return {buffer.data(), size};
 }
 
