@@ -77,6 +77,20 @@ kill "$follower"
 wait "$follower" 2>/dev/null || true
 follower=
 
+# Plain tail -f on the peer's file (it polls the size, as on any FUSE file
+# system): appends show up, and a reset is reported as a truncation.
+tail -f "$a/vm1" > "$work/tailed" 2> "$work/tail.err" &
+follower=$!
+eventually [ -e "$work/tailed" ]
+printf 'three\n' >> "$b/vm1"
+eventually grep -q '^three$' "$work/tailed" || fail "tail -f vm1 did not show 'three'"
+printf 'anew\n' > "$b/vm1"
+eventually grep -q 'truncated' "$work/tail.err" || fail "tail -f did not report the reset as a truncation"
+eventually grep -q '^anew$' "$work/tailed" || fail "tail -f vm1 did not show 'anew' after the reset"
+kill "$follower"
+wait "$follower" 2>/dev/null || true
+follower=
+
 fusermount3 -u "$a"
 fusermount3 -u "$b"
 echo "ok: shell round trip through two mounts"
