@@ -37,426 +37,358 @@
 
 #include "ivshm.h"
 
-static uint64_t xorshift(uint64_t *s)
-{
-	uint64_t x = *s;
+static uint64_t xorshift(uint64_t* s) {
+  uint64_t x = *s;
 
-	x ^= x << 13;
-	x ^= x >> 7;
-	x ^= x << 17;
-	return *s = x;
+  x ^= x << 13;
+  x ^= x >> 7;
+  x ^= x << 17;
+  return *s = x;
 }
 
-static uint64_t seed_state(uint64_t seed)
-{
-	return seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL;
-}
+static uint64_t seed_state(uint64_t seed) { return seed * 0x9E3779B97F4A7C15ULL + 0x2545F4914F6CDD1DULL; }
 
 /* Byte i of pattern SEED, independent of where a copy starts. */
-static void pattern(uint64_t seed, uint64_t off, unsigned char *buf, size_t len)
-{
-	for (size_t i = 0; i < len; i++) {
-		uint64_t s = seed_state(seed ^ ((off + i) >> 3));
-		buf[i] = (unsigned char)(xorshift(&s) >> (8 * ((off + i) & 7)));
-	}
+static void pattern(uint64_t seed, uint64_t off, unsigned char* buf, size_t len) {
+  for (size_t i = 0; i < len; i++) {
+    uint64_t s = seed_state(seed ^ ((off + i) >> 3));
+    buf[i] = (unsigned char)(xorshift(&s) >> (8 * ((off + i) & 7)));
+  }
 }
 
-static int is_ivshm_dev(int fd)
-{
-	struct stat st;
+static int is_ivshm_dev(int fd) {
+  struct stat st;
 
-	return fstat(fd, &st) == 0 && S_ISCHR(st.st_mode);
+  return fstat(fd, &st) == 0 && S_ISCHR(st.st_mode);
 }
 
-static int open_region(const char *path, int flags, uint64_t *size)
-{
-	int fd = open(path, flags);
-	struct stat st;
+static int open_region(const char* path, int flags, uint64_t* size) {
+  int fd = open(path, flags);
+  struct stat st;
 
-	if (fd < 0) {
-		fprintf(stderr, "open %s: %s\n", path, strerror(errno));
-		return -1;
-	}
-	if (is_ivshm_dev(fd)) {
-		struct ivshm_info info;
+  if (fd < 0) {
+    fprintf(stderr, "open %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  if (is_ivshm_dev(fd)) {
+    struct ivshm_info info;
 
-		if (ioctl(fd, IVSHM_IOC_INFO, &info) < 0) {
-			fprintf(stderr, "IVSHM_IOC_INFO %s: %s\n", path,
-				strerror(errno));
-			close(fd);
-			return -1;
-		}
-		*size = info.bar2_size;
-	} else {
-		if (fstat(fd, &st) < 0) {
-			fprintf(stderr, "fstat %s: %s\n", path, strerror(errno));
-			close(fd);
-			return -1;
-		}
-		*size = (uint64_t)st.st_size;
-	}
-	return fd;
+    if (ioctl(fd, IVSHM_IOC_INFO, &info) < 0) {
+      fprintf(stderr, "IVSHM_IOC_INFO %s: %s\n", path, strerror(errno));
+      close(fd);
+      return -1;
+    }
+    *size = info.bar2_size;
+  } else {
+    if (fstat(fd, &st) < 0) {
+      fprintf(stderr, "fstat %s: %s\n", path, strerror(errno));
+      close(fd);
+      return -1;
+    }
+    *size = (uint64_t)st.st_size;
+  }
+  return fd;
 }
 
-static unsigned char *map_region(const char *path, int *fdp, uint64_t *size)
-{
-	void *p;
-	int fd = open_region(path, O_RDWR, size);
+static unsigned char* map_region(const char* path, int* fdp, uint64_t* size) {
+  void* p;
+  int fd = open_region(path, O_RDWR, size);
 
-	if (fd < 0)
-		return NULL;
-	p = mmap(NULL, *size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (p == MAP_FAILED) {
-		fprintf(stderr, "mmap %s: %s\n", path, strerror(errno));
-		close(fd);
-		return NULL;
-	}
-	*fdp = fd;
-	return p;
+  if (fd < 0) return NULL;
+  p = mmap(NULL, *size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (p == MAP_FAILED) {
+    fprintf(stderr, "mmap %s: %s\n", path, strerror(errno));
+    close(fd);
+    return NULL;
+  }
+  *fdp = fd;
+  return p;
 }
 
-static int cmd_info(const char *dev)
-{
-	struct ivshm_info info;
-	int fd = open(dev, O_RDONLY);
+static int cmd_info(const char* dev) {
+  struct ivshm_info info;
+  int fd = open(dev, O_RDONLY);
 
-	if (fd < 0 || ioctl(fd, IVSHM_IOC_INFO, &info) < 0) {
-		fprintf(stderr, "%s: %s\n", dev, strerror(errno));
-		return 1;
-	}
-	printf("bar2_size=%" PRIu64 " ivposition=%u revision=%u flags=%#x vectors=%u minor=%u\n",
-	       (uint64_t)info.bar2_size, info.ivposition, info.revision,
-	       info.flags, info.vectors, info.minor);
-	close(fd);
-	return 0;
+  if (fd < 0 || ioctl(fd, IVSHM_IOC_INFO, &info) < 0) {
+    fprintf(stderr, "%s: %s\n", dev, strerror(errno));
+    return 1;
+  }
+  printf("bar2_size=%" PRIu64 " ivposition=%u revision=%u flags=%#x vectors=%u minor=%u\n", (uint64_t)info.bar2_size,
+         info.ivposition, info.revision, info.flags, info.vectors, info.minor);
+  close(fd);
+  return 0;
 }
 
 static int failures;
 
-static void expect(int ok, const char *what)
-{
-	printf("  %s %s\n", ok ? "ok  " : "FAIL", what);
-	if (!ok)
-		failures++;
+static void expect(int ok, const char* what) {
+  printf("  %s %s\n", ok ? "ok  " : "FAIL", what);
+  if (!ok) failures++;
 }
 
-static int mmap_errno(int fd, size_t len, int prot, int flags, off_t off)
-{
-	void *p = mmap(NULL, len, prot, flags, fd, off);
+static int mmap_errno(int fd, size_t len, int prot, int flags, off_t off) {
+  void* p = mmap(NULL, len, prot, flags, fd, off);
 
-	if (p == MAP_FAILED)
-		return errno;
-	munmap(p, len);
-	return 0;
+  if (p == MAP_FAILED) return errno;
+  munmap(p, len);
+  return 0;
 }
 
-static int cmd_selftest(const char *dev)
-{
-	long pg = sysconf(_SC_PAGESIZE);
-	struct ivshm_info info;
-	uint64_t size;
-	int fd, rfd, e;
-	char junk[8];
+static int cmd_selftest(const char* dev) {
+  long pg = sysconf(_SC_PAGESIZE);
+  struct ivshm_info info;
+  uint64_t size;
+  int fd, rfd, e;
+  char junk[8];
 
-	fd = open_region(dev, O_RDWR, &size);
-	if (fd < 0)
-		return 1;
-	expect(ioctl(fd, IVSHM_IOC_INFO, &info) == 0, "IVSHM_IOC_INFO");
-	expect(info.reserved0 == 0 && info.reserved[0] == 0 &&
-	       info.reserved[3] == 0, "reserved fields are zero");
-	expect(ioctl(fd, _IO(IVSHM_IOCTL_BASE, 0x7f)) < 0 && errno == ENOTTY,
-	       "unknown ioctl -> ENOTTY");
-	expect(ioctl(fd, IVSHM_IOC_INFO, (void *)16) < 0 && errno == EFAULT,
-	       "bad ioctl pointer -> EFAULT");
-	expect(read(fd, junk, sizeof(junk)) < 0, "read() is refused");
+  fd = open_region(dev, O_RDWR, &size);
+  if (fd < 0) return 1;
+  expect(ioctl(fd, IVSHM_IOC_INFO, &info) == 0, "IVSHM_IOC_INFO");
+  expect(info.reserved0 == 0 && info.reserved[0] == 0 && info.reserved[3] == 0, "reserved fields are zero");
+  expect(ioctl(fd, _IO(IVSHM_IOCTL_BASE, 0x7f)) < 0 && errno == ENOTTY, "unknown ioctl -> ENOTTY");
+  expect(ioctl(fd, IVSHM_IOC_INFO, (void*)16) < 0 && errno == EFAULT, "bad ioctl pointer -> EFAULT");
+  expect(read(fd, junk, sizeof(junk)) < 0, "read() is refused");
 
-	expect(mmap_errno(fd, size, PROT_READ | PROT_WRITE, MAP_SHARED, 0) == 0,
-	       "mmap whole BAR2");
-	expect(mmap_errno(fd, (size_t)pg, PROT_READ, MAP_SHARED,
-			  (off_t)(size - (uint64_t)pg)) == 0,
-	       "mmap last page");
-	e = mmap_errno(fd, 2 * (size_t)pg, PROT_READ, MAP_SHARED,
-		       (off_t)(size - (uint64_t)pg));
-	expect(e == EINVAL, "mmap past the end -> EINVAL");
-	e = mmap_errno(fd, (size_t)pg, PROT_READ, MAP_SHARED, (off_t)size);
-	expect(e == EINVAL, "mmap at offset == size -> EINVAL");
-	e = mmap_errno(fd, (size_t)pg, PROT_READ, MAP_SHARED,
-		       (off_t)(INT64_MAX & ~(pg - 1)));
-	expect(e == EINVAL || e == EOVERFLOW, "mmap at huge offset fails");
-	e = mmap_errno(fd, (size_t)size + (size_t)pg, PROT_READ, MAP_SHARED, 0);
-	expect(e == EINVAL, "mmap longer than BAR2 -> EINVAL");
-	e = mmap_errno(fd, (size_t)pg, PROT_READ | PROT_WRITE, MAP_PRIVATE, 0);
-	expect(e == EINVAL, "MAP_PRIVATE -> EINVAL");
+  expect(mmap_errno(fd, size, PROT_READ | PROT_WRITE, MAP_SHARED, 0) == 0, "mmap whole BAR2");
+  expect(mmap_errno(fd, (size_t)pg, PROT_READ, MAP_SHARED, (off_t)(size - (uint64_t)pg)) == 0, "mmap last page");
+  e = mmap_errno(fd, 2 * (size_t)pg, PROT_READ, MAP_SHARED, (off_t)(size - (uint64_t)pg));
+  expect(e == EINVAL, "mmap past the end -> EINVAL");
+  e = mmap_errno(fd, (size_t)pg, PROT_READ, MAP_SHARED, (off_t)size);
+  expect(e == EINVAL, "mmap at offset == size -> EINVAL");
+  e = mmap_errno(fd, (size_t)pg, PROT_READ, MAP_SHARED, (off_t)(INT64_MAX & ~(pg - 1)));
+  expect(e == EINVAL || e == EOVERFLOW, "mmap at huge offset fails");
+  e = mmap_errno(fd, (size_t)size + (size_t)pg, PROT_READ, MAP_SHARED, 0);
+  expect(e == EINVAL, "mmap longer than BAR2 -> EINVAL");
+  e = mmap_errno(fd, (size_t)pg, PROT_READ | PROT_WRITE, MAP_PRIVATE, 0);
+  expect(e == EINVAL, "MAP_PRIVATE -> EINVAL");
 
-	rfd = open(dev, O_RDONLY);
-	expect(rfd >= 0, "open read-only");
-	if (rfd >= 0) {
-		e = mmap_errno(rfd, (size_t)pg, PROT_READ | PROT_WRITE,
-			       MAP_SHARED, 0);
-		expect(e == EACCES, "writable mmap of O_RDONLY fd -> EACCES");
-		e = mmap_errno(rfd, (size_t)pg, PROT_READ, MAP_SHARED, 0);
-		expect(e == 0, "read-only mmap of O_RDONLY fd");
-		close(rfd);
-	}
+  rfd = open(dev, O_RDONLY);
+  expect(rfd >= 0, "open read-only");
+  if (rfd >= 0) {
+    e = mmap_errno(rfd, (size_t)pg, PROT_READ | PROT_WRITE, MAP_SHARED, 0);
+    expect(e == EACCES, "writable mmap of O_RDONLY fd -> EACCES");
+    e = mmap_errno(rfd, (size_t)pg, PROT_READ, MAP_SHARED, 0);
+    expect(e == 0, "read-only mmap of O_RDONLY fd");
+    close(rfd);
+  }
 
-	/* Two mappings of the same page see each other's stores. */
-	{
-		volatile uint64_t *a, *b;
+  /* Two mappings of the same page see each other's stores. */
+  {
+    volatile uint64_t *a, *b;
 
-		a = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE, MAP_SHARED,
-			 fd, (off_t)(size - (uint64_t)pg));
-		b = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE, MAP_SHARED,
-			 fd, (off_t)(size - (uint64_t)pg));
-		expect(a != MAP_FAILED && b != MAP_FAILED, "two mappings");
-		if (a != MAP_FAILED && b != MAP_FAILED) {
-			a[1] = 0x1122334455667788ULL;
-			expect(b[1] == 0x1122334455667788ULL,
-			       "mappings alias the same memory");
-			a[1] = 0;
-			munmap((void *)a, (size_t)pg);
-			munmap((void *)b, (size_t)pg);
-		}
-	}
-	/*
-	 * get_user_pages() on the mapping, as the FUSE device does when a
-	 * reply points into it: process_vm_readv() pins the source pages.
-	 */
-	{
-		unsigned char *m = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE,
-					MAP_SHARED, fd, 0);
-		unsigned char buf[64];
-		struct iovec local = { buf, sizeof(buf) };
-		struct iovec remote = { m, sizeof(buf) };
+    a = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)(size - (uint64_t)pg));
+    b = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE, MAP_SHARED, fd, (off_t)(size - (uint64_t)pg));
+    expect(a != MAP_FAILED && b != MAP_FAILED, "two mappings");
+    if (a != MAP_FAILED && b != MAP_FAILED) {
+      a[1] = 0x1122334455667788ULL;
+      expect(b[1] == 0x1122334455667788ULL, "mappings alias the same memory");
+      a[1] = 0;
+      munmap((void*)a, (size_t)pg);
+      munmap((void*)b, (size_t)pg);
+    }
+  }
+  /*
+   * get_user_pages() on the mapping, as the FUSE device does when a
+   * reply points into it: process_vm_readv() pins the source pages.
+   */
+  {
+    unsigned char* m = mmap(NULL, (size_t)pg, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    unsigned char buf[64];
+    struct iovec local = {buf, sizeof(buf)};
+    struct iovec remote = {m, sizeof(buf)};
 
-		expect(m != MAP_FAILED, "map first page");
-		/* BARs not 2 MiB aligned have no struct pages: no pinning. */
-		if (m != MAP_FAILED && size % (2u << 20)) {
-			printf("  skip pinning: BAR2 is not a multiple of 2 MiB\n");
-			munmap(m, (size_t)pg);
-		} else if (m != MAP_FAILED) {
-			memset(m + 64, 0xa5, 1);
-			remote.iov_base = m + 64;
-			expect(process_vm_readv(getpid(), &local, 1, &remote, 1, 0) ==
-				       (ssize_t)sizeof(buf) && buf[0] == 0xa5,
-			       "pages of the mapping can be pinned (GUP)");
-			munmap(m, (size_t)pg);
-		}
-	}
-	close(fd);
-	printf("selftest: %d failure(s)\n", failures);
-	return failures ? 1 : 0;
+    expect(m != MAP_FAILED, "map first page");
+    /* BARs not 2 MiB aligned have no struct pages: no pinning. */
+    if (m != MAP_FAILED && size % (2u << 20)) {
+      printf("  skip pinning: BAR2 is not a multiple of 2 MiB\n");
+      munmap(m, (size_t)pg);
+    } else if (m != MAP_FAILED) {
+      memset(m + 64, 0xa5, 1);
+      remote.iov_base = m + 64;
+      expect(process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == (ssize_t)sizeof(buf) && buf[0] == 0xa5,
+             "pages of the mapping can be pinned (GUP)");
+      munmap(m, (size_t)pg);
+    }
+  }
+  close(fd);
+  printf("selftest: %d failure(s)\n", failures);
+  return failures ? 1 : 0;
 }
 
-static int range(uint64_t size, uint64_t off, uint64_t len)
-{
-	if (off > size || len > size - off) {
-		fprintf(stderr, "range %" PRIu64 "+%" PRIu64
-			" outside region of %" PRIu64 " bytes\n", off, len, size);
-		return -1;
-	}
-	return 0;
+static int range(uint64_t size, uint64_t off, uint64_t len) {
+  if (off > size || len > size - off) {
+    fprintf(stderr, "range %" PRIu64 "+%" PRIu64 " outside region of %" PRIu64 " bytes\n", off, len, size);
+    return -1;
+  }
+  return 0;
 }
 
-static int cmd_fill_check(int check, const char *path, uint64_t off,
-			  uint64_t len, uint64_t seed)
-{
-	unsigned char buf[4096];
-	unsigned char *m;
-	uint64_t size, done;
-	int fd;
+static int cmd_fill_check(int check, const char* path, uint64_t off, uint64_t len, uint64_t seed) {
+  unsigned char buf[4096];
+  unsigned char* m;
+  uint64_t size, done;
+  int fd;
 
-	m = map_region(path, &fd, &size);
-	if (!m || range(size, off, len))
-		return 1;
-	for (done = 0; done < len; done += sizeof(buf)) {
-		size_t n = len - done < sizeof(buf) ? len - done : sizeof(buf);
+  m = map_region(path, &fd, &size);
+  if (!m || range(size, off, len)) return 1;
+  for (done = 0; done < len; done += sizeof(buf)) {
+    size_t n = len - done < sizeof(buf) ? len - done : sizeof(buf);
 
-		pattern(seed, off + done, buf, n);
-		if (!check) {
-			memcpy(m + off + done, buf, n);
-		} else if (memcmp(m + off + done, buf, n)) {
-			fprintf(stderr, "mismatch near offset %" PRIu64 "\n",
-				off + done);
-			return 1;
-		}
-	}
-	if (!check)
-		msync(m, size, MS_SYNC);
-	return 0;
+    pattern(seed, off + done, buf, n);
+    if (!check) {
+      memcpy(m + off + done, buf, n);
+    } else if (memcmp(m + off + done, buf, n)) {
+      fprintf(stderr, "mismatch near offset %" PRIu64 "\n", off + done);
+      return 1;
+    }
+  }
+  if (!check) msync(m, size, MS_SYNC);
+  return 0;
 }
 
 static sigjmp_buf bus_jmp;
 static volatile sig_atomic_t got_usr1;
 
-static void on_sigbus(int sig)
-{
-	(void)sig;
-	siglongjmp(bus_jmp, 1);
+static void on_sigbus(int sig) {
+  (void)sig;
+  siglongjmp(bus_jmp, 1);
 }
 
-static void on_usr1(int sig)
-{
-	(void)sig;
-	got_usr1 = 1;
+static void on_usr1(int sig) {
+  (void)sig;
+  got_usr1 = 1;
 }
 
-static int cmd_hold(const char *path, uint64_t off, uint64_t len, uint64_t seed)
-{
-	unsigned char buf[4096];
-	volatile unsigned char *m;
-	uint64_t size, i;
-	sigset_t mask, old;
-	int fd;
+static int cmd_hold(const char* path, uint64_t off, uint64_t len, uint64_t seed) {
+  unsigned char buf[4096];
+  volatile unsigned char* m;
+  uint64_t size, i;
+  sigset_t mask, old;
+  int fd;
 
-	signal(SIGUSR1, on_usr1);
-	signal(SIGBUS, on_sigbus);
-	m = map_region(path, &fd, &size);
-	if (!m || range(size, off, len) || len == 0)
-		return 1;
-	for (i = 0; i < len; i += sizeof(buf)) {
-		size_t n = len - i < sizeof(buf) ? len - i : sizeof(buf);
+  signal(SIGUSR1, on_usr1);
+  signal(SIGBUS, on_sigbus);
+  m = map_region(path, &fd, &size);
+  if (!m || range(size, off, len) || len == 0) return 1;
+  for (i = 0; i < len; i += sizeof(buf)) {
+    size_t n = len - i < sizeof(buf) ? len - i : sizeof(buf);
 
-		pattern(seed, off + i, buf, n);
-		if (memcmp((void *)(m + off + i), buf, n)) {
-			printf("hold: pattern mismatch before revoke\n");
-			return 1;
-		}
-	}
-	/* Close the fd: the mapping alone must keep everything alive. */
-	close(fd);
-	printf("hold: mapped %" PRIu64 " bytes, pattern ok, waiting\n", size);
-	fflush(stdout);
+    pattern(seed, off + i, buf, n);
+    if (memcmp((void*)(m + off + i), buf, n)) {
+      printf("hold: pattern mismatch before revoke\n");
+      return 1;
+    }
+  }
+  /* Close the fd: the mapping alone must keep everything alive. */
+  close(fd);
+  printf("hold: mapped %" PRIu64 " bytes, pattern ok, waiting\n", size);
+  fflush(stdout);
 
-	sigemptyset(&mask);
-	sigaddset(&mask, SIGUSR1);
-	sigprocmask(SIG_BLOCK, &mask, &old);
-	while (!got_usr1)
-		sigsuspend(&old);
-	sigprocmask(SIG_SETMASK, &old, NULL);
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &mask, &old);
+  while (!got_usr1) sigsuspend(&old);
+  sigprocmask(SIG_SETMASK, &old, NULL);
 
-	if (sigsetjmp(bus_jmp, 1)) {
-		printf("hold: access after unbind -> SIGBUS (revoked)\n");
-		fflush(stdout);
-		return 0;
-	}
-	i = m[off];
-	printf("hold: access after unbind returned 0x%02x (not revoked)\n",
-	       (unsigned)i);
-	return 2;
+  if (sigsetjmp(bus_jmp, 1)) {
+    printf("hold: access after unbind -> SIGBUS (revoked)\n");
+    fflush(stdout);
+    return 0;
+  }
+  i = m[off];
+  printf("hold: access after unbind returned 0x%02x (not revoked)\n", (unsigned)i);
+  return 2;
 }
 
-static double now(void)
-{
-	struct timespec ts;
+static double now(void) {
+  struct timespec ts;
 
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static int cmd_bench(const char *path, uint64_t mib, unsigned rounds)
-{
-	uint64_t size, len = mib << 20;
-	double t, wbest = 1e30, rbest = 1e30;
-	unsigned char *m, *priv;
-	volatile unsigned sink = 0;
-	int fd;
+static int cmd_bench(const char* path, uint64_t mib, unsigned rounds) {
+  uint64_t size, len = mib << 20;
+  double t, wbest = 1e30, rbest = 1e30;
+  unsigned char *m, *priv;
+  volatile unsigned sink = 0;
+  int fd;
 
-	m = map_region(path, &fd, &size);
-	if (!m)
-		return 1;
-	if (len > size)
-		len = size;
-	priv = malloc(len);
-	if (!priv)
-		return 1;
-	memset(priv, 0x5a, len);
-	/* Fault everything in first: measure copies, not page faults. */
-	memcpy(m, priv, len);
-	memcpy(priv, m, len);
-	for (unsigned r = 0; r < rounds; r++) {
-		t = now();
-		memcpy(m, priv, len);
-		t = now() - t;
-		if (t < wbest)
-			wbest = t;
-		t = now();
-		memcpy(priv, m, len);
-		sink += priv[len / 2];
-		t = now() - t;
-		if (t < rbest)
-			rbest = t;
-	}
-	printf("bench %s: %" PRIu64 " MiB, best of %u: write %.1f MB/s, read %.1f MB/s\n",
-	       path, len >> 20, rounds, (double)len / wbest / 1e6,
-	       (double)len / rbest / 1e6);
-	(void)sink;
-	return 0;
+  m = map_region(path, &fd, &size);
+  if (!m) return 1;
+  if (len > size) len = size;
+  priv = malloc(len);
+  if (!priv) return 1;
+  memset(priv, 0x5a, len);
+  /* Fault everything in first: measure copies, not page faults. */
+  memcpy(m, priv, len);
+  memcpy(priv, m, len);
+  for (unsigned r = 0; r < rounds; r++) {
+    t = now();
+    memcpy(m, priv, len);
+    t = now() - t;
+    if (t < wbest) wbest = t;
+    t = now();
+    memcpy(priv, m, len);
+    sink += priv[len / 2];
+    t = now() - t;
+    if (t < rbest) rbest = t;
+  }
+  printf("bench %s: %" PRIu64 " MiB, best of %u: write %.1f MB/s, read %.1f MB/s\n", path, len >> 20, rounds,
+         (double)len / wbest / 1e6, (double)len / rbest / 1e6);
+  (void)sink;
+  return 0;
 }
 
-static int cmd_gen(uint64_t seed, uint64_t len)
-{
-	unsigned char buf[65536];
-	uint64_t done;
+static int cmd_gen(uint64_t seed, uint64_t len) {
+  unsigned char buf[65536];
+  uint64_t done;
 
-	for (done = 0; done < len; done += sizeof(buf)) {
-		size_t n = len - done < sizeof(buf) ? len - done : sizeof(buf);
+  for (done = 0; done < len; done += sizeof(buf)) {
+    size_t n = len - done < sizeof(buf) ? len - done : sizeof(buf);
 
-		pattern(seed, done, buf, n);
-		if (fwrite(buf, 1, n, stdout) != n)
-			return 1;
-	}
-	return fflush(stdout) ? 1 : 0;
+    pattern(seed, done, buf, n);
+    if (fwrite(buf, 1, n, stdout) != n) return 1;
+  }
+  return fflush(stdout) ? 1 : 0;
 }
 
-static int cmd_append(const char *path)
-{
-	char buf[65536];
-	ssize_t n;
-	int fd = open(path, O_WRONLY | O_APPEND);
+static int cmd_append(const char* path) {
+  char buf[65536];
+  ssize_t n;
+  int fd = open(path, O_WRONLY | O_APPEND);
 
-	if (fd < 0) {
-		printf("%s\n", strerrorname_np(errno));
-		return 1;
-	}
-	while ((n = read(0, buf, sizeof(buf))) > 0) {
-		if (write(fd, buf, (size_t)n) != n) {
-			printf("%s\n", strerrorname_np(errno));
-			return 1;
-		}
-	}
-	if (close(fd) < 0) {
-		printf("%s\n", strerrorname_np(errno));
-		return 1;
-	}
-	printf("OK\n");
-	return 0;
+  if (fd < 0) {
+    printf("%s\n", strerrorname_np(errno));
+    return 1;
+  }
+  while ((n = read(0, buf, sizeof(buf))) > 0) {
+    if (write(fd, buf, (size_t)n) != n) {
+      printf("%s\n", strerrorname_np(errno));
+      return 1;
+    }
+  }
+  if (close(fd) < 0) {
+    printf("%s\n", strerrorname_np(errno));
+    return 1;
+  }
+  printf("OK\n");
+  return 0;
 }
 
-static uint64_t num(const char *s)
-{
-	return strtoull(s, NULL, 0);
-}
+static uint64_t num(const char* s) { return strtoull(s, NULL, 0); }
 
-int main(int argc, char **argv)
-{
-	const char *cmd = argc > 1 ? argv[1] : "";
+int main(int argc, char** argv) {
+  const char* cmd = argc > 1 ? argv[1] : "";
 
-	if (!strcmp(cmd, "info") && argc == 3)
-		return cmd_info(argv[2]);
-	if (!strcmp(cmd, "selftest") && argc == 3)
-		return cmd_selftest(argv[2]);
-	if ((!strcmp(cmd, "fill") || !strcmp(cmd, "check")) && argc == 6)
-		return cmd_fill_check(cmd[0] == 'c', argv[2], num(argv[3]),
-				      num(argv[4]), num(argv[5]));
-	if (!strcmp(cmd, "hold") && argc == 6)
-		return cmd_hold(argv[2], num(argv[3]), num(argv[4]),
-				num(argv[5]));
-	if (!strcmp(cmd, "bench") && argc == 5)
-		return cmd_bench(argv[2], num(argv[3]), (unsigned)num(argv[4]));
-	if (!strcmp(cmd, "gen") && argc == 4)
-		return cmd_gen(num(argv[2]), num(argv[3]));
-	if (!strcmp(cmd, "append") && argc == 3)
-		return cmd_append(argv[2]);
-	fprintf(stderr, "usage: see the comment at the top of ivshm-test.c\n");
-	return 64;
+  if (!strcmp(cmd, "info") && argc == 3) return cmd_info(argv[2]);
+  if (!strcmp(cmd, "selftest") && argc == 3) return cmd_selftest(argv[2]);
+  if ((!strcmp(cmd, "fill") || !strcmp(cmd, "check")) && argc == 6)
+    return cmd_fill_check(cmd[0] == 'c', argv[2], num(argv[3]), num(argv[4]), num(argv[5]));
+  if (!strcmp(cmd, "hold") && argc == 6) return cmd_hold(argv[2], num(argv[3]), num(argv[4]), num(argv[5]));
+  if (!strcmp(cmd, "bench") && argc == 5) return cmd_bench(argv[2], num(argv[3]), (unsigned)num(argv[4]));
+  if (!strcmp(cmd, "gen") && argc == 4) return cmd_gen(num(argv[2]), num(argv[3]));
+  if (!strcmp(cmd, "append") && argc == 3) return cmd_append(argv[2]);
+  fprintf(stderr, "usage: see the comment at the top of ivshm-test.c\n");
+  return 64;
 }

@@ -29,26 +29,6 @@
 namespace ivshmfs::fstest {
 namespace {
 
-std::string read_all_fd(int fd) {
-  std::string out;
-  std::vector<char> buf(1 << 16);
-  for (;;) {
-    const ssize_t n = ::read(fd, buf.data(), buf.size());
-    if (n <= 0) break;
-    out.append(buf.data(), static_cast<std::size_t>(n));
-  }
-  return out;
-}
-
-std::string read_all(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  EXPECT_GE(fd, 0) << path << ": " << std::strerror(errno);
-  if (fd < 0) return {};
-  std::string out = read_all_fd(fd);
-  ::close(fd);
-  return out;
-}
-
 class Peers : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -33,29 +33,6 @@ int open_errno(const std::string& path, int flags) {
   return 0;
 }
 
-std::string read_all(const std::string& path) {
-  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  EXPECT_GE(fd, 0) << path << ": " << std::strerror(errno);
-  if (fd < 0) return {};
-  std::string out;
-  std::vector<char> buf(1 << 20);
-  for (;;) {
-    const ssize_t n = ::read(fd, buf.data(), buf.size());
-    EXPECT_GE(n, 0) << path << ": " << std::strerror(errno);
-    if (n <= 0) break;
-    out.append(buf.data(), static_cast<std::size_t>(n));
-  }
-  ::close(fd);
-  return out;
-}
-
-void append(const std::string& path, const std::string& data) {
-  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
-  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
-  EXPECT_EQ(::write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size())) << std::strerror(errno);
-  ::close(fd);
-}
-
 std::string xattr(const std::string& path, const std::string& name) {
   char value[256];
   const ssize_t n = ::getxattr(path.c_str(), name.c_str(), value, sizeof value);

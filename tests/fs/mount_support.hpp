@@ -76,6 +76,37 @@ inline bool is_mounted(const std::string& dir) {
   return false;
 }
 
+// Everything a descriptor yields until end of file (or an error).
+inline std::string read_all_fd(int fd) {
+  std::string out;
+  std::vector<char> buf(1 << 20);
+  for (;;) {
+    const ssize_t n = ::read(fd, buf.data(), buf.size());
+    EXPECT_GE(n, 0) << "read: " << std::strerror(errno);
+    if (n <= 0) break;
+    out.append(buf.data(), static_cast<std::size_t>(n));
+  }
+  return out;
+}
+
+// A file's whole contents through ordinary read(2) calls.
+inline std::string read_all(const std::string& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  EXPECT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  if (fd < 0) return "<open failed: " + std::string(std::strerror(errno)) + ">";
+  std::string out = read_all_fd(fd);
+  ::close(fd);
+  return out;
+}
+
+// One write(2) of `data` to `path` opened for appending; it must be whole.
+inline void append(const std::string& path, const std::string& data) {
+  const int fd = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << path << ": " << std::strerror(errno);
+  EXPECT_EQ(::write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size())) << std::strerror(errno);
+  ::close(fd);
+}
+
 inline std::string read_text(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   std::ostringstream out;
