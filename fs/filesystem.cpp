@@ -614,6 +614,7 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
     h.poll = ph;
     slot.pollers.insert(&h);
   }
+  if (ph != nullptr) watcher_.kick();  // a waiter: poll peers quickly again
   unsigned revents = 0;
   if (h.kind == NodeKind::follow) {
     if (follow_has_data(h)) revents |= POLLIN | POLLRDNORM;
@@ -747,6 +748,8 @@ void Filesystem::follow_read(fuse_req_t req, Handle& h, std::size_t size) {
     }
     if (!follow_has_data(h)) {
       it->second.parked = true;
+      lock.unlock();
+      watcher_.kick();  // a waiter: poll peers quickly again
       return;
     }
     parked_.erase(it);  // data arrived meanwhile: serve it ourselves
@@ -798,12 +801,14 @@ bool Filesystem::tick() {
   // every kInvalEvery per file, and once more after the flow stops.
   constexpr auto kInvalEvery = std::chrono::milliseconds(1);
   bool peer_changed = false;
+  bool reset_seen = false;
   std::optional<std::chrono::steady_clock::time_point> now;
   for (auto& slot : slots_) {
     auto s = region_->snapshot(slot->info.id);
     if (!s) continue;
     if (s->length != slot->seen_length || s->generation != slot->seen_generation) {
       const bool reset = s->generation != slot->seen_generation;
+      reset_seen = reset_seen || reset;
       slot->seen_length = s->length;
       slot->seen_generation = s->generation;
       // Our own appends are not news: own_partition_changed() woke their
@@ -836,10 +841,31 @@ bool Filesystem::tick() {
       spdlog::error("partition {} was taken over by another writer; writes now fail with EIO", *self_id_);
     }
   }
-  // A pending invalidation keeps the watcher ticking fast until it is done.
-  bool pending = false;
-  for (const auto& slot : slots_) pending = pending || slot->inval_pending;
-  return peer_changed || pending;
+  // Fast polling is for waiters (poll handles, parked follow reads): a plain
+  // read or stat asks the region itself and is never stale. Without waiters
+  // the watcher backs off even while peers write, so it does not take CPU
+  // from them; a new waiter kicks it back to the fast bound. A reset keeps
+  // it quick a while; pending invalidations ride on the slower ticks.
+  return ((peer_changed || pending_invalidation()) && has_waiters()) || reset_seen;
+}
+
+bool Filesystem::pending_invalidation() const noexcept {
+  for (const auto& slot : slots_) {
+    if (slot->inval_pending) return true;
+  }
+  return false;
+}
+
+bool Filesystem::has_waiters() {
+  {
+    std::lock_guard lock(park_mutex_);
+    if (!parked_.empty()) return true;
+  }
+  for (auto& slot : slots_) {
+    std::lock_guard lock(slot->poll_mutex);
+    if (!slot->pollers.empty()) return true;
+  }
+  return false;
 }
 
 void Filesystem::partition_changed(Slot& slot) {

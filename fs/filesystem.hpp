@@ -106,6 +106,8 @@ class Filesystem {
 
   // The watcher's tick and what it does on a change.
   bool tick();
+  [[nodiscard]] bool pending_invalidation() const noexcept;
+  bool has_waiters();
   void partition_changed(Slot& slot);
   // A local append or reset of the own partition: wakes its pollers and
   // parked follow reads now, if there are any (cheap when there are none).
