@@ -29,25 +29,10 @@
 namespace ivshmfs::fstest {
 namespace {
 
-class Peers : public ::testing::Test {
+// A region large enough for the streaming tests.
+class Peers : public TwoPeers {
  protected:
-  void SetUp() override {
-    if (auto missing = missing_prerequisite()) GTEST_SKIP() << "skipped: " << *missing;
-    a_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_a_.path(), 0, {}});
-    b_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_b_.path(), 1, {}});
-    ASSERT_TRUE(a_->start()) << "vm0 daemon did not mount:\n" << a_->log();
-    ASSERT_TRUE(b_->start()) << "vm1 daemon did not mount:\n" << b_->log();
-  }
-  void TearDown() override {
-    b_.reset();
-    a_.reset();
-  }
-
-  RegionFile region_{16 << 20, 2};
-  TempDir dir_a_{"mnt-a"};
-  TempDir dir_b_{"mnt-b"};
-  std::unique_ptr<Daemon> a_;
-  std::unique_ptr<Daemon> b_;
+  Peers() : TwoPeers(16 << 20, 2) {}
 };
 
 TEST_F(Peers, AWriteIsVisibleInTheOtherMountAsSoonAsItReturns) {

@@ -50,29 +50,6 @@ std::set<std::string> list_dir(const std::string& path) {
   return names;
 }
 
-class TwoPeers : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (auto missing = missing_prerequisite()) GTEST_SKIP() << "skipped: " << *missing;
-    a_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_a_.path(), 0, extra_options_a()});
-    b_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_b_.path(), 1, {}});
-    ASSERT_TRUE(a_->start()) << "vm0 daemon did not mount:\n" << a_->log();
-    ASSERT_TRUE(b_->start()) << "vm1 daemon did not mount:\n" << b_->log();
-  }
-  void TearDown() override {
-    b_.reset();
-    a_.reset();
-  }
-  virtual std::vector<std::string> extra_options_a() { return {}; }
-
-  // Declared first: destroyed last, after the daemons unmounted.
-  RegionFile region_;
-  TempDir dir_a_{"mnt-a"};
-  TempDir dir_b_{"mnt-b"};
-  std::unique_ptr<Daemon> a_;  // owns vm0
-  std::unique_ptr<Daemon> b_;  // owns vm1
-};
-
 TEST_F(TwoPeers, ListsOneFilePerPartitionAndTheFollowView) {
   EXPECT_EQ(list_dir(dir_a_.path()), (std::set<std::string>{".", "..", ".status", "follow", "vm0", "vm1"}));
   EXPECT_EQ(list_dir(a_->file("follow")), (std::set<std::string>{".", "..", "vm0", "vm1"}));

@@ -314,4 +314,32 @@ class Daemon {
   std::optional<int> exit_status_;
 };
 
+// Two daemons over one region file, as vm0 and vm1: the way two VMs see one
+// region. Always unmounted, whatever the test did.
+class TwoPeers : public ::testing::Test {
+ protected:
+  TwoPeers() = default;
+  TwoPeers(uint64_t region_size, uint32_t partitions) : region_(region_size, partitions) {}
+
+  void SetUp() override {
+    if (auto missing = missing_prerequisite()) GTEST_SKIP() << "skipped: " << *missing;
+    a_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_a_.path(), 0, extra_options_a()});
+    b_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_b_.path(), 1, {}});
+    ASSERT_TRUE(a_->start()) << "vm0 daemon did not mount:\n" << a_->log();
+    ASSERT_TRUE(b_->start()) << "vm1 daemon did not mount:\n" << b_->log();
+  }
+  void TearDown() override {
+    b_.reset();
+    a_.reset();
+  }
+  virtual std::vector<std::string> extra_options_a() { return {}; }
+
+  // Declared first: destroyed last, after the daemons unmounted.
+  RegionFile region_;
+  TempDir dir_a_{"mnt-a"};
+  TempDir dir_b_{"mnt-b"};
+  std::unique_ptr<Daemon> a_;  // owns vm0
+  std::unique_ptr<Daemon> b_;  // owns vm1
+};
+
 }  // namespace ivshmfs::fstest
