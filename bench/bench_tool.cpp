@@ -441,27 +441,41 @@ int cmd_latency_unix(uint64_t count) {
 
 // ---- file I/O ---------------------------------------------------------------
 
-int cmd_write(const char* path, std::size_t size, uint64_t max_bytes, double max_seconds, bool create) {
-  const int fd = ::open(path, O_WRONLY | O_APPEND | (create ? O_CREAT | O_TRUNC : 0), 0644);
-  if (fd < 0) die(std::string("open ") + path);
-  Buffer src(size);
+// Calls `io` (one request of `size` bytes, returning its result) until
+// max_bytes moved, max_seconds passed or it returns 0, and prints
+// "<label>,<size>,<bytes/s>,<ops/s>,<bytes>".
+template <class Io>
+void timed_requests(const char* label, const char* path, std::size_t size, uint64_t max_bytes, double max_seconds,
+                    Io io) {
   uint64_t done = 0;
   uint64_t ops = 0;
   const uint64_t t0 = now_ns();
   const auto limit = static_cast<uint64_t>(max_seconds * 1e9);
   uint64_t t = t0;
   while (done < max_bytes && t - t0 < limit) {
-    const ssize_t n = ::write(fd, src.p, size);
+    const ssize_t n = io(done);
     if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) die(std::string("write ") + path);
+    if (n < 0) die(std::string(label) + " " + path);
+    if (n == 0) break;
     done += static_cast<uint64_t>(n);
     ++ops;
     t = now_ns();
   }
-  ::close(fd);
-  const double secs = static_cast<double>(t - t0) / 1e9;
-  std::printf("write,%zu,%.0f,%.0f,%llu\n", size, static_cast<double>(done) / secs, static_cast<double>(ops) / secs,
+  const double secs = std::max(static_cast<double>(t - t0) / 1e9, 1e-9);
+  std::printf("%s,%zu,%.0f,%.0f,%llu\n", label, size, static_cast<double>(done) / secs, static_cast<double>(ops) / secs,
               static_cast<unsigned long long>(done));
+}
+
+int cmd_write(const char* path, std::size_t size, uint64_t max_bytes, double max_seconds, bool create) {
+  const int fd = ::open(path, O_WRONLY | O_APPEND | (create ? O_CREAT | O_TRUNC : 0), 0644);
+  if (fd < 0) die(std::string("open ") + path);
+  Buffer src(size);
+  timed_requests("write", path, size, max_bytes, max_seconds, [&](uint64_t) {
+    const ssize_t n = ::write(fd, src.p, size);
+    if (n == 0) die(std::string("write ") + path + ": wrote nothing");
+    return n;
+  });
+  ::close(fd);
   return 0;
 }
 
@@ -469,24 +483,9 @@ int cmd_read(const char* path, std::size_t size, uint64_t max_bytes, double max_
   const int fd = ::open(path, O_RDONLY);
   if (fd < 0) die(std::string("open ") + path);
   Buffer dst(size);
-  uint64_t done = 0;
-  uint64_t ops = 0;
-  const uint64_t t0 = now_ns();
-  const auto limit = static_cast<uint64_t>(max_seconds * 1e9);
-  uint64_t t = t0;
-  while (done < max_bytes && t - t0 < limit) {
-    const ssize_t n = ::pread(fd, dst.p, size, static_cast<off_t>(offset + done));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) die(std::string("read ") + path);
-    if (n == 0) break;
-    done += static_cast<uint64_t>(n);
-    ++ops;
-    t = now_ns();
-  }
+  timed_requests("read", path, size, max_bytes, max_seconds,
+                 [&](uint64_t done) { return ::pread(fd, dst.p, size, static_cast<off_t>(offset + done)); });
   ::close(fd);
-  const double secs = std::max(static_cast<double>(t - t0) / 1e9, 1e-9);
-  std::printf("read,%zu,%.0f,%.0f,%llu\n", size, static_cast<double>(done) / secs, static_cast<double>(ops) / secs,
-              static_cast<unsigned long long>(done));
   return 0;
 }
 
