@@ -147,11 +147,16 @@ Error lost_claim(const PartitionWriter& w) {
 }
 }  // namespace
 
+Result<void> PartitionWriter::still_owner() const {
+  // A region formatted anew also zeroes our claim: report the cause, not the symptom.
+  if (auto r = region_->check_format(); !r) return r;
+  if (!owns()) return lost_claim(*this);
+  return {};
+}
+
 Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
   std::unique_lock lock(append_mutex_);
-  // A region formatted anew also zeroes our claim: report the cause, not the symptom.
-  if (auto r = region_->check_format(); !r) return std::move(r).error();
-  if (!owns()) return lost_claim(*this);
+  if (auto r = still_owner(); !r) return std::move(r).error();
   if (max == 0) return make_error(Errc::invalid_argument, "reserve: zero bytes asked for");
   // Only we write this field, but a hostile peer may have: clamp it.
   const uint64_t length = std::min(load_relaxed(control_->committed_length), partition_.capacity);
@@ -185,9 +190,7 @@ Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
 
 Result<void> PartitionWriter::reset() {
   std::lock_guard lock(append_mutex_);
-  // A region formatted anew also zeroes our claim: report the cause, not the symptom.
-  if (auto r = region_->check_format(); !r) return std::move(r).error();
-  if (!owns()) return lost_claim(*this);
+  if (auto r = still_owner(); !r) return std::move(r).error();
   const uint64_t gen = load_relaxed(control_->generation) & ~uint64_t{1};
   store_relaxed(control_->generation, gen + 1);  // odd: readers retry
   std::atomic_thread_fence(std::memory_order_release);
@@ -198,8 +201,7 @@ Result<void> PartitionWriter::reset() {
 }
 
 Result<void> PartitionWriter::heartbeat() {
-  if (auto r = region_->check_format(); !r) return std::move(r).error();
-  if (!owns()) return lost_claim(*this);
+  if (auto r = still_owner(); !r) return std::move(r).error();
   store_release(control_->owner_heartbeat_ns, wall_clock_ns());
   return {};
 }

@@ -83,6 +83,8 @@ class PartitionWriter {
  private:
   PartitionWriter(std::shared_ptr<Region> region, const PartitionInfo& partition, uint64_t token);
   [[nodiscard]] bool token_held() const noexcept;
+  // Errc::reformatted or Errc::not_owner when this writer may no longer write.
+  [[nodiscard]] Result<void> still_owner() const;
 
   std::shared_ptr<Region> region_;
   PartitionInfo partition_;
