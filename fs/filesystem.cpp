@@ -13,6 +13,7 @@
 #include <exception>
 #include <new>
 #include <span>
+#include <string_view>
 #include <system_error>
 
 #include <spdlog/spdlog.h>
@@ -474,7 +475,7 @@ void Filesystem::read(fuse_req_t req, std::size_t size, off_t off, fuse_file_inf
       fuse_reply_buf(req, nullptr, 0);
       return;
     }
-    // A copy on our stack: the kernel may finish the read, and a RELEASE on
+    // A copy of our own: the kernel may finish the read, and a RELEASE on
     // another thread free the handle, before writev has returned here.
     const std::string slice = h.text.substr(offset, size);
     fuse_reply_buf(req, slice.data(), slice.size());
@@ -631,6 +632,20 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
   fuse_reply_poll(req, revents);
 }
 
+namespace {
+// getxattr/listxattr's contract: size 0 asks for the length, a buffer too
+// small for the value is ERANGE.
+void reply_xattr(fuse_req_t req, std::size_t size, std::string_view value) {
+  if (size == 0) {
+    fuse_reply_xattr(req, value.size());
+  } else if (size < value.size()) {
+    fuse_reply_err(req, ERANGE);
+  } else {
+    fuse_reply_buf(req, value.data(), value.size());
+  }
+}
+}  // namespace
+
 void Filesystem::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, std::size_t size) {
   const Node node = decode(ino);
   if (node.kind != NodeKind::partition && node.kind != NodeKind::follow) {
@@ -648,13 +663,7 @@ void Filesystem::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, std:
   }
   for (const auto& [key, value] : partition_xattrs(*s, node.index == self_index_)) {
     if (key != name) continue;
-    if (size == 0) {
-      fuse_reply_xattr(req, value.size());
-    } else if (size < value.size()) {
-      fuse_reply_err(req, ERANGE);
-    } else {
-      fuse_reply_buf(req, value.data(), value.size());
-    }
+    reply_xattr(req, size, value);
     return;
   }
   fuse_reply_err(req, ENODATA);
@@ -673,13 +682,7 @@ void Filesystem::listxattr(fuse_req_t req, fuse_ino_t ino, std::size_t size) {
     fuse_reply_err(req, ENOENT);
     return;
   }
-  if (size == 0) {
-    fuse_reply_xattr(req, names.size());
-  } else if (size < names.size()) {
-    fuse_reply_err(req, ERANGE);
-  } else {
-    fuse_reply_buf(req, names.data(), names.size());
-  }
+  reply_xattr(req, size, names);
 }
 
 // ---------------------------------------------------------------------------
