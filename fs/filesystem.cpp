@@ -513,12 +513,14 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, fuse_file_info* fi) 
     return;
   }
   // The file offset is ignored: every write appends at the committed length.
-  // The reservation holds the append lock, so this write is committed whole
-  // (or, when the partition fills, as much as fits) and never interleaves
-  // with another. One copy: from the request (libfuse's buffer, or the pipe
-  // the kernel spliced the writer's pages into) straight into the partition.
+  // Under the append lock this write is committed whole (or, when the
+  // partition fills, as much as fits) and never interleaves with another.
+  // One copy: from the request (libfuse's buffer, or the pipe the kernel
+  // spliced the writer's pages into) straight into the partition.
+  std::unique_lock append(append_mutex_);
   auto room = writer_->reserve(size);
   if (!room) {
+    append.unlock();
     lock.unlock();
     const Errc code = room.error().code;
     if (code == Errc::not_owner && !lost_claim_logged_.exchange(true)) spdlog::error("{}", room.error().message);
@@ -531,11 +533,13 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, fuse_file_info* fi) 
   const ssize_t copied = fuse_buf_copy(&dst, in, static_cast<fuse_buf_copy_flags>(0));
   if (copied <= 0) {
     room->commit(0);
+    append.unlock();
     lock.unlock();
     fuse_reply_err(req, copied < 0 ? static_cast<int>(-copied) : EIO);
     return;
   }
   const std::size_t n = room->commit(static_cast<std::size_t>(copied));
+  append.unlock();
   lock.unlock();
   fuse_reply_write(req, n);
   own_partition_changed();

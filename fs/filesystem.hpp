@@ -131,6 +131,9 @@ class Filesystem {
   // writer when the region is formatted anew.
   mutable std::shared_mutex writer_mutex_;
   std::unique_ptr<PartitionWriter> writer_;
+  // Serialises the writes among themselves (a writer belongs to one thread
+  // at a time), so one write() is committed whole, never interleaved.
+  std::mutex append_mutex_;
 
   std::atomic<bool> stale_{false};
   std::atomic<bool> lost_claim_logged_{false};

@@ -21,6 +21,9 @@
 struct ivshmfs_region {
   std::shared_ptr<ivshmfs::Region> region;
   std::unique_ptr<ivshmfs::PartitionWriter> writer;
+  // The C API promises thread-safe handles; a writer belongs to one thread at
+  // a time, so appends and resets on one handle take turns here.
+  std::mutex write_mutex;
   int32_t own_id = -1;
 };
 
@@ -115,6 +118,7 @@ ssize_t ivshmfs_append(ivshmfs_region* handle, const void* data, size_t size) {
   return guarded([&]() -> ssize_t {
     if (handle == nullptr || (data == nullptr && size > 0)) return fail(EINVAL, "ivshmfs_append: NULL argument");
     if (!handle->writer) return fail(EBADF, "ivshmfs_append: the region was opened without IVSHMFS_OPEN_WRITE");
+    std::lock_guard lock(handle->write_mutex);
     auto n = handle->writer->append({static_cast<const std::byte*>(data), size});
     if (!n) return fail(n.error());
     return static_cast<ssize_t>(*n);
@@ -134,6 +138,7 @@ int ivshmfs_reset(ivshmfs_region* handle) {
   return guarded([&]() -> int {
     if (handle == nullptr) return fail(EINVAL, "ivshmfs_reset: NULL handle");
     if (!handle->writer) return fail(EBADF, "ivshmfs_reset: the region was opened without IVSHMFS_OPEN_WRITE");
+    std::lock_guard lock(handle->write_mutex);
     if (auto r = handle->writer->reset(); !r) return fail(r.error());
     return 0;
   });

@@ -317,15 +317,25 @@ Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) con
 }
 
 Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::byte> out, uint64_t* generation) const {
+  const PartitionInfo* p = find(id);
+  if (p == nullptr) [[unlikely]]
+    return no_partition(*this, id);
+  ivshmfs_control* c = control(*p);
+  const std::byte* base = data(*p);
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
-    auto v = view(id, offset, out.size());
-    if (!v) return std::move(v).error();
-    if (!v->bytes.empty()) std::memcpy(out.data(), v->bytes.data(), v->bytes.size());
-    // Committed bytes never change within a generation, so an unchanged
-    // generation proves the copy is all from one.
-    if (generation_unchanged(id, v->generation)) {
-      if (generation != nullptr) *generation = v->generation;
-      return v->bytes.size();
+    const uint64_t gen = load_acquire(c->generation);
+    if (gen % 2 == 0) [[likely]] {  // odd: a reset is under way
+      const uint64_t length = std::min(load_acquire(c->committed_length), p->capacity);
+      const std::size_t n =
+          offset < length ? static_cast<std::size_t>(std::min<uint64_t>(out.size(), length - offset)) : 0;
+      if (n > 0) std::memcpy(out.data(), base + offset, n);
+      // Committed bytes never change within a generation, so an unchanged
+      // generation proves the copy is all from one.
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (load_relaxed(c->generation) == gen) [[likely]] {
+        if (generation != nullptr) *generation = gen;
+        return n;
+      }
     }
     backoff(attempt);
   }

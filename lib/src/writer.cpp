@@ -43,7 +43,7 @@ std::string describe_owner(const PartitionStat& s) {
 // mtime). The kernel's coarse clock, like the mtime of a regular file: one
 // tick of resolution, and ~3 ns instead of ~20 ns for CLOCK_REALTIME, which
 // is most of the fixed cost of a small append.
-uint64_t commit_clock_ns() noexcept {
+[[gnu::always_inline]] inline uint64_t commit_clock_ns() noexcept {
   timespec ts{};
   clock_gettime(CLOCK_REALTIME_COARSE, &ts);
   return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<uint64_t>(ts.tv_nsec);
@@ -65,7 +65,10 @@ PartitionWriter::PartitionWriter(std::shared_ptr<Region> region, const Partition
       partition_(partition),
       control_(region_->control(partition)),
       data_(region_->data(partition)),
-      token_(token) {}
+      header_(reinterpret_cast<ivshmfs_header*>(region_->backend().bytes().data())),
+      format_id_(region_->info().format_id),
+      token_(token),
+      length_(std::min(load_acquire(control_->committed_length), partition.capacity)) {}
 
 Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<Region> region, uint32_t id,
                                                                 const ClaimOptions& options) {
@@ -154,49 +157,68 @@ Result<void> PartitionWriter::still_owner() const {
   return {};
 }
 
-Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
-  std::unique_lock lock(append_mutex_);
-  if (auto r = still_owner(); !r) return std::move(r).error();
-  if (max == 0) return make_error(Errc::invalid_argument, "reserve: zero bytes asked for");
-  // Only we write this field, but a hostile peer may have: clamp it.
-  const uint64_t length = std::min(load_relaxed(control_->committed_length), partition_.capacity);
-  const uint64_t room = partition_.capacity - length;
-  if (room == 0) {
-    return make_error(Errc::no_space, region_->backend().path() + ": partition " + std::to_string(id()) + " is full (" +
-                                          std::to_string(partition_.capacity) + " bytes)");
+[[gnu::always_inline]] inline bool PartitionWriter::may_write() const noexcept {
+  return load_relaxed(header_->format_id) == format_id_ && load_relaxed(control_->owner_token) == token_ &&
+         token_ != 0 && !reserved_;
+}
+
+// Out of line and cold: the append path only pays for the two loads above.
+[[gnu::cold, gnu::noinline]] Error PartitionWriter::refusal() const {
+  if (reserved_) {
+    return make_error(Errc::busy, region_->backend().path() + ": partition " + std::to_string(id()) +
+                                      ": a reservation is still open (one writer thread at a time)");
   }
+  if (auto r = still_owner(); !r) return std::move(r).error();
+  return make_error(Errc::no_space, region_->backend().path() + ": partition " + std::to_string(id()) + " is full (" +
+                                        std::to_string(partition_.capacity) + " bytes)");
+}
+
+[[gnu::always_inline]] inline void PartitionWriter::publish(uint64_t length) noexcept {
+  length_ = length;
+  store_relaxed(control_->last_write_ns, commit_clock_ns());
+  store_release(control_->committed_length, length);
+}
+
+Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
+  if (max == 0) return make_error(Errc::invalid_argument, "reserve: zero bytes asked for");
+  const uint64_t room = partition_.capacity - length_;
+  if (!may_write() || room == 0) [[unlikely]]
+    return refusal();
+  reserved_ = true;
   const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(room, max));
-  return Reservation(*this, std::move(lock), length, {data_ + length, n});
+  return Reservation(*this, length_, {data_ + length_, n});
 }
 
 std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
+  if (writer_ == nullptr) return 0;
   n = std::min(n, bytes_.size());
-  if (n > 0 && lock_.owns_lock()) {
-    store_relaxed(writer_->control_->last_write_ns, commit_clock_ns());
-    store_release(writer_->control_->committed_length, length_ + n);
-  }
-  if (lock_.owns_lock()) lock_.unlock();
+  if (n > 0) writer_->publish(length_ + n);
+  writer_->reserved_ = false;
+  writer_ = nullptr;
   bytes_ = {};
   return n;
 }
 
 Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
   if (bytes.empty()) return std::size_t{0};
-  auto room = reserve(bytes.size());
-  if (!room) return std::move(room).error();
-  std::memcpy(room->bytes().data(), bytes.data(), room->bytes().size());
-  return room->commit(room->bytes().size());
+  const uint64_t room = partition_.capacity - length_;
+  if (!may_write() || room == 0) [[unlikely]]
+    return refusal();
+  const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(room, bytes.size()));
+  std::memcpy(data_ + length_, bytes.data(), n);
+  publish(length_ + n);
+  return n;
 }
 
 Result<void> PartitionWriter::reset() {
-  std::lock_guard lock(append_mutex_);
-  if (auto r = still_owner(); !r) return std::move(r).error();
+  if (!may_write()) return refusal();
   const uint64_t gen = load_relaxed(control_->generation) & ~uint64_t{1};
   store_relaxed(control_->generation, gen + 1);  // odd: readers retry
   std::atomic_thread_fence(std::memory_order_release);
   store_relaxed(control_->committed_length, 0);
   store_relaxed(control_->last_write_ns, commit_clock_ns());
   store_release(control_->generation, gen + 2);
+  length_ = 0;
   return {};
 }
 
@@ -211,7 +233,6 @@ void PartitionWriter::release() noexcept {
     heartbeat_thread_.request_stop();
     heartbeat_thread_.join();
   }
-  std::lock_guard lock(append_mutex_);
   if (token_ == 0) return;
   uint64_t expected = token_;
   compare_exchange(control_->owner_token, expected, 0);

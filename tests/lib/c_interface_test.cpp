@@ -36,6 +36,40 @@ Handle open_handle(const std::string& path, uint32_t flags, int32_t id) {
   return Handle(h);
 }
 
+// The header promises thread-safe handles: threads appending through one
+// handle never interleave inside a record, and every record lands.
+TEST(CApi, ThreadsAppendingThroughOneHandleNeverInterleave) {
+  TempFile file("capi-threads");
+  Handle w = open_handle(file.path(), IVSHMFS_OPEN_WRITE | IVSHMFS_OPEN_CREATE, 1);
+  ASSERT_NE(w, nullptr);
+  constexpr int kThreads = 4;
+  constexpr std::size_t kRecord = 16;
+  constexpr int kPerThread = 4096 / kRecord / kThreads;  // fills the 4 KiB partition exactly
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      const std::string record(kRecord, static_cast<char>('a' + t));
+      for (int i = 0; i < kPerThread; ++i) {
+        if (ivshmfs_append(w.get(), record.data(), record.size()) != static_cast<ssize_t>(kRecord)) ++failures;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0) << ivshmfs_last_error();
+  std::string all(4096, '\0');
+  ASSERT_EQ(ivshmfs_read(w.get(), 1, 0, all.data(), all.size()), 4096);
+  int count[kThreads] = {};
+  for (std::size_t off = 0; off < all.size(); off += kRecord) {
+    const char c = all[off];
+    ASSERT_GE(c, 'a');
+    ASSERT_LT(c, 'a' + kThreads);
+    EXPECT_EQ(all.substr(off, kRecord), std::string(kRecord, c)) << "records interleaved at " << off;
+    ++count[c - 'a'];
+  }
+  for (int t = 0; t < kThreads; ++t) EXPECT_EQ(count[t], kPerThread);
+}
+
 TEST(CApi, CreateAppendReadStatReset) {
   TempFile file("capi");
   Handle w = open_handle(file.path(), IVSHMFS_OPEN_WRITE | IVSHMFS_OPEN_CREATE, 2);

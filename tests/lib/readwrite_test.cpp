@@ -291,11 +291,18 @@ TEST_F(ReadWriteTest, HostileCommittedLengthIsClamped) {
     auto v = reader->view(1, 10, SIZE_MAX);
     ASSERT_TRUE(v.ok());
     EXPECT_EQ(v->bytes.size(), kCapacity - 10);
-    // The owner trusts the field no more than readers do.
-    auto appended = writer_->append(as_bytes("x"));
-    ASSERT_FALSE(appended.ok());
-    EXPECT_EQ(appended.error().code, Errc::no_space) << appended.error().message;
   }
+  // The owner never takes its length from shared memory after the claim: it
+  // appends at its own cursor and its commit overwrites the peer's value.
+  auto appended = writer_->append(as_bytes("x"));
+  ASSERT_TRUE(appended.ok()) << appended.error().message;
+  auto s = region_->stat(1);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->length, 4u);
+  std::vector<std::byte> buf(16);
+  auto n = region_->read(1, 0, buf);
+  ASSERT_TRUE(n.ok());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(buf.data()), *n), "abcx");
 }
 
 // A reset that never finishes (odd generation, e.g. a crashed or hostile
@@ -357,6 +364,35 @@ TEST_F(ReadWriteTest, ReserveThenCommit) {
   auto s = region_->stat(1);
   ASSERT_TRUE(s.ok());
   EXPECT_EQ(s->length, kCapacity);
+}
+
+TEST_F(ReadWriteTest, OneReservationAtATime) {
+  auto r = writer_->reserve(4);
+  ASSERT_TRUE(r.ok());
+  for (const char* what : {"reserve", "append", "reset"}) {
+    SCOPED_TRACE(what);
+    Errc code{};
+    if (std::string(what) == "reserve") {
+      auto again = writer_->reserve(1);
+      ASSERT_FALSE(again.ok());
+      code = again.error().code;
+    } else if (std::string(what) == "append") {
+      auto n = writer_->append(as_bytes("x"));
+      ASSERT_FALSE(n.ok());
+      code = n.error().code;
+    } else {
+      auto x = writer_->reset();
+      ASSERT_FALSE(x.ok());
+      code = x.error().code;
+    }
+    EXPECT_EQ(code, Errc::busy);
+  }
+  std::memcpy(r->bytes().data(), "abcd", 4);
+  auto moved = std::move(*r);
+  EXPECT_EQ(r->commit(4), 0u) << "a moved-from reservation committed";
+  EXPECT_EQ(moved.commit(4), 4u);
+  ASSERT_TRUE(writer_->append(as_bytes("e")).ok()) << "the reservation did not end at commit";
+  EXPECT_EQ(read_at(0, 100), "abcde");
 }
 
 TEST_F(ReadWriteTest, ReleasedWriterCannotWrite) {

@@ -6,9 +6,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <thread>
+#include <utility>
 
 #include "ivshmfs/error.hpp"
 #include "ivshmfs/region.hpp"
@@ -25,6 +25,12 @@ struct ClaimOptions {
   bool force = false;
 };
 
+// One writer object belongs to one thread at a time: append, reserve/commit and
+// reset must not run concurrently on the same writer (serialise them outside,
+// as the filesystem daemon and the C API do). In exchange the append path takes
+// no lock and makes no system call: it checks the claim, copies, stamps the
+// time and publishes the new length with a release store. The heartbeat runs
+// on the writer's own thread and touches only the claim's fields.
 class PartitionWriter {
  public:
   // Claims partition `id`. Refused with Errc::claimed (the message names the
@@ -39,17 +45,17 @@ class PartitionWriter {
 
   // Appends after the committed length and publishes the new length. Returns
   // the bytes appended: fewer than asked when the partition fills, and
-  // Errc::no_space when it is full. Appends are serialised: one never
-  // interleaves with another.
+  // Errc::no_space when it is full.
   Result<std::size_t> append(std::span<const std::byte> bytes);
   // Room past the committed length, held exclusively until commit() or
   // destruction: the way to fill the partition without an intermediate copy
   // (e.g. straight from a pipe). Nothing is visible to readers until commit.
   class Reservation {
    public:
-    Reservation(Reservation&&) noexcept = default;
+    Reservation(Reservation&& other) noexcept
+        : writer_(std::exchange(other.writer_, nullptr)), length_(other.length_), bytes_(other.bytes_) {}
     Reservation& operator=(Reservation&&) = delete;
-    ~Reservation() = default;
+    ~Reservation() { commit(0); }
     // Where to put the bytes: at most the size asked for, never empty.
     [[nodiscard]] std::span<std::byte> bytes() const noexcept { return bytes_; }
     // Publishes the first n bytes (n <= bytes().size()); ends the reservation.
@@ -57,15 +63,15 @@ class PartitionWriter {
 
    private:
     friend class PartitionWriter;
-    Reservation(PartitionWriter& writer, std::unique_lock<std::mutex> lock, uint64_t length, std::span<std::byte> bytes)
-        : writer_(&writer), lock_(std::move(lock)), length_(length), bytes_(bytes) {}
-    PartitionWriter* writer_;
-    std::unique_lock<std::mutex> lock_;
+    Reservation(PartitionWriter& writer, uint64_t length, std::span<std::byte> bytes)
+        : writer_(&writer), length_(length), bytes_(bytes) {}
+    PartitionWriter* writer_;  // null once committed or moved from
     uint64_t length_;
     std::span<std::byte> bytes_;
   };
   // Up to `max` bytes of room (max > 0); Errc::no_space when the partition is
-  // full. Other appends and resets wait until the reservation ends.
+  // full. One reservation at a time: appends, resets and another reserve()
+  // fail with Errc::busy until it ends.
   Result<Reservation> reserve(std::size_t max);
 
   // Truncates the partition to zero under the generation counter.
@@ -85,13 +91,24 @@ class PartitionWriter {
   [[nodiscard]] bool token_held() const noexcept;
   // Errc::reformatted or Errc::not_owner when this writer may no longer write.
   [[nodiscard]] Result<void> still_owner() const;
+  // The append path's check: this region format and our claim, two loads.
+  [[nodiscard]] bool may_write() const noexcept;
+  // Why a write cannot go ahead (busy, lost claim, reformatted, full).
+  [[nodiscard]] Error refusal() const;
+  void publish(uint64_t length) noexcept;
 
   std::shared_ptr<Region> region_;
   PartitionInfo partition_;
   ivshmfs_control* control_;
   std::byte* data_;
+  ivshmfs_header* header_;
+  uint64_t format_id_;
   uint64_t token_;
-  std::mutex append_mutex_;
+  // The committed length as this owner last published it. Only the owner
+  // writes the shared field, so the copy is authoritative: a value a hostile
+  // peer wrote there is overwritten at the next commit, never trusted.
+  uint64_t length_ = 0;
+  bool reserved_ = false;  // a Reservation is outstanding
   std::jthread heartbeat_thread_;
 };
 
