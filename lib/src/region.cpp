@@ -121,7 +121,7 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   return {};
 }
 
-Region::Region(std::unique_ptr<Backend> backend) : backend_(std::move(backend)) {}
+Region::Region(std::unique_ptr<Backend> backend) : backend_(std::move(backend)), base_(backend_->bytes().data()) {}
 Region::~Region() = default;
 
 Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
@@ -247,10 +247,10 @@ const PartitionInfo* Region::find(uint32_t id) const noexcept {
 }
 
 ivshmfs_control* Region::control(const PartitionInfo& p) const noexcept {
-  return reinterpret_cast<ivshmfs_control*>(backend_->bytes().data() + p.control_offset);
+  return reinterpret_cast<ivshmfs_control*>(base_ + p.control_offset);
 }
 
-std::byte* Region::data(const PartitionInfo& p) const noexcept { return backend_->bytes().data() + p.data_offset; }
+std::byte* Region::data(const PartitionInfo& p) const noexcept { return base_ + p.data_offset; }
 
 Result<void> Region::check_format() const {
   auto* header = reinterpret_cast<ivshmfs_header*>(backend_->bytes().data());
@@ -267,7 +267,12 @@ namespace {
 
 constexpr int kMaxReadAttempts = 10000;
 
-Error no_partition(const Region& region, uint32_t id) {
+[[gnu::cold, gnu::noinline]] Error keeps_resetting(const Region& region, uint32_t id) {
+  return make_error(Errc::busy,
+                    region.backend().path() + ": partition " + std::to_string(id) + " kept resetting during a read");
+}
+
+[[gnu::cold, gnu::noinline]] Error no_partition(const Region& region, uint32_t id) {
   return make_error(Errc::no_such_partition, region.backend().path() + ": no partition " + std::to_string(id) +
                                                  " (the region has " + std::to_string(region.info().partition_count) +
                                                  ")");
@@ -339,8 +344,7 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
     }
     backoff(attempt);
   }
-  return make_error(Errc::busy,
-                    backend_->path() + ": partition " + std::to_string(id) + " kept resetting during a read");
+  return keeps_resetting(*this, id);
 }
 
 Result<PartitionSnapshot> Region::snapshot(uint32_t id) const {

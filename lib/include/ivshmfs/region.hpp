@@ -140,6 +140,7 @@ class Region {
   explicit Region(std::unique_ptr<Backend> backend);
 
   std::unique_ptr<Backend> backend_;
+  std::byte* base_;  // backend_->bytes().data(), one indirection less on every access
   RegionInfo info_;
   std::vector<PartitionInfo> partitions_;
   std::array<int16_t, IVSHMFS_MAX_PARTITIONS> index_by_id_{};  // -1: no such id
