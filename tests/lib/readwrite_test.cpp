@@ -2,6 +2,9 @@
 // Append, read, view, stat and reset through PartitionWriter and Region:
 // counts, offsets, capacity and "no space", binary data, generations,
 // read-only readers that never write, and hostile control blocks.
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
 #include <time.h>
 
 #include <numeric>
@@ -393,6 +396,52 @@ TEST_F(ReadWriteTest, OneReservationAtATime) {
   EXPECT_EQ(moved.commit(4), 4u);
   ASSERT_TRUE(writer_->append(as_bytes("e")).ok()) << "the reservation did not end at commit";
   EXPECT_EQ(read_at(0, 100), "abcde");
+}
+
+// The fast paths make no system call: a child process in seccomp's strict
+// mode (any system call but read, write, exit and sigreturn kills it) appends,
+// reserves, commits, reads, views and snapshots, then reports through a pipe.
+TEST_F(ReadWriteTest, AppendAndReadMakeNoSystemCalls) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    ::close(fds[0]);
+    std::array<std::byte, 64> record{};
+    std::array<std::byte, 64> back{};
+    if (::prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT) != 0) ::syscall(SYS_exit, 3);
+    char ok = 1;
+    for (uint64_t i = 0; i < 512; ++i) {
+      record[0] = static_cast<std::byte>(i);
+      auto n = writer_->append(record);
+      auto r = region_->read(1, i * record.size(), back);
+      auto v = region_->view(1, i * record.size(), record.size());
+      auto s = region_->snapshot(1);
+      if (!n || *n != record.size() || !r || *r != record.size() || back[0] != record[0] || !v ||
+          v->bytes.size() != record.size() || !s || s->length != (i + 1) * record.size()) {
+        ok = 0;
+      }
+    }
+    auto room = writer_->reserve(16);
+    if (!room || room->commit(16) != 16) ok = 0;
+    (void)!::write(fds[1], &ok, 1);
+    ::syscall(SYS_exit, 0);  // exit_group, which _exit uses, is not allowed
+  }
+  ::close(fds[1]);
+  char ok = 0;
+  const ssize_t got = ::read(fds[0], &ok, 1);
+  ::close(fds[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child was killed (signal " << (WIFSIGNALED(status) ? WTERMSIG(status) : 0)
+                                 << "): a fast path made a system call";
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  ASSERT_EQ(got, 1);
+  EXPECT_EQ(ok, 1) << "an append or read gave a wrong result";
+  auto s = region_->stat(1);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->length, 512u * 64u + 16u);
 }
 
 TEST_F(ReadWriteTest, ReleasedWriterCannotWrite) {
