@@ -253,7 +253,7 @@ ivshmfs_control* Region::control(const PartitionInfo& p) const noexcept {
 std::byte* Region::data(const PartitionInfo& p) const noexcept { return base_ + p.data_offset; }
 
 Result<void> Region::check_format() const {
-  auto* header = reinterpret_cast<ivshmfs_header*>(backend_->bytes().data());
+  auto* header = reinterpret_cast<ivshmfs_header*>(base_);
   const uint64_t magic = load_acquire(header->magic);
   const uint64_t format_id = load_acquire(header->format_id);
   if (magic != IVSHMFS_MAGIC || format_id != info_.format_id) {
@@ -290,6 +290,13 @@ bool process_running(pid_t pid) {
   return state != 'Z' && state != 'X';
 }
 
+// How many of the bytes [offset, offset+max) are committed, the committed
+// length clamped to the capacity (a peer may have written anything there).
+std::size_t committed_bytes(ivshmfs_control& c, const PartitionInfo& p, uint64_t offset, std::size_t max) noexcept {
+  const uint64_t length = std::min(load_acquire(c.committed_length), p.capacity);
+  return offset < length ? static_cast<std::size_t>(std::min<uint64_t>(max, length - offset)) : 0;
+}
+
 void backoff(int attempt) {
   if (attempt > 16) std::this_thread::yield();
 }
@@ -313,10 +320,7 @@ Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) con
       backoff(attempt);
       continue;
     }
-    const uint64_t length = std::min(load_acquire(c->committed_length), p->capacity);
-    if (offset >= length) return ReadView{{}, gen};
-    const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(max, length - offset));
-    return ReadView{{data(*p) + offset, n}, gen};
+    return ReadView{{data(*p) + offset, committed_bytes(*c, *p, offset, max)}, gen};
   }
   return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
 }
@@ -330,9 +334,7 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
     const uint64_t gen = load_acquire(c->generation);
     if (gen % 2 == 0) [[likely]] {  // odd: a reset is under way
-      const uint64_t length = std::min(load_acquire(c->committed_length), p->capacity);
-      const std::size_t n =
-          offset < length ? static_cast<std::size_t>(std::min<uint64_t>(out.size(), length - offset)) : 0;
+      const std::size_t n = committed_bytes(*c, *p, offset, out.size());
       if (n > 0) std::memcpy(out.data(), base + offset, n);
       // Committed bytes never change within a generation, so an unchanged
       // generation proves the copy is all from one.
