@@ -158,8 +158,7 @@ Result<void> PartitionWriter::still_owner() const {
 }
 
 [[gnu::always_inline]] inline bool PartitionWriter::may_write() const noexcept {
-  return load_relaxed(header_->format_id) == format_id_ && load_relaxed(control_->owner_token) == token_ &&
-         token_ != 0 && !reserved_;
+  return load_relaxed(header_->format_id) == format_id_ && owns() && !reserved_;
 }
 
 // Out of line and cold: the append path only pays for the two loads above.

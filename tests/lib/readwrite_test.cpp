@@ -372,24 +372,15 @@ TEST_F(ReadWriteTest, ReserveThenCommit) {
 TEST_F(ReadWriteTest, OneReservationAtATime) {
   auto r = writer_->reserve(4);
   ASSERT_TRUE(r.ok());
-  for (const char* what : {"reserve", "append", "reset"}) {
-    SCOPED_TRACE(what);
-    Errc code{};
-    if (std::string(what) == "reserve") {
-      auto again = writer_->reserve(1);
-      ASSERT_FALSE(again.ok());
-      code = again.error().code;
-    } else if (std::string(what) == "append") {
-      auto n = writer_->append(as_bytes("x"));
-      ASSERT_FALSE(n.ok());
-      code = n.error().code;
-    } else {
-      auto x = writer_->reset();
-      ASSERT_FALSE(x.ok());
-      code = x.error().code;
-    }
-    EXPECT_EQ(code, Errc::busy);
-  }
+  auto again = writer_->reserve(1);
+  ASSERT_FALSE(again.ok());
+  EXPECT_EQ(again.error().code, Errc::busy) << "reserve";
+  auto n = writer_->append(as_bytes("x"));
+  ASSERT_FALSE(n.ok());
+  EXPECT_EQ(n.error().code, Errc::busy) << "append";
+  auto x = writer_->reset();
+  ASSERT_FALSE(x.ok());
+  EXPECT_EQ(x.error().code, Errc::busy) << "reset";
   std::memcpy(r->bytes().data(), "abcd", 4);
   auto moved = std::move(*r);
   EXPECT_EQ(r->commit(4), 0u) << "a moved-from reservation committed";
