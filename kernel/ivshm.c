@@ -15,6 +15,14 @@
  * further ioctl()/mmap() calls fail with -ENODEV. An open file or mapping
  * also holds a reference on the module (fops.owner), so rmmod fails with
  * -EBUSY until the last one goes away.
+ *
+ * A BAR2 page can stay pinned after every file and mapping is gone (vmsplice
+ * into a pipe nobody reads). Its struct page must outlive the pin, so the
+ * pages are torn down only when no page is pinned; until then a "pin watch"
+ * holds a module reference (rmmod fails with -EBUSY) and, after remove(),
+ * the BAR2 region (a new probe of the device fails with -EBUSY). remove()
+ * itself never waits longer than IVSHM_REMOVE_GRACE_MS. See
+ * ivshm_pin_watch().
  */
 
 #include <linux/device.h>
@@ -35,6 +43,7 @@
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 #include <linux/version.h>
+#include <linux/workqueue.h>
 
 #include "uapi/ivshm.h"
 
@@ -55,6 +64,12 @@
 
 /* Pages mapped by one fault: a 2 MiB window keeps first touch cheap. */
 #define IVSHM_FAULT_AROUND_PAGES 512UL
+
+/* How long remove() waits for transient pins (a FUSE reply, O_DIRECT). */
+#define IVSHM_REMOVE_GRACE_MS 2000
+/* How often a pin watch looks at the pages, and how often it says so. */
+#define IVSHM_PIN_POLL_MS 500
+#define IVSHM_PIN_LOG_SECONDS 60
 
 /*
  * Compatibility with newer kernels. Every kernel-version test lives here.
@@ -98,6 +113,7 @@ struct ivshm_dev {
 	struct pci_dev *pdev;
 	int index;			/* N of /dev/ivshmN */
 	char name[16];			/* "ivshmN" */
+	char bdf[32];			/* PCI address, for messages after remove() */
 
 	/* Immutable after probe. */
 	phys_addr_t shm_start;		/* BAR2 bus address */
@@ -116,9 +132,19 @@ struct ivshm_dev {
 	bool alive;
 	void __iomem *regs;		/* BAR0 */
 
-	/* Open files, so remove() can zap their mappings. */
+	/*
+	 * Open files, so remove() can zap their mappings. @files_lock also
+	 * guards the pin watch and the teardown of BAR2's struct pages.
+	 */
 	struct mutex files_lock;
 	struct list_head files;
+	bool removed;			/* remove() has run */
+	bool pages_live;		/* @pgmap is still mapped */
+	bool watching;			/* @pin_work holds a module and a kref */
+	unsigned long watch_since;	/* jiffies when the watch started */
+	unsigned long watch_logged;	/* jiffies of its last message */
+	struct delayed_work pin_work;
+	struct list_head lingering;	/* on ivshm_lingering after remove() */
 };
 
 struct ivshm_file {
@@ -127,10 +153,19 @@ struct ivshm_file {
 };
 
 static DEFINE_IDA(ivshm_ida);
+static struct workqueue_struct *ivshm_wq;
+/* Removed devices whose BAR2 pages are still pinned, so probe() can say why. */
+static LIST_HEAD(ivshm_lingering);
+static DEFINE_MUTEX(ivshm_lingering_lock);
 
 static void ivshm_free(struct kref *ref)
 {
-	kfree(container_of(ref, struct ivshm_dev, ref));
+	struct ivshm_dev *idev = container_of(ref, struct ivshm_dev, ref);
+
+	/* A pgmap still mapped is never freed (see ivshm_remove()). */
+	if (!idev->pages_live)
+		kfree(idev->pgmap);
+	kfree(idev);
 }
 
 static struct ivshm_dev *to_ivshm(struct miscdevice *misc)
@@ -146,8 +181,147 @@ static void ivshm_fill_info(struct ivshm_dev *idev, struct ivshm_info *info)
 	info->ivposition = ioread32(idev->regs + IVSHM_REG_IVPOSITION);
 	info->revision = idev->revision;
 	info->flags = idev->msix_vectors ? IVSHM_INFO_F_MSIX : 0;
+	if (idev->pgmap)
+		info->flags |= IVSHM_INFO_F_PAGES;
 	info->vectors = idev->msix_vectors;
 	info->minor = idev->index;
+	info->info_version = IVSHM_INFO_VERSION;
+}
+
+/* ---- pinned BAR2 pages ---- */
+
+/*
+ * Why remove() cannot simply wait, and what it does instead.
+ *
+ * BAR2's struct pages are MEMORY_DEVICE_GENERIC: an unused page has a fixed
+ * reference count (@page_ref_idle) and get_user_pages() raises it for as long
+ * as the caller holds the page. memunmap_pages() only waits for the pgmap's
+ * own percpu reference, which GUP holds during the page-table walk, not for
+ * the pin; it then frees the struct pages. Tearing them down under a pin
+ * would leave a pipe buffer (vmsplice) or an I/O pointing at freed memory,
+ * and such a pin lasts as long as user space wants (a pipe nobody reads).
+ *
+ * So the pages are torn down only when no page is pinned, and otherwise a
+ * pin watch (a delayed work polling every IVSHM_PIN_POLL_MS) waits for that:
+ * - after the last file of a bound device is closed with a page pinned, the
+ *   watch holds a module reference: rmmod fails with -EBUSY, in bounded
+ *   time, and the kernel log says why;
+ * - remove() waits IVSHM_REMOVE_GRACE_MS for transient pins, then returns:
+ *   unbind finishes. If pages are still pinned, the watch keeps the struct
+ *   pages, the BAR2 region and a module reference until they are released;
+ *   binding the device again fails with -EBUSY meanwhile (probe() says why).
+ * - remove() from module unload cannot defer, but it cannot meet a pin
+ *   either: every pin was taken through a mapping, a mapping holds a module
+ *   reference, and the watch takes over before the last one goes. Should it
+ *   happen anyway, the struct pages are leaked rather than freed under a pin.
+ *
+ * A pin can only be taken through a user mapping of BAR2, and every mapping
+ * holds its file: once the last file is released, the set of pinned pages
+ * can only shrink.
+ */
+
+/* BAR2 pages someone holds a reference on. Caller holds files_lock. */
+static unsigned long ivshm_pinned_pages(struct ivshm_dev *idev)
+{
+	unsigned long npages = idev->shm_size >> PAGE_SHIFT;
+	unsigned long base_pfn = PHYS_PFN(idev->shm_start);
+	unsigned long i, pinned = 0;
+
+	if (!idev->pages_live)
+		return 0;
+	for (i = 0; i < npages; i++) {
+		if (page_ref_count(pfn_to_page(base_pfn + i)) !=
+		    idev->page_ref_idle)
+			pinned++;
+		if ((i & 4095) == 4095)
+			cond_resched();
+	}
+	return pinned;
+}
+
+/* Unmap BAR2's struct pages; none may be pinned. Caller holds files_lock. */
+static void ivshm_release_pages(struct ivshm_dev *idev)
+{
+	if (!idev->pages_live)
+		return;
+	memunmap_pages(idev->pgmap);
+	release_mem_region(idev->shm_start, idev->shm_size);
+	idev->pages_live = false;
+}
+
+/* Is BAR2 at @start held by a removed device whose pages are pinned? */
+static bool ivshm_bar_lingering(phys_addr_t start)
+{
+	struct ivshm_dev *idev;
+	bool found = false;
+
+	mutex_lock(&ivshm_lingering_lock);
+	list_for_each_entry(idev, &ivshm_lingering, lingering)
+		found |= idev->shm_start == start;
+	mutex_unlock(&ivshm_lingering_lock);
+	return found;
+}
+
+static void ivshm_pin_watch(struct work_struct *work)
+{
+	struct ivshm_dev *idev =
+		container_of(to_delayed_work(work), struct ivshm_dev, pin_work);
+	unsigned long pinned, secs;
+	bool removed;
+
+	mutex_lock(&idev->files_lock);
+	pinned = ivshm_pinned_pages(idev);
+	secs = (jiffies - idev->watch_since) / HZ;
+	if (pinned) {
+		if (time_after(jiffies, idev->watch_logged +
+				       IVSHM_PIN_LOG_SECONDS * HZ)) {
+			idev->watch_logged = jiffies;
+			pr_warn("%s %s: %lu page(s) of BAR2 still pinned after %lu s\n",
+				IVSHM_DRV_NAME, idev->bdf, pinned, secs);
+		}
+		queue_delayed_work(ivshm_wq, &idev->pin_work,
+				   msecs_to_jiffies(IVSHM_PIN_POLL_MS));
+		mutex_unlock(&idev->files_lock);
+		return;
+	}
+	idev->watching = false;
+	removed = idev->removed;
+	if (removed) {
+		ivshm_release_pages(idev);
+		mutex_lock(&ivshm_lingering_lock);
+		list_del_init(&idev->lingering);
+		mutex_unlock(&ivshm_lingering_lock);
+	}
+	mutex_unlock(&idev->files_lock);
+	pr_info("%s %s: pinned pages of BAR2 released after %lu s%s\n",
+		IVSHM_DRV_NAME, idev->bdf, secs,
+		removed ? "; BAR2 is free, the device can be bound again" : "");
+	kref_put(&idev->ref, ivshm_free);
+	/* Last: module exit drains ivshm_wq, so this function may finish. */
+	module_put(THIS_MODULE);
+}
+
+/*
+ * Start the pin watch unless it runs, and say why. Caller holds files_lock
+ * and a module reference (or the watch already holds one).
+ */
+static void ivshm_watch_start(struct ivshm_dev *idev, unsigned long pinned)
+{
+	if (!idev->watching) {
+		idev->watching = true;
+		idev->watch_since = jiffies;
+		idev->watch_logged = jiffies;
+		__module_get(THIS_MODULE);
+		kref_get(&idev->ref);
+		queue_delayed_work(ivshm_wq, &idev->pin_work,
+				   msecs_to_jiffies(IVSHM_PIN_POLL_MS));
+	}
+	if (idev->removed)
+		pr_warn("%s %s: unbound with %lu page(s) of BAR2 still pinned (e.g. vmsplice into a pipe nobody reads); BAR2 and the module stay in use until they are released\n",
+			IVSHM_DRV_NAME, idev->bdf, pinned);
+	else
+		pr_warn("%s %s: %lu page(s) of BAR2 still pinned after the last close of /dev/%s (e.g. vmsplice into a pipe nobody reads); the module stays in use until they are released\n",
+			IVSHM_DRV_NAME, idev->bdf, pinned, idev->name);
 }
 
 /* ---- page faults on a BAR2 mapping ---- */
@@ -269,6 +443,7 @@ static int ivshm_release(struct inode *inode, struct file *file)
 {
 	struct ivshm_dev *idev = to_ivshm(file->private_data);
 	struct ivshm_file *ifile, *tmp;
+	unsigned long pinned;
 
 	mutex_lock(&idev->files_lock);
 	list_for_each_entry_safe(ifile, tmp, &idev->files, node) {
@@ -277,6 +452,15 @@ static int ivshm_release(struct inode *inode, struct file *file)
 			kfree(ifile);
 			break;
 		}
+	}
+	/*
+	 * The last mapping is gone: a page pinned now stays pinned after this
+	 * file's module reference is dropped, so the watch takes one.
+	 */
+	if (list_empty(&idev->files) && !idev->removed) {
+		pinned = ivshm_pinned_pages(idev);
+		if (pinned)
+			ivshm_watch_start(idev, pinned);
 	}
 	mutex_unlock(&idev->files_lock);
 	kref_put(&idev->ref, ivshm_free);
@@ -440,6 +624,43 @@ static int ivshm_setup_regs(struct ivshm_dev *idev)
 	return 0;
 }
 
+/*
+ * BAR2 with struct pages. Not device-managed: the pages may have to outlive
+ * the binding (see ivshm_pin_watch()), so ivshm_release_pages() undoes this.
+ */
+static int ivshm_setup_pages(struct ivshm_dev *idev)
+{
+	struct device *dev = &idev->pdev->dev;
+	struct dev_pagemap *pgmap;
+	void *addr;
+
+	if (!request_mem_region(idev->shm_start, idev->shm_size, idev->name)) {
+		dev_err(dev, "BAR2 %pa is busy\n", &idev->shm_start);
+		return -EBUSY;
+	}
+	pgmap = kzalloc(sizeof(*pgmap), GFP_KERNEL);
+	if (!pgmap) {
+		release_mem_region(idev->shm_start, idev->shm_size);
+		return -ENOMEM;
+	}
+	pgmap->type = MEMORY_DEVICE_GENERIC;
+	pgmap->range.start = idev->shm_start;
+	pgmap->range.end = idev->shm_start + idev->shm_size - 1;
+	pgmap->nr_range = 1;
+	addr = memremap_pages(pgmap, dev_to_node(dev));
+	if (IS_ERR(addr)) {
+		kfree(pgmap);
+		release_mem_region(idev->shm_start, idev->shm_size);
+		return PTR_ERR(addr);
+	}
+	idev->shm = addr;
+	idev->pgmap = pgmap;
+	idev->pages_live = true;
+	idev->page_ref_idle =
+		page_ref_count(pfn_to_page(PHYS_PFN(idev->shm_start)));
+	return 0;
+}
+
 /* BAR2: the shared memory, mapped write-back (see ivshm_vm_fault()). */
 static int ivshm_setup_shmem(struct ivshm_dev *idev)
 {
@@ -447,8 +668,8 @@ static int ivshm_setup_shmem(struct ivshm_dev *idev)
 	struct device *dev = &pdev->dev;
 	phys_addr_t start = pci_resource_start(pdev, IVSHM_BAR_SHMEM);
 	resource_size_t size = pci_resource_len(pdev, IVSHM_BAR_SHMEM);
-	struct dev_pagemap *pgmap;
 	void *addr;
+	int ret;
 
 	if (!size ||
 	    !(pci_resource_flags(pdev, IVSHM_BAR_SHMEM) & IORESOURCE_MEM)) {
@@ -460,8 +681,9 @@ static int ivshm_setup_shmem(struct ivshm_dev *idev)
 			&size);
 		return -EINVAL;
 	}
-	if (!devm_request_mem_region(dev, start, size, idev->name)) {
-		dev_err(dev, "BAR2 %pa is busy\n", &start);
+	if (ivshm_bar_lingering(start)) {
+		dev_err(dev, "BAR2 %pa: pages of the previous binding are still pinned; bind again once they are released (see the log above)\n",
+			&start);
 		return -EBUSY;
 	}
 	idev->shm_start = start;
@@ -469,24 +691,17 @@ static int ivshm_setup_shmem(struct ivshm_dev *idev)
 
 	if (IS_ENABLED(CONFIG_ZONE_DEVICE) && IS_ALIGNED(start, SZ_2M) &&
 	    IS_ALIGNED(size, SZ_2M)) {
-		pgmap = devm_kzalloc(dev, sizeof(*pgmap), GFP_KERNEL);
-		if (!pgmap)
-			return -ENOMEM;
-		pgmap->type = MEMORY_DEVICE_GENERIC;
-		pgmap->range.start = start;
-		pgmap->range.end = start + size - 1;
-		pgmap->nr_range = 1;
-		addr = devm_memremap_pages(dev, pgmap);
-		if (!IS_ERR(addr)) {
-			idev->shm = addr;
-			idev->pgmap = pgmap;
-			idev->page_ref_idle = page_ref_count(pfn_to_page(PHYS_PFN(start)));
-			return 0;
-		}
-		dev_warn(dev, "no struct pages for BAR2 (%ld); mapping it without\n",
-			 PTR_ERR(addr));
+		ret = ivshm_setup_pages(idev);
+		if (!ret || ret == -EBUSY)
+			return ret;
+		dev_warn(dev, "no struct pages for BAR2 (%d); mapping it without\n",
+			 ret);
 	}
 
+	if (!devm_request_mem_region(dev, start, size, idev->name)) {
+		dev_err(dev, "BAR2 %pa is busy\n", &start);
+		return -EBUSY;
+	}
 	addr = devm_memremap(dev, start, size, MEMREMAP_WB);
 	if (IS_ERR(addr)) {
 		dev_err(dev, "cannot map BAR2 write-back: %ld\n", PTR_ERR(addr));
@@ -497,27 +712,24 @@ static int ivshm_setup_shmem(struct ivshm_dev *idev)
 }
 
 /*
- * After the user mappings are zapped, wait until nobody pins a BAR2 page
- * (an in-flight O_DIRECT or FUSE write from the mapping) before devres
- * removes the struct pages.
+ * After the user mappings are zapped, wait at most @ms for transient pins of
+ * BAR2 pages (an in-flight O_DIRECT or FUSE write from the mapping) to drain.
+ * Returns how many pages are still pinned.
  */
-static void ivshm_wait_pages_idle(struct ivshm_dev *idev)
+static unsigned long ivshm_wait_unpinned(struct ivshm_dev *idev,
+					 unsigned int ms)
 {
-	unsigned long npages = idev->shm_size >> PAGE_SHIFT;
-	unsigned long base_pfn = PHYS_PFN(idev->shm_start);
-	unsigned long i, waited_ms = 0;
+	unsigned long pinned;
+	unsigned int waited = 0;
 
-	if (!idev->pgmap)
-		return;
-	for (i = 0; i < npages; i++) {
-		while (page_ref_count(pfn_to_page(base_pfn + i)) !=
-		       idev->page_ref_idle) {
-			if (waited_ms && waited_ms % 5000 == 0)
-				dev_warn(&idev->pdev->dev,
-					 "waiting for pinned pages of BAR2 to be released\n");
-			msleep(20);
-			waited_ms += 20;
-		}
+	for (;;) {
+		mutex_lock(&idev->files_lock);
+		pinned = ivshm_pinned_pages(idev);
+		mutex_unlock(&idev->files_lock);
+		if (!pinned || waited >= ms)
+			return pinned;
+		msleep(20);
+		waited += 20;
 	}
 }
 
@@ -553,8 +765,11 @@ static int ivshm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	init_rwsem(&idev->lock);
 	mutex_init(&idev->files_lock);
 	INIT_LIST_HEAD(&idev->files);
+	INIT_LIST_HEAD(&idev->lingering);
+	INIT_DELAYED_WORK(&idev->pin_work, ivshm_pin_watch);
 	idev->pdev = pdev;
 	idev->revision = pdev->revision;
+	strscpy(idev->bdf, pci_name(pdev), sizeof(idev->bdf));
 
 	ret = ida_alloc(&ivshm_ida, GFP_KERNEL);
 	if (ret < 0)
@@ -573,7 +788,7 @@ static int ivshm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_ida;
 	ret = ivshm_setup_irqs(idev);
 	if (ret)
-		goto err_ida;
+		goto err_pages;
 
 	idev->alive = true;
 	pci_set_drvdata(pdev, idev);
@@ -586,7 +801,7 @@ static int ivshm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = misc_register(&idev->misc);
 	if (ret) {
 		dev_err(dev, "cannot register /dev/%s: %d\n", idev->name, ret);
-		goto err_ida;
+		goto err_pages;
 	}
 
 	dev_info(dev, "/dev/%s: BAR2 %llu bytes (%llu MiB) at %pa%s, %s, rev %u\n",
@@ -597,6 +812,12 @@ static int ivshm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		 idev->revision);
 	return 0;
 
+err_pages:
+	/* Nothing mapped BAR2 yet, so nothing can pin it. */
+	mutex_lock(&idev->files_lock);
+	ivshm_release_pages(idev);
+	mutex_unlock(&idev->files_lock);
+	kfree(idev->pgmap);
 err_ida:
 	ida_free(&ivshm_ida, idev->index);
 err_free:
@@ -608,6 +829,7 @@ static void ivshm_remove(struct pci_dev *pdev)
 {
 	struct ivshm_dev *idev = pci_get_drvdata(pdev);
 	struct ivshm_file *ifile;
+	unsigned long pinned;
 
 	/* No new opens; open files keep idev alive through their reference. */
 	misc_deregister(&idev->misc);
@@ -626,7 +848,27 @@ static void ivshm_remove(struct pci_dev *pdev)
 	list_for_each_entry(ifile, &idev->files, node)
 		unmap_mapping_range(ifile->file->f_mapping, 0, 0, 1);
 	mutex_unlock(&idev->files_lock);
-	ivshm_wait_pages_idle(idev);
+
+	/* Bounded: pins that outlast the grace time go to the pin watch. */
+	ivshm_wait_unpinned(idev, IVSHM_REMOVE_GRACE_MS);
+	mutex_lock(&idev->files_lock);
+	idev->removed = true;
+	pinned = ivshm_pinned_pages(idev);
+	if (!pinned && !idev->watching) {
+		ivshm_release_pages(idev);
+	} else if (idev->watching || module_is_live(THIS_MODULE)) {
+		/* The watch releases the pages once nothing pins them. */
+		mutex_lock(&ivshm_lingering_lock);
+		list_add(&idev->lingering, &ivshm_lingering);
+		mutex_unlock(&ivshm_lingering_lock);
+		ivshm_watch_start(idev, pinned);
+	} else {
+		/* See ivshm_pin_watch(): not reachable through a mapping. */
+		dev_err(&pdev->dev, "unloading with %lu page(s) of BAR2 pinned: leaking its struct pages rather than freeing them under the pin\n",
+			pinned);
+		kref_get(&idev->ref);
+	}
+	mutex_unlock(&idev->files_lock);
 
 	dev_info(&pdev->dev, "/dev/%s removed\n", idev->name);
 	ida_free(&ivshm_ida, idev->index);
@@ -648,12 +890,22 @@ static struct pci_driver ivshm_driver = {
 
 static int __init ivshm_init(void)
 {
-	return pci_register_driver(&ivshm_driver);
+	int ret;
+
+	ivshm_wq = alloc_workqueue(IVSHM_DRV_NAME, 0, 0);
+	if (!ivshm_wq)
+		return -ENOMEM;
+	ret = pci_register_driver(&ivshm_driver);
+	if (ret)
+		destroy_workqueue(ivshm_wq);
+	return ret;
 }
 
 static void __exit ivshm_exit(void)
 {
 	pci_unregister_driver(&ivshm_driver);
+	/* A pin watch may still be returning from its module_put(). */
+	destroy_workqueue(ivshm_wq);
 	ida_destroy(&ivshm_ida);
 }
 

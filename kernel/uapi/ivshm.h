@@ -16,6 +16,17 @@
 
 /* Flags in ivshm_info.flags. */
 #define IVSHM_INFO_F_MSIX (1U << 0) /* ivshmem-doorbell: interrupts via MSI-X */
+/*
+ * BAR2 has struct pages: its mapping can be pinned by get_user_pages() (a FUSE
+ * reply written from it, O_DIRECT, vmsplice). Without it (a BAR2 not aligned
+ * to 2 MiB, or a kernel without ZONE_DEVICE) such calls fail with EFAULT and
+ * a caller must copy through a buffer of its own. Meaningful only when
+ * ivshm_info.info_version >= 1; older drivers leave both zero.
+ */
+#define IVSHM_INFO_F_PAGES (1U << 1)
+
+/* ivshm_info.info_version of this header. */
+#define IVSHM_INFO_VERSION 1
 
 struct ivshm_info {
 	__u64 bar2_size;   /* bytes of the shared region (BAR2) */
@@ -24,7 +35,7 @@ struct ivshm_info {
 	__u32 flags;       /* IVSHM_INFO_F_* */
 	__u32 vectors;     /* MSI-X vectors of the device (0 on ivshmem-plain) */
 	__u32 minor;       /* N of /dev/ivshmN */
-	__u32 reserved0;
+	__u32 info_version; /* IVSHM_INFO_VERSION; 0 from drivers older than F_PAGES */
 	__u64 reserved[4]; /* zero; room to grow without a new ioctl */
 };
 

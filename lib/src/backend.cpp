@@ -75,8 +75,13 @@ Result<std::unique_ptr<Backend>> BackendFactory::open(std::string_view path_view
       return make_sys_error(path + ": not an ivshm device (IVSHM_IOC_INFO failed)");
     }
     backend->kind_ = BackendKind::device;
-    backend->device_ =
-        DeviceInfo{info.bar2_size, info.ivposition, info.revision, (info.flags & IVSHM_INFO_F_MSIX) != 0, info.vectors};
+    // Drivers before info_version 1 do not report IVSHM_INFO_F_PAGES; they
+    // gave struct pages to every BAR2 of 2 MiB or more (PCI BARs are powers
+    // of two, aligned to their size).
+    const bool struct_pages =
+        info.info_version >= 1 ? (info.flags & IVSHM_INFO_F_PAGES) != 0 : info.bar2_size >= (uint64_t{2} << 20);
+    backend->device_ = DeviceInfo{info.bar2_size, info.ivposition, info.revision, (info.flags & IVSHM_INFO_F_MSIX) != 0,
+                                  info.vectors,   struct_pages};
     size = info.bar2_size;
   } else if (S_ISREG(st.st_mode)) {
     backend->kind_ = is_pci_resource(path) ? BackendKind::pci_resource : BackendKind::host_file;

@@ -9,6 +9,10 @@
  *   ivshm-test hold DEV OFF LEN SEED    map, verify, then wait for SIGUSR1;
  *                                       on SIGUSR1 touch the mapping again and
  *                                       report whether it was revoked (SIGBUS)
+ *   ivshm-test pin DEV OFF              vmsplice the page at OFF of a mapping
+ *                                       into a pipe nobody reads, unmap and
+ *                                       close DEV, print "pinned", wait for
+ *                                       SIGUSR1, then close the pipe (the pin)
  *   ivshm-test bench PATH MIB ROUNDS    copy bandwidth through a mapping of
  *                                       PATH (/dev/ivshmN or sysfs resource2)
  *   ivshm-test gen SEED LEN             write LEN pseudo-random bytes to stdout
@@ -113,8 +117,10 @@ static int cmd_info(const char* dev) {
     fprintf(stderr, "%s: %s\n", dev, strerror(errno));
     return 1;
   }
-  printf("bar2_size=%" PRIu64 " ivposition=%u revision=%u flags=%#x vectors=%u minor=%u\n", (uint64_t)info.bar2_size,
-         info.ivposition, info.revision, info.flags, info.vectors, info.minor);
+  printf("bar2_size=%" PRIu64
+         " ivposition=%u revision=%u flags=%#x vectors=%u minor=%u msix=%d pages=%d info_version=%u\n",
+         (uint64_t)info.bar2_size, info.ivposition, info.revision, info.flags, info.vectors, info.minor,
+         !!(info.flags & IVSHM_INFO_F_MSIX), !!(info.flags & IVSHM_INFO_F_PAGES), info.info_version);
   close(fd);
   return 0;
 }
@@ -144,7 +150,9 @@ static int cmd_selftest(const char* dev) {
   fd = open_region(dev, O_RDWR, &size);
   if (fd < 0) return 1;
   expect(ioctl(fd, IVSHM_IOC_INFO, &info) == 0, "IVSHM_IOC_INFO");
-  expect(info.reserved0 == 0 && info.reserved[0] == 0 && info.reserved[3] == 0, "reserved fields are zero");
+  expect(info.reserved[0] == 0 && info.reserved[3] == 0, "reserved fields are zero");
+  expect(info.info_version == IVSHM_INFO_VERSION, "info_version is this header's IVSHM_INFO_VERSION");
+  expect(!(info.flags & ~(IVSHM_INFO_F_MSIX | IVSHM_INFO_F_PAGES)), "no unknown flags");
   expect(ioctl(fd, _IO(IVSHM_IOCTL_BASE, 0x7f)) < 0 && errno == ENOTTY, "unknown ioctl -> ENOTTY");
   expect(ioctl(fd, IVSHM_IOC_INFO, (void*)16) < 0 && errno == EFAULT, "bad ioctl pointer -> EFAULT");
   expect(read(fd, junk, sizeof(junk)) < 0, "read() is refused");
@@ -300,6 +308,46 @@ static int cmd_hold(const char* path, uint64_t off, uint64_t len, uint64_t seed)
   return 2;
 }
 
+static int cmd_pin(const char* path, uint64_t off) {
+  unsigned char* m;
+  uint64_t size;
+  long page = sysconf(_SC_PAGESIZE);
+  struct iovec iov;
+  sigset_t mask, old;
+  int fd, pipefd[2];
+  ssize_t n;
+
+  signal(SIGUSR1, on_usr1);
+  m = map_region(path, &fd, &size);
+  if (!m || range(size, off, (uint64_t)page)) return 1;
+  if (pipe(pipefd) < 0) {
+    perror("pipe");
+    return 1;
+  }
+  /* The pipe buffer takes a reference on the page itself (no copy). */
+  iov.iov_base = m + (off & ~(uint64_t)(page - 1));
+  iov.iov_len = (size_t)page;
+  n = vmsplice(pipefd[1], &iov, 1, 0);
+  if (n != page) {
+    printf("pin: vmsplice of a page of %s: %s\n", path, n < 0 ? strerror(errno) : "short");
+    return 1;
+  }
+  munmap(m, size);
+  close(fd);
+  printf("pin: one page pinned by a pipe; %s unmapped and closed, waiting\n", path);
+  fflush(stdout);
+
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &mask, &old);
+  while (!got_usr1) sigsuspend(&old);
+  sigprocmask(SIG_SETMASK, &old, NULL);
+  close(pipefd[0]);
+  close(pipefd[1]);
+  printf("pin: pipe closed\n");
+  return 0;
+}
+
 static double now(void) {
   struct timespec ts;
 
@@ -386,6 +434,7 @@ int main(int argc, char** argv) {
   if ((!strcmp(cmd, "fill") || !strcmp(cmd, "check")) && argc == 6)
     return cmd_fill_check(cmd[0] == 'c', argv[2], num(argv[3]), num(argv[4]), num(argv[5]));
   if (!strcmp(cmd, "hold") && argc == 6) return cmd_hold(argv[2], num(argv[3]), num(argv[4]), num(argv[5]));
+  if (!strcmp(cmd, "pin") && argc == 4) return cmd_pin(argv[2], num(argv[3]));
   if (!strcmp(cmd, "bench") && argc == 5) return cmd_bench(argv[2], num(argv[3]), (unsigned)num(argv[4]));
   if (!strcmp(cmd, "gen") && argc == 4) return cmd_gen(num(argv[2]), num(argv[3]));
   if (!strcmp(cmd, "append") && argc == 3) return cmd_append(argv[2]);

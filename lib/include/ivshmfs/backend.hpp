@@ -35,6 +35,9 @@ struct DeviceInfo {
   uint32_t revision = 0;
   bool has_msix = false;  // ivshmem-doorbell
   uint32_t vectors = 0;
+  // BAR2 has struct pages, so the kernel can pin the mapping (a FUSE reply
+  // written from it); false means such calls fail with EFAULT.
+  bool struct_pages = false;
 };
 
 // A move-only owner of an open backend and its mapping.

@@ -8,7 +8,7 @@ DEV=/dev/ivshm1 SYS=/sys/class/misc/ivshm1
 check doorbell-devnode test -c $DEV
 INFO=$(ivshm-test info $DEV 2>&1)
 info "$INFO"
-check doorbell-ioctl-flags-msix sh -c "echo '$INFO' | grep -q 'flags=0x1 '"
+check doorbell-ioctl-flags-msix sh -c "echo '$INFO' | grep -q ' msix=1 '"
 check doorbell-ioctl-vectors sh -c "echo '$INFO' | grep -q 'vectors=$VEC '"
 check doorbell-ioctl-ivposition sh -c "echo '$INFO' | grep -q 'ivposition=$ID '"
 check doorbell-sysfs-msix test "$(cat $SYS/msix)" = 1

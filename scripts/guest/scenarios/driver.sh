@@ -23,6 +23,9 @@ for f in bar2_size ivposition revision vectors minor; do
 	esac
 done
 check sysfs-msix test "$(cat $SYS/msix)" = 0
+# A 16 MiB BAR2 gets struct pages, and the ioctl says so (the daemon relies on it).
+check ioctl-flag-pages sh -c "echo '$INFO' | grep -q ' pages=1 '"
+check ioctl-info-version sh -c "echo '$INFO' | grep -q ' info_version=1'"
 check sysfs-size-is-bar2 test "$(cat $SYS/bar2_size)" = "$(stat -c %s /sys/bus/pci/devices/$BDF/resource2)"
 check sysfs-readonly sh -c "! echo 1 > $SYS/bar2_size"
 
@@ -66,6 +69,35 @@ cat /tmp/hold.out | sed 's/^/IVSHM-INFO /'
 if [ $rc -eq 0 ]; then pass mapping-revoked-sigbus; else fail mapping-revoked-sigbus "rc=$rc"; fi
 check rebind sh -c "echo $BDF > /sys/bus/pci/drivers/ivshm/bind && test -c $DEV"
 check data-survives-rebind ivshm-test check $DEV "$HOFF" "$HLEN" "$HSEED"
+
+# A page pinned by a pipe nobody reads (vmsplice), after its process closed
+# and unmapped the device: rmmod refuses, unbind finishes in bounded time, a
+# new bind refuses while the pin lasts, and all say why in the kernel log.
+ivshm-test pin $DEV "$HOFF" > /tmp/pin.out 2>&1 &
+PIN=$!
+if wait_until 20 grep -q waiting /tmp/pin.out; then pass pin-page; else fail pin-page "$(cat /tmp/pin.out)"; fi
+check pin-watch-says-why sh -c "dmesg | grep -q 'still pinned after the last close of /dev/ivshm0'"
+T0=$(date +%s)
+check rmmod-refused-while-pinned sh -c '! timeout 30 rmmod ivshm'
+check rmmod-refusal-bounded test $(($(date +%s) - T0)) -le 10
+T0=$(date +%s)
+check unbind-while-pinned timeout 60 sh -c "echo $BDF > /sys/bus/pci/drivers/ivshm/unbind"
+T1=$(date +%s)
+info "unbind with a pinned page took $((T1 - T0)) s"
+check unbind-bounded test $((T1 - T0)) -le 15
+check unbind-pinned-says-why sh -c "dmesg | grep -q 'unbound with 1 page(s) of BAR2 still pinned'"
+check devnode-gone-while-pinned sh -c "! test -e $DEV"
+check rmmod-refused-after-unbind-while-pinned sh -c '! timeout 30 rmmod ivshm'
+check bind-refused-while-pinned sh -c "! timeout 30 sh -c 'echo $BDF > /sys/bus/pci/drivers/ivshm/bind'"
+check bind-refusal-says-why sh -c "dmesg | grep -q 'pages of the previous binding are still pinned'"
+kill -USR1 $PIN
+wait $PIN
+rc=$?
+cat /tmp/pin.out | sed 's/^/IVSHM-INFO /'
+check pin-released-by-process test $rc -eq 0
+check pin-watch-releases wait_until 20 sh -c "dmesg | grep -q 'pinned pages of BAR2 released after .*can be bound again'"
+check bind-after-pin-released sh -c "echo $BDF > /sys/bus/pci/drivers/ivshm/bind && test -c $DEV"
+check data-survives-pin ivshm-test check $DEV "$HOFF" "$HLEN" "$HSEED"
 check rmmod rmmod ivshm
 check insmod-again insmod /lib/modules/ivshm.ko
 check devnode-back test -c $DEV
@@ -75,6 +107,7 @@ check data-survives-reload ivshm-test check $DEV "$GOFF" "$GLEN" "$GSEED"
 check second-device test -c /dev/ivshm1
 check second-device-minor test "$(cat /sys/class/misc/ivshm1/minor)" = 1
 check second-device-size test "$(cat /sys/class/misc/ivshm1/bar2_size)" = 1048576
+check small-bar-no-pages-flag sh -c "ivshm-test info /dev/ivshm1 | grep -q ' pages=0 '"
 out=$(ivshm-test selftest /dev/ivshm1 2>&1) && pass small-bar-selftest || fail small-bar-selftest "$(echo "$out" | grep FAIL | tr '\n' ' ')"
 check small-bar-write ivshm-test fill /dev/ivshm1 4096 8192 33
 check small-bar-independent sh -c "! ivshm-test check $DEV 4096 8192 33"
