@@ -14,6 +14,10 @@
 #           vs sysfs resource2 (uncached)
 #   e2e     the end-to-end scenario: vm0, vm1 and the host share one region
 #           through ivshmfs (needs ivshmctl and ivshmfs built in BUILD_DIR)
+#   package the driver checks with the module DKMS built and the packaged
+#           ivshmfs/ivshmctl: GUEST_MODULE (an ivshm.ko) and GUEST_PROGRAMS
+#           (a directory with ivshmfs and ivshmctl) name them; the clean-room
+#           test (tests/package/cleanroom_test.sh) runs this
 #   all     driver, doorbell, then e2e (default)
 # BUILD_DIR is the CMake build directory (default: build/ in the repository).
 # Installs missing packages (needs root), builds ivshm.ko against the installed
@@ -28,7 +32,7 @@ mode=all
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--mode) mode=$2; shift 2 ;;
-	-h|--help) sed -n '3,25p' "$0"; exit 0 ;;
+	-h|--help) sed -n '3,29p' "$0"; exit 0 ;;
 	-*) die "unknown option $1" ;;
 	*) break ;;
 	esac
@@ -43,11 +47,25 @@ KVER=$(guest_kver)
 log "kernel $KVER, headers $(guest_kdir), work dir $WORK"
 
 t=$SECONDS
-MODULE=$(guest_build_module "$WORK")
+PROGRAMS_DIR=$BUILD_DIR
+if [ "$mode" = package ]; then
+	# The packaged programs, laid out as mkinitramfs.sh expects a build tree.
+	[ -f "${GUEST_MODULE:-}" ] && [ -x "${GUEST_PROGRAMS:-}/ivshmfs" ] && [ -x "$GUEST_PROGRAMS/ivshmctl" ] ||
+		die "--mode package needs GUEST_MODULE=ivshm.ko and GUEST_PROGRAMS=DIR with ivshmfs and ivshmctl"
+	PROGRAMS_DIR=$WORK/packaged
+	rm -rf "$PROGRAMS_DIR"
+	mkdir -p "$PROGRAMS_DIR/tools" "$PROGRAMS_DIR/fs"
+	cp "$GUEST_PROGRAMS/ivshmctl" "$PROGRAMS_DIR/tools/"
+	cp "$GUEST_PROGRAMS/ivshmfs" "$PROGRAMS_DIR/fs/"
+	MODULE=$GUEST_MODULE
+	log "package: module $MODULE ($(modinfo -F vermagic "$MODULE" | cut -d' ' -f1)), programs from $GUEST_PROGRAMS"
+else
+	MODULE=$(guest_build_module "$WORK")
+fi
 TESTPROG=$(guest_build_test_prog "$WORK")
 GUEST_KERNEL=$(guest_kernel "$WORK")
 INITRD=$WORK/initramfs.cpio.gz
-"$GUEST_DIR/mkinitramfs.sh" --build-dir "$BUILD_DIR" --module "$MODULE" --test-prog "$TESTPROG" -o "$INITRD"
+"$GUEST_DIR/mkinitramfs.sh" --build-dir "$PROGRAMS_DIR" --module "$MODULE" --test-prog "$TESTPROG" -o "$INITRD"
 log "build: $((SECONDS - t)) s; booting $GUEST_KERNEL"
 
 SHMS=()
@@ -83,8 +101,8 @@ run_driver() {
 	# The guest's raw writes reached the host files: a pattern in the small
 	# device's file, ivshmfs data in the big one (formatted by the guest).
 	"$TESTPROG" check "$shm2" 4096 8192 33 || { log "driver: guest pattern not in the host file"; return 1; }
-	if [ -x "$BUILD_DIR/tools/ivshmctl" ]; then
-		"$BUILD_DIR/tools/ivshmctl" read "$shm" 0 | grep -q hello-through-ivshmfs ||
+	if [ -x "$PROGRAMS_DIR/tools/ivshmctl" ]; then
+		"$PROGRAMS_DIR/tools/ivshmctl" read "$shm" 0 | grep -q hello-through-ivshmfs ||
 			{ log "driver: data written through ivshmfs in the guest is not in the host file"; return 1; }
 	fi
 	log "driver: PASS ($((SECONDS - t)) s; guest up in $(tr -d '\r' < "$logf" | sed -n 's/^IVSHM-BOOTED [^ ]* //p'))"
@@ -136,7 +154,7 @@ rc=0
 case "$mode" in
 boot) run_boot || rc=1 ;;
 doorbell) run_doorbell || rc=1 ;;
-driver) run_driver || rc=1 ;;
+driver|package) run_driver || rc=1 ;;
 bench) run_bench || rc=1 ;;
 e2e) . "$GUEST_DIR/e2e.sh"; run_e2e || rc=1 ;;
 all)
