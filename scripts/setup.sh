@@ -33,6 +33,10 @@ done
 # libFuzzer runtime (scripts/fuzz.sh).
 packages=(g++ gcc make cmake pkg-config libfuse3-dev fuse3 libspdlog-dev libgtest-dev libbenchmark-dev
           python3 gnuplot-nox clang clang-format clang-tidy libclang-rt-dev)
+# Packaging (scripts/package.sh, tests/package): dpkg-dev and file for CPack's
+# DEB generator, lintian, mmdebstrap for the clean-room root, systemd for
+# systemd-analyze verify.
+packages+=(dpkg-dev file lintian mmdebstrap systemd)
 if [ "$guest" = 1 ]; then
   # The guest harness boots Debian's kernel under QEMU with a busybox initramfs
   # and builds the ivshm module against Debian's headers; its list is the one
