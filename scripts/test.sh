@@ -24,7 +24,7 @@ echo "== tests: $build"
 ctest --test-dir "$build" --output-on-failure --timeout 1500 "$@" 2>&1 | tee -a "$log" || status=1
 echo "== tests under AddressSanitizer and UndefinedBehaviorSanitizer: $build-asan"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-  ctest --test-dir "$build-asan" --output-on-failure --timeout 1500 -LE 'guest|bench|fuzz|lint' "$@" 2>&1 | tee -a "$log" || status=1
+  ctest --test-dir "$build-asan" --output-on-failure --timeout 1500 -LE 'guest|bench|fuzz|lint|package' "$@" 2>&1 | tee -a "$log" || status=1
 
 # One closing line for both runs, from ctest's own summaries.
 read -r passed failed < <(awk '/tests passed, [0-9]+ tests? failed out of/ {
