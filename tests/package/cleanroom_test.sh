@@ -156,6 +156,21 @@ check daemons-exited sh -c "! pgrep -a -x ivshmfs"
 check partition-released sh -c "echo more | ivshmctl write /dev/shm/cleanroom 0 && ivshmctl read /dev/shm/cleanroom 0 | grep -q more"
 sed -i '\|/mnt/ivshm fuse.ivshmfs|d' /etc/fstab
 
+# What ivshmfs@.service does: ivshmfs -f in the foreground, stopped by SIGTERM,
+# must unmount, release its partition and exit 0.
+mkdir -p /mnt/unit
+ivshmfs -f -o id=1 /dev/shm/cleanroom /mnt/unit 2>/tmp/unit.log &
+unit_pid=$!
+for i in $(seq 50); do grep -q ' /mnt/unit fuse.ivshmfs ' /proc/mounts && break; sleep 0.1; done
+check unit-style-mounted sh -c "grep -q ' /mnt/unit fuse.ivshmfs ' /proc/mounts"
+kill -TERM "$unit_pid"
+wait "$unit_pid"
+unit_rc=$?
+check unit-style-sigterm-exit-0 sh -c "test $unit_rc -eq 0 || { cat /tmp/unit.log; exit 1; }"
+check unit-style-unmounted sh -c "! grep -q ' /mnt/unit ' /proc/mounts"
+check unit-style-released sh -c "echo unit | ivshmctl write /dev/shm/cleanroom 1"
+rmdir /mnt/unit
+
 check man-ivshmfs sh -c "MANWIDTH=80 man ivshmfs 2>&1 | grep -q 'mount an ivshmem shared-memory region'"
 check man-ivshmctl sh -c "MANWIDTH=80 man 8 ivshmctl 2>&1 | grep -q 'ivshmctl format'"
 check man-options-match-help sh -c "ivshmfs --help 2>&1 | grep -o -- '-o [a-z_]*=' | sort -u | while read -r o; do MANWIDTH=200 man ivshmfs | grep -qF -- \"\$o\" || { echo \"missing \$o\"; exit 1; }; done"
