@@ -75,11 +75,15 @@ cleanup() {
 	for p in "${PIDS[@]}"; do guest_kill "$p"; done
 	[ -n "${HOST_CLEANUP:-}" ] && eval "$HOST_CLEANUP"
 	if [ "${GUEST_KEEP:-0}" != 1 ]; then
+		# new_shm runs in $(...), a subshell, so SHMS may not have them all:
+		# the name pattern does ($$ is this script's pid in subshells too).
 		for p in "${SHMS[@]}"; do rm -f "$p"; done
+		rm -f /dev/shm/ivshmfs-test-$$-*
 	fi
 	return 0
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 new_shm() { # new_shm NAME SIZE: a zeroed backing file in /dev/shm
 	local f=/dev/shm/ivshmfs-test-$$-$1
