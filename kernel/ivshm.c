@@ -861,7 +861,9 @@ static void ivshm_remove(struct pci_dev *pdev)
 		mutex_lock(&ivshm_lingering_lock);
 		list_add(&idev->lingering, &ivshm_lingering);
 		mutex_unlock(&ivshm_lingering_lock);
-		ivshm_watch_start(idev, pinned);
+		/* Pinned now; or the running watch finds none at its next poll. */
+		if (pinned)
+			ivshm_watch_start(idev, pinned);
 	} else {
 		/* See ivshm_pin_watch(): not reachable through a mapping. */
 		dev_err(&pdev->dev, "unloading with %lu page(s) of BAR2 pinned: leaking its struct pages rather than freeing them under the pin\n",
