@@ -541,6 +541,10 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, fuse_file_info* fi) 
   const std::size_t n = room->commit(static_cast<std::size_t>(copied));
   append.unlock();
   lock.unlock();
+  if (n == 0) {  // the commit was refused: the mapping lost its backing
+    fuse_reply_err(req, errno_of(region_->backend().loss_error()));
+    return;
+  }
   fuse_reply_write(req, n);
   own_partition_changed();
 }

@@ -9,8 +9,11 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <thread>
+
+#include <spdlog/spdlog.h>
 
 #include "ivshmfs/identity.hpp"
 #include "shared.hpp"
@@ -67,6 +70,25 @@ std::string hex(uint64_t v) {
   return buf;
 }
 
+// The bytes a format writes, for the largest table: header, partition
+// entries and control blocks, up to the first data page.
+constexpr uint64_t kMetadataSpan =
+    round_up(round_up(sizeof(ivshmfs_header) + IVSHMFS_MAX_PARTITIONS * sizeof(ivshmfs_partition_entry),
+                      IVSHMFS_CONTROL_ALIGN) +
+                 IVSHMFS_MAX_PARTITIONS * sizeof(ivshmfs_control),
+             IVSHMFS_PAGE_SIZE);
+
+// The offset of the first byte set in the metadata area, nullopt when it is
+// blank (all zero, as a new sparse file or QEMU's fresh backend is): only a
+// blank region may be formatted without being asked to.
+std::optional<uint64_t> first_nonzero_metadata(std::span<const std::byte> bytes) {
+  const std::size_t n = std::min<std::size_t>(bytes.size(), kMetadataSpan);
+  for (std::size_t i = 0; i < n; ++i) {
+    if (bytes[i] != std::byte{0}) return i;
+  }
+  return std::nullopt;
+}
+
 }  // namespace
 
 Result<void> Region::format(Backend& backend, const FormatOptions& options) {
@@ -95,6 +117,14 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   if (magic != 0 && !options.force) {
     return make_error(Errc::already_formatted,
                       path + ": already holds data (magic " + hex(magic) + "); pass --force to format it anew");
+  }
+  if (!options.force) {
+    if (auto set = first_nonzero_metadata(backend.bytes())) {
+      return make_error(Errc::already_formatted, path + ": holds no ivshmfs magic, but its header area is not blank "
+                                                        "(byte " + std::to_string(*set) +
+                                                        " is set): it may be a damaged region with peers' data; "
+                                                        "pass --force to format it anew");
+    }
   }
 
   // Peers must never see a half-written header: clear the magic first, publish it last.
@@ -226,19 +256,40 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
 }
 
 Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const RegionOpenOptions& options) {
-  const BackendOptions backend_options{options.writable || options.create, options.create, options.create_size};
+  BackendOptions backend_options{options.writable || options.create, options.create, options.create_size};
+  backend_options.progress = options.progress;
   auto backend = Backend::open(path, backend_options);
   if (!backend) return std::move(backend).error();
-  if (options.create) {
-    // Only a blank region is formatted: anything else is opened (and validated) as it is.
-    auto* header = reinterpret_cast<ivshmfs_header*>((*backend)->bytes().data());
-    if ((*backend)->size() >= sizeof(ivshmfs_header) && load_acquire(header->magic) == 0) {
-      FormatOptions format_options;
-      format_options.partitions = options.create_partitions;
-      if (auto r = format(**backend, format_options); !r) return std::move(r).error();
+  if (options.create && (*backend)->size() >= sizeof(ivshmfs_header) &&
+      load_acquire(reinterpret_cast<ivshmfs_header*>((*backend)->bytes().data())->magic) == 0) {
+    // Only a blank region is formatted: one that merely lost its magic may
+    // hold peers' data, and anything else is opened (and validated) as it is.
+    if (auto set = first_nonzero_metadata((*backend)->bytes())) {
+      return make_error(Errc::not_formatted,
+                        (*backend)->path() + ": holds no ivshmfs magic, but its header area is not blank (byte " +
+                            std::to_string(*set) +
+                            " is set): not formatting it, it may be a damaged region with peers' data; inspect it, "
+                            "or wipe it with 'ivshmctl format --force " +
+                            (*backend)->path() + "'");
+    }
+    FormatOptions format_options;
+    format_options.partitions = options.create_partitions;
+    if (auto r = format(**backend, format_options); !r) {
+      (*backend)->remove_if_created();
+      return std::move(r).error();
+    }
+    spdlog::info("{}: {} and formatted: {}, {} partitions", (*backend)->path(),
+                 (*backend)->created() ? "created" : "was blank", format_size((*backend)->size()),
+                 format_options.partitions);
+    if (!options.writable) {
+      // Formatting needed write access; the caller asked for a read-only mapping.
+      backend->reset();
+      backend = Backend::open(path, BackendOptions{false, false, 0});
+      if (!backend) return std::move(backend).error();
     }
   }
-  return open(std::move(backend).value());
+  auto region = open(std::move(backend).value());
+  return region;
 }
 
 const PartitionInfo* Region::find(uint32_t id) const noexcept {
@@ -256,9 +307,16 @@ Result<void> Region::check_format() const {
   auto* header = reinterpret_cast<ivshmfs_header*>(base_);
   const uint64_t magic = load_acquire(header->magic);
   const uint64_t format_id = load_acquire(header->format_id);
-  if (magic != IVSHMFS_MAGIC || format_id != info_.format_id) {
+  if (backend_->mapping_lost()) return backend_->loss_error();
+  if (format_id != info_.format_id || magic == 0) {  // magic 0: a format is under way, or a wipe
     return make_error(Errc::reformatted, backend_->path() + ": the region was formatted anew (format id " +
                                              hex(info_.format_id) + " is now " + hex(format_id) + ")");
+  }
+  if (magic != IVSHMFS_MAGIC) {
+    // Same format id: nobody formatted it, someone damaged the magic.
+    return make_error(Errc::corrupt_header, backend_->path() + ": corrupt header: the magic is now " + hex(magic) +
+                                                " (expected " + hex(IVSHMFS_MAGIC) +
+                                                "); the region was damaged, not formatted anew");
   }
   return {};
 }
@@ -268,8 +326,9 @@ namespace {
 constexpr int kMaxReadAttempts = 10000;
 
 [[gnu::cold, gnu::noinline]] Error keeps_resetting(const Region& region, uint32_t id) {
-  return make_error(Errc::busy,
-                    region.backend().path() + ": partition " + std::to_string(id) + " kept resetting during a read");
+  return make_error(Errc::busy, region.backend().path() + ": partition " + std::to_string(id) +
+                                    " stays mid-reset (its generation stays odd: a reset is under way, or its owner "
+                                    "was stopped in one; the owner finishes it, else try again later)");
 }
 
 [[gnu::cold, gnu::noinline]] Error no_partition(const Region& region, uint32_t id) {
@@ -320,9 +379,11 @@ Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) con
       backoff(attempt);
       continue;
     }
-    return ReadView{{data(*p) + offset, committed_bytes(*c, *p, offset, max)}, gen};
+    ReadView v{{data(*p) + offset, committed_bytes(*c, *p, offset, max)}, gen};
+    if (backend_->mapping_lost()) [[unlikely]] return backend_->loss_error();
+    return v;
   }
-  return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
+  return keeps_resetting(*this, id);
 }
 
 Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::byte> out, uint64_t* generation) const {
@@ -336,6 +397,7 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
     if (gen % 2 == 0) [[likely]] {  // odd: a reset is under way
       const std::size_t n = committed_bytes(*c, *p, offset, out.size());
       if (n > 0) std::memcpy(out.data(), base + offset, n);
+      if (backend_->mapping_lost()) [[unlikely]] return backend_->loss_error();
       // Committed bytes never change within a generation, so an unchanged
       // generation proves the copy is all from one.
       std::atomic_thread_fence(std::memory_order_acquire);

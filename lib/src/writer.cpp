@@ -113,11 +113,12 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
   store_release(c->owner_heartbeat_ns, now);
   if (displaced_live_owner) std::this_thread::sleep_for(kTakeoverGrace);
   repair_generation(c);
-  // Fault the partition in now rather than one page per append later. Best
-  // effort: older kernels and some device mappings do not support it.
-  ::madvise(region->data(*p), p->capacity, MADV_POPULATE_WRITE);
 
   auto writer = std::unique_ptr<PartitionWriter>(new PartitionWriter(std::move(region), *p, token));
+  // Back and fault in the partition now: a sparse file on a full filesystem
+  // fails here with ENOSPC (the writer's destructor releases the claim)
+  // rather than with SIGBUS at some later append.
+  if (auto r = writer->region_->backend().ensure_backed(p->data_offset, p->capacity); !r) return std::move(r).error();
   if (options.heartbeat_interval.count() > 0) {
     writer->heartbeat_thread_ =
         std::jthread([w = writer.get(), interval = options.heartbeat_interval](const std::stop_token& stop) {
@@ -191,6 +192,7 @@ Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
 std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
   if (writer_ == nullptr) return 0;
   n = std::min(n, bytes_.size());
+  if (writer_->region_->backend().mapping_lost()) [[unlikely]] n = 0;  // the bytes went to a private page
   if (n > 0) writer_->publish(length_ + n);
   writer_->reserved_ = false;
   writer_ = nullptr;
@@ -205,6 +207,7 @@ Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
     return refusal();
   const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(room, bytes.size()));
   std::memcpy(data_ + length_, bytes.data(), n);
+  if (region_->backend().mapping_lost()) [[unlikely]] return region_->backend().loss_error();
   publish(length_ + n);
   return n;
 }

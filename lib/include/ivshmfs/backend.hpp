@@ -3,8 +3,12 @@
 // MAP_SHARED mapping; the region code above never knows which kind it has.
 #pragma once
 
+#include <sys/types.h>
+
 #include <cstddef>
+#include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -15,6 +19,16 @@
 
 namespace ivshmfs {
 
+namespace detail {
+class MappingGuard;
+}
+
+// Makes sure descriptors 0, 1 and 2 are open (on /dev/null if they were
+// closed), so that nothing opened later becomes a standard descriptor: a log
+// line or a read of stdin must never reach a shared region. Every program
+// calls it first thing in main(), before it opens anything.
+Result<void> ensure_standard_descriptors() noexcept;
+
 enum class BackendKind {
   host_file,     // a regular file, e.g. in /dev/shm, the one QEMU shares
   device,        // /dev/ivshmN of the ivshm driver (cacheable mapping of BAR2)
@@ -23,9 +37,11 @@ enum class BackendKind {
 const char* to_string(BackendKind kind) noexcept;
 
 struct BackendOptions {
-  bool writable = true;      // map PROT_WRITE; false maps read-only
+  bool writable = true;      // open O_RDWR and map PROT_WRITE; false: O_RDONLY, PROT_READ
   bool create = false;       // host_file: create the file if it is missing
   uint64_t create_size = 0;  // host_file: size a missing or empty file to this
+  // Called while a created file is being allocated: (bytes done, bytes in all).
+  std::function<void(uint64_t, uint64_t)> progress{};
 };
 
 // Facts the ivshm driver reports about its device (see kernel/uapi/ivshm.h).
@@ -45,7 +61,10 @@ class Backend {
  public:
   // Opens `path`, choosing the kind from what it is: a character device is
   // the driver's /dev/ivshmN, a file named resource2 under /sys is a PCI BAR,
-  // anything else a host file.
+  // a regular file a host file; anything else (a FIFO, a directory, a socket)
+  // is refused at once, without blocking. A file it creates is allocated
+  // whole (refused with the figures when its filesystem lacks the room) and
+  // removed again if opening fails.
   static Result<std::unique_ptr<Backend>> open(std::string_view path, const BackendOptions& options);
 
   Backend(const Backend&) = delete;
@@ -59,9 +78,27 @@ class Backend {
   [[nodiscard]] const std::string& path() const noexcept { return path_; }
   // Present for BackendKind::device only.
   [[nodiscard]] const std::optional<DeviceInfo>& device_info() const noexcept { return device_; }
+  // True when open() created the file.
+  [[nodiscard]] bool created() const noexcept { return created_; }
+  // Removes the file if open() created it and the path still names it: the
+  // way to undo a create whose format failed. Nothing else is ever removed.
+  void remove_if_created() noexcept;
+
+  // Makes sure the pages of [offset, offset+length) have backing store, so a
+  // later store cannot fault: a sparse host file on a full filesystem gives
+  // ENOSPC here instead of SIGBUS later. No-op for devices.
+  [[nodiscard]] Result<void> ensure_backed(uint64_t offset, uint64_t length) const;
+
+  // True once a page of the mapping lost its backing (the file was truncated
+  // underneath us, or its filesystem could not supply a page): accesses went
+  // to a private zero page instead of killing the process with SIGBUS. One
+  // relaxed load: callers check it after each copy.
+  [[nodiscard]] bool mapping_lost() const noexcept { return lost_->load(std::memory_order_relaxed) != 0; }
+  // The error for a lost mapping (EIO or ENOSPC); logged once per backend.
+  [[nodiscard]] Error loss_error() const;
 
  private:
-  Backend() = default;
+  Backend();
   friend struct BackendFactory;
 
   std::byte* base_ = nullptr;
@@ -71,6 +108,12 @@ class Backend {
   BackendKind kind_ = BackendKind::host_file;
   std::string path_;
   std::optional<DeviceInfo> device_;
+  bool created_ = false;
+  dev_t created_dev_ = 0;
+  ino_t created_ino_ = 0;
+  detail::MappingGuard* guard_ = nullptr;
+  const std::atomic<uint32_t>* lost_;  // guard_'s mark, or one that is never set
+  mutable std::atomic<bool> loss_logged_{false};
 };
 
 // The backend to use inside a guest when none is named: the first /dev/ivshmN,

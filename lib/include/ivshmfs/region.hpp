@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -31,6 +32,8 @@ struct RegionOpenOptions {
   bool create = false;       // create a missing host file and format a blank region
   uint64_t create_size = 0;  // size of a created file
   uint32_t create_partitions = 4;
+  // Called while a created file is being allocated: (bytes done, bytes in all).
+  std::function<void(uint64_t, uint64_t)> progress{};
 };
 
 // One row of the (validated) partition table.
@@ -97,8 +100,12 @@ class Region {
   // memory) and returns the region. Never reads outside the mapping.
   static Result<std::shared_ptr<Region>> open(std::unique_ptr<Backend> backend);
   // Opens the backend at `path` and then the region. With `create`, a missing
-  // host file is created and a blank (never formatted) region is formatted;
-  // a region holding anything else is never overwritten.
+  // host file is created and a blank region (its whole header area zero, as
+  // in a new sparse file) is formatted; a region holding anything else is
+  // never overwritten: a missing magic with other bytes set, a bad magic or
+  // another version is reported. A file created here is removed again if
+  // formatting fails. Without `writable` the backend is opened and mapped
+  // read-only (also after a create, which needs write access).
   static Result<std::shared_ptr<Region>> open_path(std::string_view path, const RegionOpenOptions& options);
 
   Region(const Region&) = delete;
