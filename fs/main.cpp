@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <exception>
 #include <memory>
 #include <new>
@@ -31,41 +32,32 @@
 namespace ivshmfs::fs {
 namespace {
 
-// A missing or empty host file is created and formatted; so is one that
-// holds no header at all (all zero, as QEMU creates it). Anything else is
-// left alone: a region we cannot read is reported, never overwritten.
-bool should_format(const std::string& path) {
-  struct stat st {};
-  if (::stat(path.c_str(), &st) != 0) return errno == ENOENT;
-  return S_ISREG(st.st_mode) && st.st_size == 0;
+// With -o create, a missing host file is created and formatted, and so is a
+// blank one (its whole header area zero, as QEMU and truncate create it).
+// Anything else is left alone: a region we cannot read is reported, never
+// overwritten. -o ro opens and maps the backend read-only.
+Result<std::shared_ptr<Region>> open_region(const Options& options, const std::string& path) {
+  RegionOpenOptions open_options;
+  open_options.writable = !options.read_only;
+  open_options.create = options.create;
+  open_options.create_size = options.create_size;
+  open_options.create_partitions = options.partitions;
+  return Region::open_path(path, open_options);
 }
 
-Result<std::shared_ptr<Region>> open_region(const Options& options, const std::string& path) {
-  BackendOptions backend_options;
-  if (options.create && should_format(path)) {
-    backend_options.create = true;
-    backend_options.create_size = options.create_size;
-    auto backend = Backend::open(path, backend_options);
-    if (!backend) return std::move(backend).error();
-    if (auto r = Region::format(**backend, FormatOptions{options.partitions, false}); !r) {
-      if (r.error().code != Errc::already_formatted) return std::move(r).error();
-    } else {
-      spdlog::info("{}: created and formatted: {}, {} partitions", path, format_size((*backend)->size()),
-                   options.partitions);
-    }
-    return Region::open(std::move(*backend));
+// FUSE mounts over whatever the mount point is; over a file, the file is
+// hidden and every access fails. Refused here, before anything is opened.
+bool mountpoint_usable(const std::string& mountpoint) {
+  struct stat st {};
+  if (::stat(mountpoint.c_str(), &st) != 0) {
+    spdlog::error("mount point {}: {}", mountpoint, std::strerror(errno));
+    return false;
   }
-  auto backend = Backend::open(path, backend_options);
-  if (!backend) return std::move(backend).error();
-  auto region = Region::open(std::move(*backend));
-  if (!region && region.error().code == Errc::not_formatted && options.create) {
-    auto again = Backend::open(path, backend_options);
-    if (!again) return std::move(again).error();
-    if (auto r = Region::format(**again, FormatOptions{options.partitions, false}); !r) return std::move(r).error();
-    spdlog::info("{}: formatted: {}, {} partitions", path, format_size((*again)->size()), options.partitions);
-    return Region::open(std::move(*again));
+  if (!S_ISDIR(st.st_mode)) {
+    spdlog::error("mount point {} is not a directory", mountpoint);
+    return false;
   }
-  return region;
+  return true;
 }
 
 // Adds -o fsname=BACKEND,subtype=ivshmfs,default_permissions in front of the
@@ -101,6 +93,7 @@ std::unique_ptr<fuse_loop_config, LoopConfigDeleter> loop_config(const Options& 
 }
 
 int serve(fuse_args& args, const Options& options, Detacher& detacher) {
+  if (!mountpoint_usable(options.mountpoint)) return 1;
   std::string path;
   if (options.backend) {
     path = *options.backend;
@@ -195,6 +188,9 @@ int serve(fuse_args& args, const Options& options, Detacher& detacher) {
 
 int main(int argc, char* argv[]) try {
   using namespace ivshmfs::fs;
+  // Before anything is opened: a backend must never become stdin, stdout or
+  // stderr, where a log line or a read would reach the shared region.
+  if (auto r = ivshmfs::ensure_standard_descriptors(); !r) return 1;
   fuse_args args = FUSE_ARGS_INIT(argc, argv);
   Options options;
   const ParseOutcome parsed = parse_options(args, options);

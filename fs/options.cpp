@@ -193,7 +193,9 @@ void print_help(const char* program) {
       "    -o id=N              this peer's partition (default: from the hostname,\n"
       "                         vmN, vmN-suffix or N_suffix)\n"
       "    -o create            create and format BACKEND if it is a missing or\n"
-      "                         empty (or all-zero) host file\n"
+      "                         blank host file (its whole header area zero, as\n"
+      "                         a new sparse file); anything else is never\n"
+      "                         formatted: a damaged region is reported\n"
       "    -o size=SIZE         size of a created region, e.g. 64M (default 64M)\n"
       "    -o partitions=N      partitions of a created region (default 4)\n"
       "    -o log=LEVEL         trace, debug, info (default), warn, error, off\n"
@@ -206,20 +208,43 @@ void print_help(const char* program) {
       "                         20 ms after a peer's change (default 50)\n"
       "    -o poll_max_ms=N     slowest polling, reached by doubling once idle\n"
       "                         (default 50)\n"
-      "    -o ro                a read-only peer: mounts read-only and claims no\n"
-      "                         partition (every file 0444, writes fail with\n"
-      "                         EROFS); -o id= is not needed\n"
+      "    -o ro                a read-only peer: opens and maps BACKEND\n"
+      "                         read-only (a read-only file works), mounts\n"
+      "                         read-only and claims no partition (every file\n"
+      "                         0444, writes fail with EROFS); -o id= is not\n"
+      "                         needed\n"
       "\n"
       "EXIT STATUS\n"
-      "    0 after a clean unmount; 1 when the region cannot be opened, the\n"
-      "    partition is owned by a live daemon, or mounting fails (the reason is\n"
-      "    printed on stderr before the daemon detaches).\n"
+      "    0 after a clean unmount; 1 when an option is unknown, MOUNTPOINT is\n"
+      "    not a directory, the region cannot be opened, the partition is owned\n"
+      "    by a live daemon, or mounting fails (the reason is printed on stderr\n"
+      "    before the daemon detaches). If the backend file shrinks or runs out\n"
+      "    of space while mounted, the daemon stays up: accesses fail with EIO\n"
+      "    (or ENOSPC) and the reason is logged once.\n"
       "\n"
       "See docs/filesystem.md for the files, .status, extended attributes and\n"
       "coherence between peers.\n"
       "\n"
       "FUSE OPTIONS\n",
       program);
+}
+
+// Whether FUSE accepts every option left for it. Checked now, with a scratch
+// session, so that a mistyped option (-o idd=0) is reported as what it is
+// before the backend is opened and the id resolved (which would otherwise
+// fail first, for an unrelated reason).
+bool fuse_accepts(const fuse_args& args) {
+  fuse_args copy = FUSE_ARGS_INIT(0, nullptr);
+  bool ok = true;
+  for (int i = 0; i < args.argc && ok; ++i) ok = fuse_opt_add_arg(&copy, args.argv[i]) == 0;
+  if (ok) {
+    const fuse_lowlevel_ops no_operations{};
+    fuse_session* probe = fuse_session_new(&copy, &no_operations, sizeof no_operations, nullptr);
+    ok = probe != nullptr;  // libfuse printed which option it does not know
+    if (probe != nullptr) fuse_session_destroy(probe);
+  }
+  fuse_opt_free_args(&copy);
+  return ok;
 }
 
 }  // namespace
@@ -277,6 +302,10 @@ ParseOutcome parse_options(fuse_args& args, Options& options) {
   options.max_idle_threads = cmdline.max_idle_threads;
   options.max_threads = cmdline.max_threads;
   if (options.debug && options.log_level > spdlog::level::debug) options.log_level = spdlog::level::debug;
+  if (!fuse_accepts(args)) {
+    std::fprintf(stderr, "ivshmfs: unknown option; see '%s --help' for the options\n", program);
+    return ParseOutcome::exit_failure;
+  }
   return ParseOutcome::run;
 }
 

@@ -128,6 +128,15 @@ Result<std::shared_ptr<Region>> open_region(const std::string& path, bool writab
   return Region::open_path(path, options);
 }
 
+// Progress of allocating a large new file, on a terminal only.
+void show_progress(uint64_t done, uint64_t total) {
+  constexpr uint64_t kWorthShowing = uint64_t{1} << 30;
+  if (total < kWorthShowing) return;
+  std::fprintf(stderr, "\rivshmctl: allocating %s of %s (%3u%%)", format_size(done).c_str(), format_size(total).c_str(),
+               static_cast<unsigned>(done * 100 / total));
+  if (done == total) std::fputc('\n', stderr);
+}
+
 int cmd_format(const Args& args) {
   if (args.positional.size() != 1) return usage_error("format takes one BACKEND");
   const std::string& path = args.positional[0];
@@ -152,13 +161,19 @@ int cmd_format(const Args& args) {
     return fail(make_error(Errc::invalid_argument, path + ": no such file; pass --size SIZE to create it"));
   }
   BackendOptions options{true, !exists, size};
+  if (!exists && ::isatty(STDERR_FILENO) == 1) options.progress = show_progress;
   auto backend = Backend::open(path, options);
   if (!backend) return fail(backend.error());
+  // A file this command created is removed again when formatting fails, so
+  // that a retry (with another --size, say) starts from nothing.
   if (size != 0 && (*backend)->size() != size) {
     return fail(make_error(Errc::size_mismatch, path + ": is " + format_size((*backend)->size()) + " but --size says " +
                                                     format_size(size) + " (omit --size to use the existing size)"));
   }
-  if (auto r = Region::format(**backend, format); !r) return fail(r.error());
+  if (auto r = Region::format(**backend, format); !r) {
+    (*backend)->remove_if_created();
+    return fail(r.error());
+  }
   auto region = Region::open(std::move(backend).value());
   if (!region) return fail(region.error());
   const auto& parts = (*region)->partitions();
@@ -189,11 +204,22 @@ int cmd_status(const Args& args) {
   if (!region) return fail(region.error());
   const Region& r = **region;
   const RegionInfo& info = r.info();
+  // A partition whose generation stays odd (an owner stopped in a reset) is
+  // shown as such: the table is always printed.
   std::vector<PartitionStat> stats;
+  std::vector<bool> mid_reset;
   for (const auto& p : r.partitions()) {
     auto s = r.stat(p.id);
-    if (!s) return fail(s.error());
-    stats.push_back(*s);
+    if (!s && s.error().code != Errc::busy) return fail(s.error());
+    if (!s) {
+      PartitionStat blank;
+      blank.id = p.id;
+      blank.capacity = p.capacity;
+      stats.push_back(blank);
+    } else {
+      stats.push_back(*s);
+    }
+    mid_reset.push_back(!s);
   }
   if (args.json) {
     std::printf("{\"backend\":\"%s\",\"kind\":\"%s\",\"version\":%u,\"region_size\":%" PRIu64
@@ -206,11 +232,12 @@ int cmd_status(const Args& args) {
       std::printf("%s{\"id\":%u,\"claimed\":%s,\"alive\":%s,\"owner_pid\":%" PRIu64
                   ",\"owner_local\":%s,"
                   "\"owner_since_ns\":%" PRIu64 ",\"owner_heartbeat_ns\":%" PRIu64 ",\"length\":%" PRIu64
-                  ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64 "}",
+                  ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64
+                  ",\"mid_reset\":%s}",
                   i == 0 ? "" : ",", s.id, s.claimed ? "true" : "false", s.alive ? "true" : "false",
                   s.claimed ? s.owner_pid : 0, s.claimed && s.owner_local ? "true" : "false",
                   s.claimed ? s.owner_since_ns : 0, s.claimed ? s.owner_heartbeat_ns : 0, s.length, s.capacity,
-                  s.generation, s.last_write_ns);
+                  s.generation, s.last_write_ns, mid_reset[i] ? "true" : "false");
     }
     std::printf("]}\n");
     return 0;
@@ -220,7 +247,12 @@ int cmd_status(const Args& args) {
               format_size(info.region_size).c_str(), info.partition_count, info.format_id,
               iso_time(info.format_time_ns).c_str());
   std::printf("%-4s %-22s %-5s %21s %10s  %s\n", "ID", "OWNER", "ALIVE", "LENGTH/CAPACITY", "GENERATION", "LAST WRITE");
-  for (const PartitionStat& s : stats) {
+  for (std::size_t i = 0; i < stats.size(); ++i) {
+    const PartitionStat& s = stats[i];
+    if (mid_reset[i]) {
+      std::printf("%-4u %-22s %-5s %21s %10s  %s\n", s.id, "?", "?", "mid-reset", "odd", "-");
+      continue;
+    }
     std::string owner = "-";
     if (s.claimed) owner = "pid " + std::to_string(s.owner_pid) + (s.owner_local ? " (here)" : " (remote)");
     char length[48];
@@ -333,7 +365,9 @@ const std::map<std::string, Command>& commands() {
         1,
         "Usage: ivshmctl status [--json] [BACKEND]\n\n"
         "Show the region's layout and, per partition: id, owner, whether the owner is alive\n"
-        "(heartbeating), committed length and capacity, generation (resets), last write.\n\n"
+        "(heartbeating), committed length and capacity, generation (resets), last write.\n"
+        "A partition whose reset never finished (an owner stopped mid-reset) shows as\n"
+        "'mid-reset' (\"mid_reset\": true in JSON); its owner finishes the reset.\n\n"
         "  --json            one JSON object instead of the table\n",
         cmd_status}},
       {"read",
@@ -364,6 +398,9 @@ const std::map<std::string, Command>& commands() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before anything is opened: a region must never become stdin (read into
+  // a partition) or stdout/stderr (output written into the region).
+  if (auto r = ensure_standard_descriptors(); !r) return 1;
   // Messages go to stderr: stdout carries a partition's bytes (read) or JSON.
   auto logger = spdlog::stderr_logger_mt("ivshmctl");
   logger->set_pattern("ivshmctl: %v");
