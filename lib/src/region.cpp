@@ -70,6 +70,12 @@ std::string hex(uint64_t v) {
   return buf;
 }
 
+int differing_bytes(uint64_t a, uint64_t b) {
+  int n = 0;
+  for (uint64_t x = a ^ b; x != 0; x >>= 8) n += (x & 0xff) != 0 ? 1 : 0;
+  return n;
+}
+
 // The bytes a format writes, for the largest table: header, partition
 // entries and control blocks, up to the first data page.
 constexpr uint64_t kMetadataSpan =
@@ -178,6 +184,13 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
   };
   if (h.magic == 0)
     return make_error(Errc::not_formatted, path + ": not formatted (run 'ivshmctl format " + path + "')");
+  if (h.magic != IVSHMFS_MAGIC && differing_bytes(h.magic, IVSHMFS_MAGIC) <= 2) {
+    // Close to ours: a damaged ivshmfs region, not some other file.
+    return make_error(Errc::bad_magic, path + ": corrupt header: magic " + hex(h.magic) + " differs from " +
+                                           hex(IVSHMFS_MAGIC) + " in " +
+                                           std::to_string(differing_bytes(h.magic, IVSHMFS_MAGIC)) +
+                                           " byte(s): a damaged ivshmfs region");
+  }
   if (h.magic != IVSHMFS_MAGIC) {
     return make_error(Errc::bad_magic, path + ": bad magic " + hex(h.magic) + " (expected " + hex(IVSHMFS_MAGIC) +
                                            "): not an ivshmfs region");
@@ -316,7 +329,7 @@ Result<void> Region::check_format() const {
     // Same format id: nobody formatted it, someone damaged the magic.
     return make_error(Errc::corrupt_header, backend_->path() + ": corrupt header: the magic is now " + hex(magic) +
                                                 " (expected " + hex(IVSHMFS_MAGIC) +
-                                                "); the region was damaged, not formatted anew");
+                                                "), with the same format id: the header was damaged");
   }
   return {};
 }
