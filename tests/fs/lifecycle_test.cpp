@@ -285,5 +285,56 @@ TEST_F(Lifecycle, AnFstabEntryWorks) {
   ::unlink(log.c_str());
 }
 
+// A backend truncated under running daemons used to kill them with SIGBUS.
+// Now every access to what is gone fails with EIO, the daemons log why and
+// stay up, and SIGTERM still unmounts cleanly.
+TEST_F(Lifecycle, ABackendTruncatedUnderRunningDaemonsGivesEioAndTheyStayUp) {
+  Daemon a({region_.path(), dir_a_.path(), 0, {}});
+  ASSERT_TRUE(a.start()) << a.log();
+  Daemon b({region_.path(), dir_b_.path(), 1, {}});
+  ASSERT_TRUE(b.start()) << b.log();
+  append(a.file("vm0"), std::string(20000, 'a'));
+  append(b.file("vm1"), std::string(20000, 'b'));
+  ASSERT_EQ(read_all(a.file("vm1")).size(), 20000U);
+
+  ASSERT_EQ(::truncate(region_.path().c_str(), IVSHMFS_PAGE_SIZE), 0) << std::strerror(errno);
+
+  // A read of a peer's partition (copied) and of the own one (straight from
+  // the mapping), and an append: each fails with EIO, none kills the daemon.
+  auto read_errno = [](const std::string& path) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return errno;
+    char buf[4096];
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    const int err = n < 0 ? errno : 0;
+    ::close(fd);
+    return err;
+  };
+  EXPECT_EQ(read_errno(a.file("vm1")), EIO) << a.log();
+  EXPECT_EQ(read_errno(a.file("vm0")), EIO) << a.log();
+  {
+    const int fd = ::open(b.file("vm1").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd >= 0) {
+      const std::string more(8192, 'c');
+      EXPECT_EQ(::write(fd, more.data(), more.size()), -1) << "an append into a truncated backend succeeded";
+      EXPECT_TRUE(errno == EIO || errno == ENOSPC) << std::strerror(errno);
+      ::close(fd);
+    }
+  }
+  for (Daemon* d : {&a, &b}) {
+    EXPECT_EQ(::kill(d->pid(), 0), 0) << "the daemon died:\n" << d->log();
+    EXPECT_FALSE(d->exit_status().has_value()) << d->log();
+    EXPECT_TRUE(is_mounted(d->mountpoint()));
+  }
+  EXPECT_TRUE(eventually([&] { return a.log().find("shrank") != std::string::npos; })) << a.log();
+  for (Daemon* d : {&a, &b}) {
+    d->signal(SIGTERM);
+    const auto status = d->wait_exit();
+    ASSERT_TRUE(status.has_value()) << "the daemon ignored SIGTERM:\n" << d->log();
+    EXPECT_EQ(*status, 0) << d->log();
+    EXPECT_FALSE(is_mounted(d->mountpoint()));
+  }
+}
+
 }  // namespace
 }  // namespace ivshmfs::fstest
