@@ -25,7 +25,17 @@ unmount_all() {
     mountpoint -q "$v" 2>/dev/null && fusermount3 -u "$v" || true
   done
 }
-[ "$keep" = 1 ] || trap unmount_all EXIT
+# Without --keep nothing stays behind, also after a failure or Ctrl-C: the
+# views are unmounted, their directories and the 64 MiB region removed.
+remove_all() {
+  unmount_all
+  rm -f "$views/blob" "$region"
+  rmdir "$view0" "$view1" "$views" 2>/dev/null || true
+}
+if [ "$keep" != 1 ]; then
+  trap remove_all EXIT
+  trap 'exit 130' INT TERM
+fi
 unmount_all
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi
@@ -61,5 +71,5 @@ rm -f "$views/blob"
 if [ "$keep" = 1 ]; then
   printf '\nBoth views stay mounted: %s (vm0) and %s (vm1). Unmount with fusermount3 -u.\n' "$view0" "$view1"
 else
-  printf '\nDone; unmounting both views. Run with --keep to explore them.\n'
+  printf '\nDone; unmounting both views and removing %s. Run with --keep to explore them.\n' "$region"
 fi

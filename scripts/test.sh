@@ -20,11 +20,20 @@ build="$root/build"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
+# Regions in /dev/shm are RAM: every test removes what it made. Checked below.
+shm_before=$(ls -1d /dev/shm/ivshm* 2>/dev/null | sort)
 echo "== tests: $build"
 ctest --test-dir "$build" --output-on-failure --timeout 1500 "$@" 2>&1 | tee -a "$log" || status=1
 echo "== tests under AddressSanitizer and UndefinedBehaviorSanitizer: $build-asan"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir "$build-asan" --output-on-failure --timeout 1500 -LE 'guest|bench|fuzz|lint|package' "$@" 2>&1 | tee -a "$log" || status=1
+
+left=$(comm -13 <(echo "$shm_before") <(ls -1d /dev/shm/ivshm* 2>/dev/null | sort) | grep -v '^$')
+if [ -n "$left" ]; then
+  echo "== FAILED: the tests left regions behind in /dev/shm:"
+  echo "$left" | sed 's/^/   /'
+  status=1
+fi
 
 # One closing line for both runs, from ctest's own summaries.
 read -r passed failed < <(awk '/tests passed, [0-9]+ tests? failed out of/ {

@@ -148,8 +148,23 @@ if [ -z "$mount_skip" ]; then
 fi
 
 work=""
+mnt=""
 pids=()
 mounts=()
+# Regions the benchmark programs make are /dev/shm/ivshmfs-bench-WHAT-PID;
+# one that fails exits without removing its own. Newer than this marker and
+# with a PID that no longer runs means ours, left behind.
+started=$(mktemp /tmp/ivshmfs-bench-started.XXXXXX)
+remove_program_leftovers() {
+  local f pid
+  [ -e "$started" ] || return 0
+  for f in /dev/shm/ivshmfs-bench-*-*; do
+    [ -f "$f" ] && [ "$f" -nt "$started" ] || continue
+    pid=${f##*-}
+    case $pid in '' | *[!0-9]*) continue ;; esac
+    kill -0 "$pid" 2>/dev/null || rm -f "$f"
+  done
+}
 cleanup() {
   local m p
   for m in "${mounts[@]}"; do fusermount3 -u "$m" 2>/dev/null || umount -l "$m" 2>/dev/null; done
@@ -158,8 +173,12 @@ cleanup() {
   pids=(); mounts=()
   [ -n "$work" ] && rm -rf "$work"
   work=""
+  # Only empty directories: rmdir never reaches into a mount still there.
+  [ -n "$mnt" ] && rmdir "$mnt"/* "$mnt" 2>/dev/null
+  mnt=""
+  remove_program_leftovers
 }
-trap cleanup EXIT
+trap 'cleanup; rm -f "$started"' EXIT
 trap 'exit 130' INT TERM
 
 wait_mounted() {  # MOUNTPOINT PID

@@ -27,6 +27,7 @@ cleanup() {
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 n=0
 # Sets $file to a fresh, unique region file name (not created). Not called
