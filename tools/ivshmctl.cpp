@@ -208,6 +208,7 @@ int cmd_status(const Args& args) {
   // shown as such: the table is always printed.
   std::vector<PartitionStat> stats;
   std::vector<bool> mid_reset;
+  std::vector<bool> known;  // false: stat() gave up on the partition, only id and capacity are known
   for (const auto& p : r.partitions()) {
     auto s = r.stat(p.id);
     if (!s && s.error().code != Errc::busy) return fail(s.error());
@@ -219,7 +220,8 @@ int cmd_status(const Args& args) {
     } else {
       stats.push_back(*s);
     }
-    mid_reset.push_back(!s);
+    known.push_back(s.ok());
+    mid_reset.push_back(!s || s->generation % 2 != 0);
   }
   if (args.json) {
     std::printf("{\"backend\":\"%s\",\"kind\":\"%s\",\"version\":%u,\"region_size\":%" PRIu64
@@ -249,14 +251,18 @@ int cmd_status(const Args& args) {
   std::printf("%-4s %-22s %-5s %21s %10s  %s\n", "ID", "OWNER", "ALIVE", "LENGTH/CAPACITY", "GENERATION", "LAST WRITE");
   for (std::size_t i = 0; i < stats.size(); ++i) {
     const PartitionStat& s = stats[i];
-    if (mid_reset[i]) {
+    if (!known[i]) {
       std::printf("%-4u %-22s %-5s %21s %10s  %s\n", s.id, "?", "?", "mid-reset", "odd", "-");
       continue;
     }
     std::string owner = "-";
     if (s.claimed) owner = "pid " + std::to_string(s.owner_pid) + (s.owner_local ? " (here)" : " (remote)");
     char length[48];
-    std::snprintf(length, sizeof length, "%" PRIu64 "/%" PRIu64, s.length, s.capacity);
+    if (mid_reset[i]) {
+      std::snprintf(length, sizeof length, "mid-reset");
+    } else {
+      std::snprintf(length, sizeof length, "%" PRIu64 "/%" PRIu64, s.length, s.capacity);
+    }
     std::printf("%-4u %-22s %-5s %21s %10" PRIu64 "  %s\n", s.id, owner.c_str(),
                 s.claimed ? (s.alive ? "yes" : "stale") : "-", length, s.generation, iso_time(s.last_write_ns).c_str());
   }
