@@ -372,5 +372,35 @@ else
   fi
 fi
 
+echo "== a partition left mid-reset (odd generation)"
+"$ctl" format --size 1M "$tmp/midreset" >/dev/null
+printf 'before the reset' | "$ctl" write "$tmp/midreset" 1
+# What an owner killed inside a reset leaves: the generation of partition 1 odd.
+python3 - "$tmp/midreset" <<'PY'
+import struct, sys
+with open(sys.argv[1], "r+b") as f:
+    header = f.read(64)
+    control = struct.unpack_from("<Q", header, 48)[0]
+    f.seek(control + 128 * 1 + 8)
+    f.write(struct.pack("<Q", 7))
+PY
+out=$(timeout 20 "$ctl" status "$tmp/midreset" 2>&1)
+expect_eq "$?" 0 "status of a region with a partition mid-reset succeeds"
+if grep -qE '^1 .*mid-reset' <<<"$out"; then pass "status marks partition 1 mid-reset"; else
+  fail "status marks partition 1 mid-reset" "$out"
+fi
+if grep -qE '^0 +- +- +0/' <<<"$out"; then pass "status still shows the other partitions"; else
+  fail "status still shows the other partitions" "$out"
+fi
+out=$(timeout 20 "$ctl" status --json "$tmp/midreset" 2>&1)
+expect_eq "$(python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print([p["mid_reset"] for p in j["partitions"]])' "$out" 2>&1)" \
+  "[False, True, False, False]" "status --json marks partition 1 mid_reset"
+err=$(timeout 20 "$ctl" read "$tmp/midreset" 1 2>&1 >/dev/null)
+expect_eq "$?" 1 "a read of the partition mid-reset fails at once (124 would mean it spun)"
+expect_in "$err" "mid-reset" "the read says the partition is mid-reset"
+printf 'after' | "$ctl" write "$tmp/midreset" 1
+expect_eq "$?" 0 "the owner's next claim finishes the reset"
+expect_eq "$("$ctl" read "$tmp/midreset" 1)" "after" "the partition works again (the reset it finishes empties it)"
+
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" = 0 ]
