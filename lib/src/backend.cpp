@@ -3,9 +3,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <linux/magic.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
-#include <linux/magic.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
 #include <sys/statvfs.h>
@@ -62,8 +62,8 @@ Result<void> check_room(int fd, const std::string& path, uint64_t size) {
   if (::fstatvfs(fd, &vfs) == 0 && vfs.f_frsize > 0) {
     const uint64_t room = static_cast<uint64_t>(vfs.f_bavail) * vfs.f_frsize;
     if (size > room) {
-      return make_error(Errc::no_space, path + ": cannot create a region of " + format_size(size) + ": its filesystem has " +
-                                            format_size(room) + " free (of " +
+      return make_error(Errc::no_space, path + ": cannot create a region of " + format_size(size) +
+                                            ": its filesystem has " + format_size(room) + " free (of " +
                                             format_size(static_cast<uint64_t>(vfs.f_blocks) * vfs.f_frsize) + ")");
     }
   }
@@ -82,8 +82,9 @@ Result<void> check_room(int fd, const std::string& path, uint64_t size) {
     }
     const uint64_t available = available_kib * 1024;
     if (available > 0 && size > available / 2) {
-      spdlog::warn("{}: a region of {} lives in RAM (tmpfs) and takes more than half of the {} this system has available",
-                   path, format_size(size), format_size(available));
+      spdlog::warn(
+          "{}: a region of {} lives in RAM (tmpfs) and takes more than half of the {} this system has available", path,
+          format_size(size), format_size(available));
     }
   }
   return {};
@@ -275,8 +276,8 @@ Error Backend::loss_error() const {
                             now + "): the operation was not done",
                         ENOSPC}
                 : Error{Errc::io_error,
-                        path_ + ": the backing file shrank under us (" + now + ", the region " +
-                            std::to_string(size_) + "): its bytes are gone, the operation failed",
+                        path_ + ": the backing file shrank under us (" + now + ", the region " + std::to_string(size_) +
+                            "): its bytes are gone, the operation failed",
                         EIO};
   if (!loss_logged_.exchange(true)) spdlog::error("{}", e.message);
   return e;

@@ -99,8 +99,7 @@ bool MappingGuard::handle_fault(void* addr) noexcept {
     MappingLoss why = MappingLoss::no_space;
     struct stat st {};
     const int fd = slot.fd_.load(std::memory_order_relaxed);
-    if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-        page - begin >= static_cast<uintptr_t>(st.st_size)) {
+    if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && page - begin >= static_cast<uintptr_t>(st.st_size)) {
       why = MappingLoss::shrank;
     }
     // A private zero page in its place: the interrupted instruction completes

@@ -78,11 +78,10 @@ int differing_bytes(uint64_t a, uint64_t b) {
 
 // The bytes a format writes, for the largest table: header, partition
 // entries and control blocks, up to the first data page.
-constexpr uint64_t kMetadataSpan =
-    round_up(round_up(sizeof(ivshmfs_header) + IVSHMFS_MAX_PARTITIONS * sizeof(ivshmfs_partition_entry),
-                      IVSHMFS_CONTROL_ALIGN) +
-                 IVSHMFS_MAX_PARTITIONS * sizeof(ivshmfs_control),
-             IVSHMFS_PAGE_SIZE);
+constexpr uint64_t kMetadataSpan = round_up(
+    round_up(sizeof(ivshmfs_header) + IVSHMFS_MAX_PARTITIONS * sizeof(ivshmfs_partition_entry), IVSHMFS_CONTROL_ALIGN) +
+        IVSHMFS_MAX_PARTITIONS * sizeof(ivshmfs_control),
+    IVSHMFS_PAGE_SIZE);
 
 // The offset of the first byte set in the metadata area, nullopt when it is
 // blank (all zero, as a new sparse file or QEMU's fresh backend is): only a
@@ -126,10 +125,12 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   }
   if (!options.force) {
     if (auto set = first_nonzero_metadata(backend.bytes())) {
-      return make_error(Errc::already_formatted, path + ": holds no ivshmfs magic, but its header area is not blank "
-                                                        "(byte " + std::to_string(*set) +
-                                                        " is set): it may be a damaged region with peers' data; "
-                                                        "pass --force to format it anew");
+      return make_error(Errc::already_formatted, path +
+                                                     ": holds no ivshmfs magic, but its header area is not blank "
+                                                     "(byte " +
+                                                     std::to_string(*set) +
+                                                     " is set): it may be a damaged region with peers' data; "
+                                                     "pass --force to format it anew");
     }
   }
 
@@ -393,7 +394,8 @@ Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) con
       continue;
     }
     ReadView v{{data(*p) + offset, committed_bytes(*c, *p, offset, max)}, gen};
-    if (backend_->mapping_lost()) [[unlikely]] return backend_->loss_error();
+    if (backend_->mapping_lost()) [[unlikely]]
+      return backend_->loss_error();
     return v;
   }
   return keeps_resetting(*this, id);
@@ -410,7 +412,8 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
     if (gen % 2 == 0) [[likely]] {  // odd: a reset is under way
       const std::size_t n = committed_bytes(*c, *p, offset, out.size());
       if (n > 0) std::memcpy(out.data(), base + offset, n);
-      if (backend_->mapping_lost()) [[unlikely]] return backend_->loss_error();
+      if (backend_->mapping_lost()) [[unlikely]]
+        return backend_->loss_error();
       // Committed bytes never change within a generation, so an unchanged
       // generation proves the copy is all from one.
       std::atomic_thread_fence(std::memory_order_acquire);

@@ -192,7 +192,8 @@ Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
 std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
   if (writer_ == nullptr) return 0;
   n = std::min(n, bytes_.size());
-  if (writer_->region_->backend().mapping_lost()) [[unlikely]] n = 0;  // the bytes went to a private page
+  if (writer_->region_->backend().mapping_lost()) [[unlikely]]
+    n = 0;  // the bytes went to a private page
   if (n > 0) writer_->publish(length_ + n);
   writer_->reserved_ = false;
   writer_ = nullptr;
@@ -207,7 +208,8 @@ Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
     return refusal();
   const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(room, bytes.size()));
   std::memcpy(data_ + length_, bytes.data(), n);
-  if (region_->backend().mapping_lost()) [[unlikely]] return region_->backend().loss_error();
+  if (region_->backend().mapping_lost()) [[unlikely]]
+    return region_->backend().loss_error();
   publish(length_ + n);
   return n;
 }
