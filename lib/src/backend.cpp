@@ -266,19 +266,24 @@ Result<void> Backend::ensure_backed(uint64_t offset, uint64_t length) const {
 }
 
 Error Backend::loss_error() const {
-  const auto why = static_cast<detail::MappingLoss>(lost_->load(std::memory_order_relaxed));
   struct stat st {};
   const std::string now =
       ::fstat(fd_, &st) == 0 ? "it is " + std::to_string(st.st_size) + " bytes" : std::string("it cannot be examined");
-  Error e = why == detail::MappingLoss::no_space
-                ? Error{Errc::io_error,
-                        path_ + ": no space left to back the region's pages (a sparse file on a full filesystem; " +
-                            now + "): the operation was not done",
-                        ENOSPC}
-                : Error{Errc::io_error,
-                        path_ + ": the backing file shrank under us (" + now + ", the region " + std::to_string(size_) +
-                            "): its bytes are gone, the operation failed",
-                        EIO};
+  Error e{Errc::io_error, {}, EIO};
+  switch (static_cast<detail::MappingLoss>(lost_->load(std::memory_order_relaxed))) {
+    case detail::MappingLoss::no_space:
+      e.sys_errno = ENOSPC;
+      e.message = path_ + ": no space left to back the region's pages (a sparse file on a full filesystem; " + now +
+                  "): the operation was not done";
+      break;
+    case detail::MappingLoss::gone:
+      e.message = path_ + ": the device's memory went away under us (was the device unbound?): the operation failed";
+      break;
+    default:
+      e.message = path_ + ": the backing file shrank under us (" + now + ", the region " + std::to_string(size_) +
+                  "): its bytes are gone, the operation failed";
+      break;
+  }
   if (!loss_logged_.exchange(true)) spdlog::error("{}", e.message);
   return e;
 }

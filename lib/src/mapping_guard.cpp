@@ -96,11 +96,11 @@ bool MappingGuard::handle_fault(void* addr) noexcept {
     const uintptr_t begin = slot.begin_.load(std::memory_order_acquire);
     if (begin == 0 || at < begin || at >= slot.end_.load(std::memory_order_relaxed)) continue;
     const uintptr_t page = at & ~(table.page_size - 1);
-    MappingLoss why = MappingLoss::no_space;
+    MappingLoss why = MappingLoss::gone;
     struct stat st {};
     const int fd = slot.fd_.load(std::memory_order_relaxed);
-    if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && page - begin >= static_cast<uintptr_t>(st.st_size)) {
-      why = MappingLoss::shrank;
+    if (fd >= 0 && ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode)) {
+      why = page - begin >= static_cast<uintptr_t>(st.st_size) ? MappingLoss::shrank : MappingLoss::no_space;
     }
     // A private zero page in its place: the interrupted instruction completes
     // against memory no peer sees, and the caller learns from the mark.

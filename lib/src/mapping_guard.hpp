@@ -20,6 +20,7 @@ enum class MappingLoss : uint32_t {
   none = 0,
   shrank = 1,    // the fault lay past the end of the backing file
   no_space = 2,  // inside the file: its filesystem could not supply a page
+  gone = 3,      // not a regular file: the device's mapping was revoked (unbound)
 };
 
 // One registered mapping. Slots live in static storage, so the signal

@@ -20,7 +20,7 @@ typedef struct ivshmfs_region ivshmfs_region;
 
 /* ivshmfs_open_options.flags */
 #define IVSHMFS_OPEN_WRITE 0x1u  /* claim this peer's partition for appending */
-#define IVSHMFS_OPEN_CREATE 0x2u /* create and format a missing or empty host file */
+#define IVSHMFS_OPEN_CREATE 0x2u /* create and format a missing or blank host file, never a damaged one */
 #define IVSHMFS_OPEN_FORCE 0x4u  /* with WRITE: take the partition even from a live owner */
 
 /* ivshmfs_open_options.id: resolve from the hostname (vmN, vmN-name, N_name). */
