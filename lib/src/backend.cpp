@@ -256,8 +256,10 @@ Result<void> Backend::ensure_backed(uint64_t offset, uint64_t length) const {
   if (writable_) {
     // Faults the pages in now rather than one per append later; a page that
     // would raise SIGBUS on access fails here with EFAULT. Older kernels and
-    // some device mappings do not support it (EINVAL): best effort then.
-    if (::madvise(base_ + offset, length, MADV_POPULATE_WRITE) != 0 && errno == EFAULT) {
+    // some device mappings do not support it (EINVAL): best effort then, and
+    // on devices (no filesystem to run out of space) always.
+    if (::madvise(base_ + offset, length, MADV_POPULATE_WRITE) != 0 && errno == EFAULT &&
+        kind_ == BackendKind::host_file) {
       return make_error(Errc::no_space, path_ + ": " + format_size(length) + " at offset " + std::to_string(offset) +
                                             " of the region cannot be backed (is its filesystem full?)");
     }
