@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <fstream>
 #include <vector>
 
@@ -69,16 +70,10 @@ Result<void> check_room(int fd, const std::string& path, uint64_t size) {
   }
   struct statfs fs {};
   if (::fstatfs(fd, &fs) == 0 && fs.f_type == TMPFS_MAGIC) {
-    uint64_t available_kib = 0;
+    unsigned long long available_kib = 0;
     std::ifstream meminfo("/proc/meminfo");
-    std::string key;
-    uint64_t value = 0;
-    std::string unit;
-    while (meminfo >> key >> value >> unit) {
-      if (key == "MemAvailable:") {
-        available_kib = value;
-        break;
-      }
+    for (std::string line; std::getline(meminfo, line);) {
+      if (std::sscanf(line.c_str(), "MemAvailable: %llu kB", &available_kib) == 1) break;
     }
     const uint64_t available = available_kib * 1024;
     if (available > 0 && size > available / 2) {
