@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -334,6 +335,39 @@ TEST_F(Lifecycle, ABackendTruncatedUnderRunningDaemonsGivesEioAndTheyStayUp) {
     EXPECT_EQ(*status, 0) << d->log();
     EXPECT_FALSE(is_mounted(d->mountpoint()));
   }
+}
+
+// A peer's partition left mid-reset (its owner killed inside a reset leaves
+// the generation odd): reads of it fail at once with EAGAIN instead of
+// spinning, .status marks it, and the other partitions work on.
+TEST_F(Lifecycle, APartitionLeftMidResetIsReportedAndReadsFailWithEagain) {
+  Daemon d({region_.path(), dir_a_.path(), 0, {}});
+  ASSERT_TRUE(d.start()) << d.log();
+  append(d.file("vm0"), "still fine");
+  {
+    auto backend = Backend::open(region_.path(), BackendOptions{true, false, 0});
+    ASSERT_TRUE(backend.ok()) << backend.error().message;
+    auto region = Region::open(std::move(*backend));
+    ASSERT_TRUE(region.ok()) << region.error().message;
+    const PartitionInfo* p = (*region)->find(1);
+    ASSERT_NE(p, nullptr);
+    std::atomic_ref<uint64_t>((*region)->control(*p)->generation).store(7, std::memory_order_release);
+  }
+  const int fd = ::open(d.file("vm1").c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    char buf[64];
+    EXPECT_EQ(::read(fd, buf, sizeof buf), -1) << "a read of a partition mid-reset returned data";
+    EXPECT_EQ(errno, EAGAIN) << std::strerror(errno);
+    ::close(fd);
+  } else {
+    EXPECT_EQ(errno, EAGAIN) << std::strerror(errno);
+  }
+  const std::string status = read_all(d.file(".status"));
+  EXPECT_NE(status.find("partition id=1 "), std::string::npos) << status;
+  const auto line1 = status.substr(status.find("partition id=1 "));
+  EXPECT_NE(line1.substr(0, line1.find('\n')).find("state=mid-reset"), std::string::npos) << status;
+  EXPECT_EQ(read_all(d.file("vm0")), "still fine");
+  EXPECT_EQ(::kill(d.pid(), 0), 0) << d.log();
 }
 
 }  // namespace
