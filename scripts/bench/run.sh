@@ -276,7 +276,6 @@ if [ -z "$mount_skip" ]; then
   log "-- commit-to-seen through the mount (follow view, data flowing)"
   run "$tool" follow-latency "$mnt/a/vm0" "$mnt/b/follow/vm0" "$follow_count" "$follow_interval_us" >&2
   cleanup
-  rmdir "$mnt/a" "$mnt/b" "$mnt/pt" "$mnt" 2>/dev/null
 else
   log "-- through the mount: $mount_skip"
 fi
