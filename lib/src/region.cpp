@@ -302,8 +302,7 @@ Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const R
       if (!backend) return std::move(backend).error();
     }
   }
-  auto region = open(std::move(backend).value());
-  return region;
+  return open(std::move(backend).value());
 }
 
 const PartitionInfo* Region::find(uint32_t id) const noexcept {
