@@ -218,6 +218,28 @@ else
   done
   expect_eq "$("$ctl" read "$region" 0)" "peer zerovia-mount-0;via-mount-1;via-mount-2;" \
     "partition 0 holds exactly the appends made through the mounts"
+
+  # Detached (no -f): the daemon's descriptors are /dev/null after the fork;
+  # before it, the closed ones must not have become the backend either.
+  cp "$region" "$tmp/before"
+  "$fs" -o id=0,poll_max_ms=20 "$region" "$mnt" 0<&- 1>&- 2>&-
+  status=$?
+  expect_eq "$status" 0 "a detached ivshmfs with 0-2 closed mounts"
+  if is_mounted "$mnt"; then
+    printf 'detached;' >>"$mnt/vm0"
+    fusermount3 -u "$mnt"
+    # Wait until the detached daemon has released its claim (it exits then).
+    for _ in $(seq 1 300); do
+      [ "$("$ctl" status --json "$region" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitions"][0]["claimed"])')" = False ] && break
+      sleep 0.05
+    done
+    expect_eq "$(region_diff "$tmp/before" "$region" | tr '\n' ' ')" "control 0 data 0 " \
+      "a detached ivshmfs with 0-2 closed changes only its own partition"
+    expect_eq "$("$ctl" read "$region" 0)" "peer zerovia-mount-0;via-mount-1;via-mount-2;detached;" \
+      "the detached daemon appended exactly the record"
+  else
+    fail "a detached ivshmfs with 0-2 closed is not mounted"
+  fi
 fi
 
 echo "== files that are not regions"

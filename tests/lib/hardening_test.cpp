@@ -175,6 +175,44 @@ TEST_F(TinyTmpfs, CreatingARegionLargerThanTheFilesystemIsRefusedWithTheFiguresA
   EXPECT_NE(::access(path.c_str(), F_OK), 0) << "the refused create left " << path << " behind";
 }
 
+// A page of the claimed partition loses its backing later (a hole punched
+// in it) while the filesystem is full: the append's copy faults, and the
+// error says ENOSPC, not "shrank" (the file keeps its size).
+TEST_F(TinyTmpfs, AnAppendIntoAHoleOnAFullTmpfsFailsWithEnospc) {
+  const std::string path = dir_ + "/region";
+  format_file(path, 256 << 10, 1);
+  auto region = open_region(path, true);
+  ASSERT_TRUE(region);
+  auto writer = PartitionWriter::claim(region, 0, ClaimOptions{{}, std::chrono::milliseconds(0), false});
+  ASSERT_TRUE(writer.ok()) << writer.error().message;
+  ASSERT_TRUE((*writer)->append(as_bytes("kept")).ok());
+  {
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    const off_t data = static_cast<off_t>(region->partitions().front().data_offset);
+    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, data + 4096, 64 << 10), 0)
+        << std::strerror(errno);
+    ::close(fd);
+  }
+  // Fill the filesystem, so the hole cannot get its pages back.
+  const std::string filler = dir_ + "/filler";
+  const int fd = ::open(filler.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  ASSERT_GE(fd, 0);
+  std::vector<char> chunk(4096, 'f');
+  while (::write(fd, chunk.data(), chunk.size()) > 0) {
+  }
+  ::close(fd);
+  std::vector<std::byte> record(16 << 10, std::byte{2});
+  auto n = (*writer)->append(record);
+  ASSERT_FALSE(n.ok()) << "an append into an unbackable hole succeeded";
+  EXPECT_EQ(n.error().negative_errno(), -ENOSPC) << n.error().message;
+  EXPECT_NE(n.error().message.find("no space"), std::string::npos) << n.error().message;
+  auto s = region->snapshot(0);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->length, 4u) << "the failed append published its length";
+  ::unlink(filler.c_str());
+}
+
 // ---------------------------------------------------------------------------
 // Files that are not regions; descriptors 0-2
 
