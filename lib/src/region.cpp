@@ -392,12 +392,11 @@ Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) con
       backoff(attempt);
       continue;
     }
-    ReadView v{{data(*p) + offset, committed_bytes(*c, *p, offset, max)}, gen};
     if (backend_->mapping_lost()) [[unlikely]]
       return backend_->loss_error();
-    return v;
+    return ReadView{{data(*p) + offset, committed_bytes(*c, *p, offset, max)}, gen};
   }
-  return keeps_resetting(*this, id);
+  return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
 }
 
 Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::byte> out, uint64_t* generation) const {
