@@ -388,12 +388,12 @@ Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) con
   ivshmfs_control* c = control(*p);
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
     const uint64_t gen = load_acquire(c->generation);
+    if (backend_->mapping_lost()) [[unlikely]]
+      return backend_->loss_error();
     if (gen % 2 != 0) {  // a reset is under way
       backoff(attempt);
       continue;
     }
-    if (backend_->mapping_lost()) [[unlikely]]
-      return backend_->loss_error();
     return ReadView{{data(*p) + offset, committed_bytes(*c, *p, offset, max)}, gen};
   }
   return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
@@ -410,11 +410,11 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
     if (gen % 2 == 0) [[likely]] {  // odd: a reset is under way
       const std::size_t n = committed_bytes(*c, *p, offset, out.size());
       if (n > 0) std::memcpy(out.data(), base + offset, n);
-      if (backend_->mapping_lost()) [[unlikely]]
-        return backend_->loss_error();
       // Committed bytes never change within a generation, so an unchanged
       // generation proves the copy is all from one.
       std::atomic_thread_fence(std::memory_order_acquire);
+      if (backend_->mapping_lost()) [[unlikely]]
+        return backend_->loss_error();
       if (load_relaxed(c->generation) == gen) [[likely]] {
         if (generation != nullptr) *generation = gen;
         return n;

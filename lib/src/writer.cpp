@@ -191,9 +191,9 @@ Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
 
 std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
   if (writer_ == nullptr) return 0;
-  n = std::min(n, bytes_.size());
   if (writer_->region_->backend().mapping_lost()) [[unlikely]]
-    n = 0;  // the bytes went to a private page
+    n = 0;  // the bytes went to a private page, never to the region
+  n = std::min(n, bytes_.size());
   if (n > 0) writer_->publish(length_ + n);
   writer_->reserved_ = false;
   writer_ = nullptr;
