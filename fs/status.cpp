@@ -34,16 +34,16 @@ std::string format_status(const Region& region, std::optional<uint32_t> self_id,
     auto s = region.stat(p.id);
     if (!s) {
       // busy: the generation stays odd, a reset its owner never finished.
-      out += fmt::format("partition id={} file={} state={} error={}\n", p.id, partition_file_name(p.id),
-                         s.error().code == Errc::busy ? "mid-reset" : "error", to_string(s.error().code));
+      out += fmt::format("partition id={} file={} mid_reset={} error={}\n", p.id, partition_file_name(p.id),
+                         s.error().code == Errc::busy ? 1 : 0, to_string(s.error().code));
       continue;
     }
     out += fmt::format(
         "partition id={} file={} self={} claimed={} alive={} owner_pid={} owner_local={} owner_since_ns={} "
-        "owner_heartbeat_ns={} length={} capacity={} free={} generation={} last_write_ns={} state={}\n",
+        "owner_heartbeat_ns={} length={} capacity={} free={} generation={} last_write_ns={} mid_reset={}\n",
         p.id, partition_file_name(p.id), self_id == p.id ? 1 : 0, s->claimed ? 1 : 0, s->alive ? 1 : 0, s->owner_pid,
         s->owner_local ? 1 : 0, s->owner_since_ns, s->owner_heartbeat_ns, s->length, s->capacity,
-        s->capacity - s->length, s->generation, s->last_write_ns, s->generation % 2 != 0 ? "mid-reset" : "ok");
+        s->capacity - s->length, s->generation, s->last_write_ns, s->generation % 2 != 0 ? 1 : 0);
   }
   return out;
 }

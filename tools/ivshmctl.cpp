@@ -266,6 +266,13 @@ int cmd_status(const Args& args) {
     std::printf("%-4u %-22s %-5s %21s %10" PRIu64 "  %s\n", s.id, owner.c_str(),
                 s.claimed ? (s.alive ? "yes" : "stale") : "-", length, s.generation, iso_time(s.last_write_ns).c_str());
   }
+  for (std::size_t i = 0; i < stats.size(); ++i) {
+    if (mid_reset[i]) {
+      std::printf(
+          "partition %u: a reset stays half done (its owner stopped or died in it); the next claim finishes it\n",
+          stats[i].id);
+    }
+  }
   return 0;
 }
 
@@ -372,8 +379,8 @@ const std::map<std::string, Command>& commands() {
         "Usage: ivshmctl status [--json] [BACKEND]\n\n"
         "Show the region's layout and, per partition: id, owner, whether the owner is alive\n"
         "(heartbeating), committed length and capacity, generation (resets), last write.\n"
-        "A partition whose reset never finished (an owner stopped mid-reset) shows as\n"
-        "'mid-reset' (\"mid_reset\": true in JSON); its owner finishes the reset.\n\n"
+        "A partition whose reset never finished (its owner stopped or died in it) is named\n"
+        "below the table (\"mid_reset\": true in JSON); the next claim finishes the reset.\n\n"
         "  --json            one JSON object instead of the table\n",
         cmd_status}},
       {"read",

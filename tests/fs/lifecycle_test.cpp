@@ -365,7 +365,7 @@ TEST_F(Lifecycle, APartitionLeftMidResetIsReportedAndReadsFailWithEagain) {
   const std::string status = read_all(d.file(".status"));
   EXPECT_NE(status.find("partition id=1 "), std::string::npos) << status;
   const auto line1 = status.substr(status.find("partition id=1 "));
-  EXPECT_NE(line1.substr(0, line1.find('\n')).find("state=mid-reset"), std::string::npos) << status;
+  EXPECT_NE(line1.substr(0, line1.find('\n')).find("mid_reset=1"), std::string::npos) << status;
   EXPECT_EQ(read_all(d.file("vm0")), "still fine");
   EXPECT_EQ(::kill(d.pid(), 0), 0) << d.log();
 }
