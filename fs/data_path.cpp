@@ -3,6 +3,8 @@
 // release of partition files, and the page-cache bookkeeping for them.
 #include "fs_internal.hpp"
 
+#include <fcntl.h>
+
 #include <cstring>
 
 #include "status.hpp"
@@ -41,16 +43,24 @@ void Filesystem::setattr(fuse_req_t req, fuse_ino_t ino, const struct stat* attr
       fuse_reply_err(req, EACCES);
       return;
     }
-    // Partitions are append-only: only truncating to zero (a reset) exists.
-    if (attr->st_size != 0) {
-      fuse_reply_err(req, EPERM);
-      return;
-    }
     if (stale_) {
       fuse_reply_err(req, EIO);
       return;
     }
-    if (const int error = reset_own_partition(); error != 0) {
+    // Partitions are append-only: truncating to zero is a reset, truncating
+    // to the committed length changes nothing and succeeds (rsync --append
+    // and others set the size they just wrote), any other size is refused.
+    if (attr->st_size != 0) {
+      auto s = region_->snapshot(slots_[node.index]->info.id);
+      if (!s) {
+        fuse_reply_err(req, errno_of(s.error()));
+        return;
+      }
+      if (static_cast<uint64_t>(attr->st_size) != s->length) {
+        fuse_reply_err(req, EPERM);
+        return;
+      }
+    } else if (const int error = reset_own_partition(); error != 0) {
       fuse_reply_err(req, error);
       return;
     }
@@ -89,6 +99,7 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   handle->kind = node.kind;
   handle->index = node.index;
   handle->writable = node.kind == NodeKind::partition && (fi->flags & O_ACCMODE) != O_RDONLY;
+  handle->append = (fi->flags & O_APPEND) != 0;
   if (node.kind == NodeKind::status) handle->text = format_status(*region_, self_id_, stale_);
   if (node.kind == NodeKind::partition || node.kind == NodeKind::follow) {
     if (node.kind == NodeKind::partition && (fi->flags & O_TRUNC) != 0) {
@@ -184,7 +195,7 @@ void Filesystem::read(fuse_req_t req, std::size_t size, off_t off, fuse_file_inf
   read_partition(req, h, size, off);
 }
 
-void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, fuse_file_info* fi) {
+void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file_info* fi) {
   const auto& h = *reinterpret_cast<const Handle*>(fi->fh);
   if (!h.writable) {
     fuse_reply_err(req, EBADF);
@@ -195,6 +206,11 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, fuse_file_info* fi) 
     return;
   }
   const std::size_t size = fuse_buf_size(in);
+  // The kernel sends the descriptor's current flags with every write (so an
+  // O_APPEND set or cleared later with fcntl counts); they always hold the
+  // access mode, so zero means a kernel that sent none: then the open's.
+  const bool append_mode = fi->flags != 0 ? (fi->flags & O_APPEND) != 0 : h.append;
+  spdlog::trace("write {} bytes at {}{}", size, off, append_mode ? " (O_APPEND)" : "");
   if (size == 0) {
     fuse_reply_write(req, 0);
     return;
@@ -204,12 +220,32 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, fuse_file_info* fi) 
     fuse_reply_err(req, EIO);
     return;
   }
-  // The file offset is ignored: every write appends at the committed length.
   // Under the append lock this write is committed whole (or, when the
   // partition fills, as much as fits) and never interleaves with another.
+  std::unique_lock append(append_mutex_);
+  if (!append_mode) {
+    // Honest appends: a write lands where the program asked, or nowhere.
+    // Only the end of the committed bytes can take new ones; a write that
+    // seeks back to overwrite (or past the end, to leave a hole) is refused
+    // with EPERM, as Linux refuses to modify an append-only (chattr +a) file,
+    // so the program stops instead of believing it overwrote.
+    auto s = region_->snapshot(writer_->id());
+    if (!s) {
+      append.unlock();
+      lock.unlock();
+      fuse_reply_err(req, errno_of(s.error()));
+      return;
+    }
+    if (off < 0 || static_cast<uint64_t>(off) != s->length) {
+      append.unlock();
+      lock.unlock();
+      spdlog::debug("write of {} bytes at offset {} refused: the partition ends at {}", size, off, s->length);
+      fuse_reply_err(req, EPERM);
+      return;
+    }
+  }
   // One copy: from the request (libfuse's buffer, or the pipe the kernel
   // spliced the writer's pages into) straight into the partition.
-  std::unique_lock append(append_mutex_);
   auto room = writer_->reserve(size);
   if (!room) {
     append.unlock();

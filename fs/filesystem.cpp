@@ -131,9 +131,9 @@ struct Filesystem::Ops {
     reply_exception(req);
   }
 
-  static void write_buf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t /*off*/, fuse_file_info* fi) noexcept
+  static void write_buf(fuse_req_t req, fuse_ino_t /*ino*/, fuse_bufvec* in, off_t off, fuse_file_info* fi) noexcept
       try {
-    self(req).write_buf(req, in, fi);
+    self(req).write_buf(req, in, off, fi);
   } catch (...) {
     reply_exception(req);
   }

@@ -81,7 +81,7 @@ class Filesystem {
   void readdir(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t off);
   void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void read(fuse_req_t req, std::size_t size, off_t off, fuse_file_info* fi);
-  void write_buf(fuse_req_t req, fuse_bufvec* in, fuse_file_info* fi);
+  void write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file_info* fi);
   void release(fuse_req_t req, fuse_file_info* fi);
   void statfs(fuse_req_t req);
   void poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph);

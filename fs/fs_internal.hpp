@@ -83,8 +83,9 @@ struct Filesystem::Handle {
   NodeKind kind = NodeKind::none;
   uint32_t index = 0;
   bool writable = false;
-  std::string text;  // .status: the snapshot taken at open
-  std::mutex mutex;  // guards position and generation
+  bool append = false;  // opened with O_APPEND
+  std::string text;     // .status: the snapshot taken at open
+  std::mutex mutex;     // guards position and generation
   // Partition files: the end of the last read (poll reports POLLIN past it).
   // Follow files: the cursor, independent of the kernel's file offset.
   uint64_t position = 0;

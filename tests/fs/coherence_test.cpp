@@ -141,7 +141,7 @@ TEST_F(Peers, EpollOnTheFollowViewWakesWhenAPeerCommits) {
 }
 
 TEST_F(Peers, FollowReadsWaitForMoreData) {
-  const int w = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  const int w = ::open(a_->file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
   ASSERT_GE(w, 0);
   ASSERT_EQ(::write(w, "first", 5), 5);
   const int fd = ::open(b_->file("follow/vm0").c_str(), O_RDONLY | O_CLOEXEC);
@@ -192,7 +192,7 @@ TEST_F(Peers, FollowStreamsThroughCatIntoAPipe) {
   for (int i = 0; i < 20; ++i) {
     const std::string line = "line " + std::to_string(i) + "\n";
     expected += line;
-    const int w = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+    const int w = ::open(a_->file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
     ASSERT_GE(w, 0);
     ASSERT_EQ(::write(w, line.data(), line.size()), static_cast<ssize_t>(line.size()));
     ::close(w);

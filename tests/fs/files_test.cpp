@@ -83,18 +83,47 @@ TEST_F(TwoPeers, OpeningAnotherPeersFileForWritingIsEACCESEvenForRoot) {
   EXPECT_EQ(open_errno(a_->file("follow/vm0"), O_WRONLY), EACCES);
 }
 
-TEST_F(TwoPeers, WritesAppendWhateverTheOffset) {
+TEST_F(TwoPeers, AWriteAtTheEndAppendsAndAnywhereElseIsEPERM) {
   const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0) << std::strerror(errno);
-  EXPECT_EQ(::write(fd, "abc", 3), 3);
-  EXPECT_EQ(::pwrite(fd, "XYZ", 3, 0), 3) << "pwrite at offset 0 appends";
+  EXPECT_EQ(::write(fd, "abc", 3), 3) << "the first write starts at the end (0)";
+  EXPECT_EQ(::write(fd, "def", 3), 3) << "sequential writes continue at the end";
+  EXPECT_EQ(::pwrite(fd, "XYZ", 3, 0), -1) << "an overwrite is refused, not moved";
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(::pwrite(fd, "XYZ", 3, 5), -1) << "overlapping the end is refused too";
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(::pwrite(fd, "!", 1, 1000), -1) << "a write past the end would leave a hole";
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(::pwrite(fd, "ghi", 3, 6), 3) << "a pwrite exactly at the end appends";
   EXPECT_EQ(::lseek(fd, 1, SEEK_SET), 1);
-  EXPECT_EQ(::write(fd, "12", 2), 2);
-  EXPECT_EQ(::pwrite(fd, "!", 1, 1000000), 1) << "an offset past the end appends too";
+  EXPECT_EQ(::write(fd, "12", 2), -1);
+  EXPECT_EQ(errno, EPERM);
   ::close(fd);
-  append(a_->file("vm0"), "tail");
-  EXPECT_EQ(read_all(a_->file("vm0")), "abcXYZ12!tail");
-  EXPECT_EQ(read_all(b_->file("vm0")), "abcXYZ12!tail");
+  EXPECT_EQ(read_all(a_->file("vm0")), "abcdefghi") << "refused writes changed nothing";
+  EXPECT_EQ(read_all(b_->file("vm0")), "abcdefghi");
+}
+
+TEST_F(TwoPeers, AnOAppendDescriptorAlwaysAppends) {
+  append(a_->file("vm0"), "one\n");
+  const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  EXPECT_EQ(::lseek(fd, 0, SEEK_SET), 0);
+  EXPECT_EQ(::write(fd, "two\n", 4), 4) << "O_APPEND: the file offset does not matter";
+  EXPECT_EQ(::pwrite(fd, "three\n", 6, 0), 6) << "Linux appends a pwrite on an O_APPEND descriptor";
+  ::close(fd);
+  // O_APPEND set later with fcntl counts as well (the kernel sends the
+  // descriptor's flags with every write).
+  const int fd2 = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd2, 0);
+  EXPECT_EQ(::write(fd2, "four\n", 5), -1) << "without O_APPEND a write at offset 0 is refused";
+  EXPECT_EQ(errno, EPERM);
+  ASSERT_EQ(::fcntl(fd2, F_SETFL, O_APPEND), 0);
+  EXPECT_EQ(::write(fd2, "four\n", 5), 5) << std::strerror(errno);
+  ASSERT_EQ(::fcntl(fd2, F_SETFL, 0), 0);
+  EXPECT_EQ(::pwrite(fd2, "five\n", 5, 0), -1) << "O_APPEND cleared again: refused";
+  EXPECT_EQ(errno, EPERM);
+  ::close(fd2);
+  EXPECT_EQ(read_all(b_->file("vm0")), "one\ntwo\nthree\nfour\n");
 }
 
 TEST_F(TwoPeers, DataIsBinarySafe) {
@@ -133,15 +162,20 @@ TEST_F(TwoPeers, OTruncAndTruncateToZeroReset) {
   EXPECT_EQ(read_all(b_->file("vm0")), "");
 }
 
-TEST_F(TwoPeers, TruncateToANonZeroSizeIsEPERM) {
+TEST_F(TwoPeers, TruncateToTheLengthIsANoOpAndToAnyOtherNonZeroSizeEPERM) {
   append(a_->file("vm0"), "0123456789");
+  const std::string generation = xattr(b_->file("vm0"), "user.ivshmfs.generation");
+  EXPECT_EQ(errno_of(::truncate(a_->file("vm0").c_str(), 10)), 0) << "truncate to the current length succeeds";
   EXPECT_EQ(errno_of(::truncate(a_->file("vm0").c_str(), 5)), EPERM);
   EXPECT_EQ(errno_of(::truncate(a_->file("vm0").c_str(), 100)), EPERM);
   const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0);
   EXPECT_EQ(errno_of(::ftruncate(fd, 3)), EPERM);
+  EXPECT_EQ(errno_of(::ftruncate(fd, 10)), 0);
   ::close(fd);
-  EXPECT_EQ(read_all(b_->file("vm0")), "0123456789") << "a refused truncate changes nothing";
+  EXPECT_EQ(read_all(b_->file("vm0")), "0123456789") << "a refused or no-op truncate changes nothing";
+  EXPECT_EQ(xattr(b_->file("vm0"), "user.ivshmfs.generation"), generation) << "no reset happened";
+  EXPECT_EQ(errno_of(::truncate(a_->file("vm1").c_str(), 0)), EACCES) << "another peer's file: still refused";
 }
 
 TEST_F(TwoPeers, AFullPartitionGivesAShortWriteThenENOSPC) {
