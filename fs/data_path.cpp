@@ -13,6 +13,53 @@ namespace ivshmfs::fs {
 
 using namespace detail;
 
+// The page cache rule. Partition files opened for reading go through the
+// kernel's page cache. Committed bytes never change within a generation, so
+// a cached page is right until its partition is reset, with one exception
+// handled below (the last, partial page). Every page the kernel may hold of a
+// file was read from generation slot.cache_generation:
+//  - a read whose bytes are of another generation is refused (ESTALE), never
+//    cached next to pages of the old one;
+//  - the watcher, on seeing a new generation, drops every cached page of the
+//    file (fuse_lowlevel_notify_inval_inode, from its own thread, never from
+//    inside a request on that inode) and then moves cache_generation on;
+//  - open and getattr (which hold no page of the file) wait for the watcher
+//    when the generation moved, so stat-then-read and reopen-then-read see
+//    the new contents at once; reads in flight across a reset get ESTALE.
+// The last page: a page cached while it held the partition's end is short.
+// A read past the size the kernel knows asks for the attributes, and the
+// kernel drops the file's pages whenever the size changed (we leave
+// FUSE_CAP_EXPLICIT_INVAL_DATA off for that); the watcher also drops the old
+// last page of a peer's file when it grows (mappings see the new bytes); an
+// own append through a direct-I/O writer drops it before the write returns.
+bool Filesystem::may_cache(Node node) const noexcept {
+  if (node.kind != NodeKind::partition) return false;
+  // Dropping the own file's last page happens inside the write request and
+  // waits for reads other threads serve: not with a single thread.
+  if (node.index == self_index_) return !single_thread_;
+  return true;
+}
+
+bool Filesystem::wait_cache_current(Slot& slot, uint64_t generation) {
+  std::unique_lock lock(slot.cache_mutex);
+  if (slot.cache_generation == generation) return true;
+  lock.unlock();
+  watcher_.kick();
+  lock.lock();
+  // Bounded: the watcher normally answers within a tick; should it be held
+  // up, the caller goes on without the kernel's cache.
+  return slot.cache_moved.wait_for(lock, std::chrono::milliseconds(500),
+                                   [&] { return slot.cache_generation == generation; });
+}
+
+void Filesystem::invalidate_own_tail(uint64_t old_length) noexcept {
+  if (fuse_ == nullptr || self_index_ == kNoPartition) return;
+  if (slots_[self_index_]->lookups.load(std::memory_order_relaxed) == 0) return;
+  const auto from = static_cast<off_t>(old_length & ~(page_size() - 1));
+  const int r = fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(self_index_), from, 0);
+  if (r != 0 && r != -ENOENT) spdlog::debug("dropping the cached last page of the own file: {}", std::strerror(-r));
+}
+
 int Filesystem::reset_own_partition() {
   std::unique_lock lock(writer_mutex_);
   if (!writer_) return EIO;
@@ -115,9 +162,22 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     }
     handle->generation = s->generation;
   }
-  // The page cache would hide peers' appends: every read comes to us.
+  // Reading opens of partition files use the kernel's page cache (and its
+  // readahead, and make mmap possible): committed bytes never change within
+  // a generation, so cached pages stay right until a reset, and the rule in
+  // the comment above may_cache() keeps every cached page of one generation.
+  // Writing opens, the follow view and .status bypass it: writes go straight
+  // to the daemon, follow reads wait, .status is a snapshot.
   fi->direct_io = 1;
   fi->keep_cache = 0;
+  if (!handle->writable && may_cache(node)) {
+    handle->cached = true;
+    fi->direct_io = 0;
+    if (node.index == self_index_) own_cached_.store(true, std::memory_order_relaxed);
+    // The kernel keeps what it cached before when it is of the current
+    // generation; otherwise it drops it at this open.
+    fi->keep_cache = wait_cache_current(*slots_[node.index], handle->generation) ? 1 : 0;
+  }
   // Follow reads use their own cursor: seeking means nothing there.
   fi->nonseekable = node.kind == NodeKind::follow ? 1 : 0;
   Handle* raw = handle.get();
@@ -133,8 +193,25 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 }
 
 void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off) {
-  const uint32_t id = slots_[h.index]->info.id;
+  Slot& slot = *slots_[h.index];
+  const uint32_t id = slot.info.id;
   const auto offset = static_cast<uint64_t>(std::max<off_t>(off, 0));
+  // What goes into the page cache must be of the generation the cache holds
+  // (see may_cache()). A read that raced a reset the watcher has not yet
+  // handled is refused: waiting here could deadlock (the kernel holds the
+  // pages of this read locked, and dropping pages waits for their locks).
+  const auto cache_refuses = [&](uint64_t generation) {
+    if (!h.cached) return false;
+    {
+      std::lock_guard lock(slot.cache_mutex);
+      if (slot.cache_generation == generation) return false;
+    }
+    watcher_.kick();
+    spdlog::debug("read of {} at {} refused: {} was reset and the kernel may cache the old contents", size, offset,
+                  slot.name);
+    fuse_reply_err(req, ESTALE);
+    return true;
+  };
   if (h.index == self_index_ && !copy_own_reads_) {
     // Only this daemon resets its own partition, and a reset waits for this
     // lock: the bytes go to the kernel straight from the mapping.
@@ -144,6 +221,8 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
       fuse_reply_err(req, errno_of(v.error()));
       return;
     }
+    if (cache_refuses(v->generation)) return;
+    if (h.cached) slot.note_fetched(offset + v->bytes.size());
     {
       std::lock_guard hl(h.mutex);
       h.position = offset + v->bytes.size();
@@ -162,6 +241,8 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
     fuse_reply_err(req, errno_of(n.error()));
     return;
   }
+  if (cache_refuses(generation)) return;
+  if (h.cached) slot.note_fetched(offset + *n);
   {
     std::lock_guard hl(h.mutex);
     h.position = offset + *n;
@@ -246,6 +327,11 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
   }
   // One copy: from the request (libfuse's buffer, or the pipe the kernel
   // spliced the writer's pages into) straight into the partition.
+  const bool drop_tail = own_cached_.load(std::memory_order_relaxed);
+  uint64_t old_length = 0;
+  if (drop_tail) {
+    if (auto s = region_->snapshot(writer_->id())) old_length = s->length;
+  }
   auto room = writer_->reserve(size);
   if (!room) {
     append.unlock();
@@ -269,6 +355,7 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
   const std::size_t n = room->commit(static_cast<std::size_t>(copied));
   append.unlock();
   lock.unlock();
+  if (drop_tail) invalidate_own_tail(old_length);
   fuse_reply_write(req, n);
   own_partition_changed();
 }

@@ -14,6 +14,8 @@ using namespace detail;
 
 Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<PartitionWriter> writer, const Options& options)
     : region_(std::move(region)),
+      single_thread_(options.singlethread),
+      mountpoint_(options.mountpoint),
       ownership_(options.ownership),
       writer_(std::move(writer)),
       watcher_(options.poll, [this] { return tick(); }) {
@@ -31,6 +33,7 @@ Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<Partition
     if (auto s = region_->snapshot(p.id)) {
       slot->seen_length = s->length;
       slot->seen_generation = s->generation;
+      slot->cache_generation = s->generation;
     }
     if (self_id_ && p.id == *self_id_) self_index_ = p.index;
     index_by_name_.emplace(slot->name, static_cast<uint32_t>(slots_.size()));
@@ -70,6 +73,11 @@ void Filesystem::init(fuse_conn_info* conn) {
   // would send them in parallel and let them land out of order.
   conn->want &= ~static_cast<unsigned>(FUSE_CAP_ASYNC_DIO | FUSE_CAP_WRITEBACK_CACHE);
   conn->want &= ~static_cast<unsigned>(FUSE_CAP_SPLICE_READ);
+  // Page cache (see data_path.cpp): with AUTO_INVAL_DATA the kernel would ask
+  // for the attributes before every read, one round trip per read again.
+  // EXPLICIT_INVAL_DATA stays off: the kernel drops a file's pages whenever
+  // it sees its size change, which is what keeps the last page right.
+  conn->want &= ~static_cast<unsigned>(FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_EXPLICIT_INVAL_DATA);
   spdlog::debug("FUSE protocol {}.{}, max_write {}, capable {:#x}, want {:#x}", conn->proto_major, conn->proto_minor,
                 conn->max_write, conn->capable, conn->want);
 }

@@ -95,6 +95,10 @@ class Filesystem {
   int attributes(Node node, struct stat& out) const;
   void reply_entry(fuse_req_t req, fuse_ino_t ino, Node node);
   int reset_own_partition();
+  // Page cache bookkeeping (data_path.cpp).
+  [[nodiscard]] bool may_cache(Node node) const noexcept;
+  bool wait_cache_current(Slot& slot, uint64_t generation);
+  void invalidate_own_tail(uint64_t old_length) noexcept;
   void read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off);
 
   // The follow view: answers now if data is there, else parks the request.
@@ -122,6 +126,11 @@ class Filesystem {
   std::optional<uint32_t> self_id_;     // none on a read-only peer
   uint32_t self_index_ = kNoPartition;  // the own partition's slot
   bool copy_own_reads_ = false;         // the mapping cannot be handed to the kernel
+  bool single_thread_ = false;          // -s: no request may wait on another
+  std::string mountpoint_;
+  // A read-only open of the own file used the page cache: own appends must
+  // drop the kernel's stale copy of the old last page.
+  std::atomic<bool> own_cached_{false};
   FileOwnership ownership_;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::unordered_map<std::string, uint32_t> index_by_name_;

@@ -43,7 +43,11 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
       return;
     }
     std::lock_guard lock(h.mutex);
-    if (s->length > h.position || s->generation != h.generation) revents |= POLLIN | POLLRDNORM;
+    // Reads through the page cache reach us only for what the kernel lacks:
+    // what any open file fetched counts as read.
+    uint64_t read_to = h.position;
+    if (h.cached) read_to = std::max(read_to, slot.fetched_end.load(std::memory_order_relaxed));
+    if (s->length > read_to || s->generation != h.generation) revents |= POLLIN | POLLRDNORM;
     if (h.writable && s->length < slot.info.capacity) revents |= POLLOUT | POLLWRNORM;
   }
   fuse_reply_poll(req, revents);
@@ -162,10 +166,11 @@ bool Filesystem::tick() {
     go_stale(r.error().message);
     return false;
   }
-  // The kernel caches no attributes (zero timeouts), so invalidating the
-  // inode is only a refresh of what else it may hold (an i_size raised by a
-  // direct write, mapped pages): at a reset at once, while data flows at most
-  // every kInvalEvery per file, and once more after the flow stops.
+  // The kernel caches no attributes (zero timeouts); what a refresh drops is
+  // cached pages (see the page cache rule in data_path.cpp). At a peer's
+  // reset every page at once; while a peer's file grows, its old last page
+  // (short when it was cached) and the attributes, at most every kInvalEvery
+  // per file and once more after the flow stops.
   constexpr auto kInvalEvery = std::chrono::milliseconds(1);
   bool peer_changed = false;
   bool reset_seen = false;
@@ -173,28 +178,50 @@ bool Filesystem::tick() {
   for (auto& slot : slots_) {
     auto s = region_->snapshot(slot->info.id);
     if (!s) continue;
+    const uint32_t index = slot->info.index;
+    const bool own = index == self_index_;
     if (s->length != slot->seen_length || s->generation != slot->seen_generation) {
       const bool reset = s->generation != slot->seen_generation;
       reset_seen = reset_seen || reset;
+      const uint64_t from = reset ? 0 : slot->seen_length;
+      slot->inval_from = slot->inval_pending ? std::min(slot->inval_from, from) : from;
       slot->seen_length = s->length;
       slot->seen_generation = s->generation;
       // Our own appends are not news: own_partition_changed() woke their
       // waiters already. They do not keep the watcher polling fast.
-      if (slot->info.index != self_index_) peer_changed = true;
+      if (!own) peer_changed = true;
       partition_changed(*slot);
-      // The kernel knows the size of what it wrote through us: our own
-      // appends need no refresh, a reset does.
-      if (slot->info.index != self_index_ || reset) slot->inval_pending = true;
+      // The kernel knows the size of what it wrote through us, and the write
+      // dropped the old last page itself: own appends need no refresh.
+      if (!own || reset) slot->inval_pending = true;
       if (reset) slot->last_inval = {};
+    }
+    // A new generation: drop every page the kernel may hold of the old one,
+    // then let the cache follow (reads of the new one were refused so far).
+    uint64_t cached = 0;
+    {
+      std::lock_guard lock(slot->cache_mutex);
+      cached = slot->cache_generation;
+    }
+    if (cached != s->generation) {
+      if (fuse_ != nullptr && slot->lookups.load(std::memory_order_relaxed) > 0) {
+        fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), 0, 0);  // ENOENT: forgotten meanwhile
+      }
+      {
+        std::lock_guard lock(slot->cache_mutex);
+        slot->cache_generation = s->generation;
+        slot->fetched_end.store(0, std::memory_order_relaxed);
+      }
+      slot->cache_moved.notify_all();
     }
     if (slot->inval_pending && fuse_ != nullptr) {
       if (!now) now = std::chrono::steady_clock::now();
       if (*now - slot->last_inval >= kInvalEvery) {
         slot->inval_pending = false;
         slot->last_inval = *now;
-        const uint32_t index = slot->info.index;
         if (slot->lookups.load(std::memory_order_relaxed) > 0) {
-          fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), -1, 0);  // ENOENT: forgotten meanwhile
+          const auto from = static_cast<off_t>(slot->inval_from & ~(page_size() - 1));
+          fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), from, 0);
         }
         if (slot->follow_lookups.load(std::memory_order_relaxed) > 0) {
           fuse_lowlevel_notify_inval_inode(fuse_, follow_ino(index), -1, 0);

@@ -6,11 +6,13 @@
 
 #include <fuse_lowlevel.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <exception>
 #include <mutex>
@@ -42,6 +44,12 @@ constexpr const char* kFollowName = "follow";
 constexpr unsigned kMaxRequest = 1U << 20;
 // What stat reports as the preferred I/O size, so cat and cp use big requests.
 constexpr blksize_t kPreferredIo = 1 << 20;
+
+// The kernel's page size: the unit of its page cache.
+inline uint64_t page_size() noexcept {
+  static const auto size = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  return size;
+}
 
 inline timespec to_timespec(uint64_t ns) {
   return timespec{static_cast<time_t>(ns / 1'000'000'000ULL), static_cast<long>(ns % 1'000'000'000ULL)};
@@ -84,6 +92,7 @@ struct Filesystem::Handle {
   uint32_t index = 0;
   bool writable = false;
   bool append = false;  // opened with O_APPEND
+  bool cached = false;  // a partition file read through the kernel's page cache
   std::string text;     // .status: the snapshot taken at open
   std::mutex mutex;     // guards position and generation
   // Partition files: the end of the last read (poll reports POLLIN past it).
@@ -103,9 +112,26 @@ struct Filesystem::Slot {
   uint64_t seen_length = 0;
   uint64_t seen_generation = 0;
   bool inval_pending = false;  // the kernel's view of the inode is due a refresh
+  uint64_t inval_from = 0;     // pages from here on are due a refresh (valid while inval_pending)
   std::chrono::steady_clock::time_point last_inval{};
   std::mutex poll_mutex;
   std::unordered_set<Handle*> pollers;  // handles holding a poll handle
+
+  // The page cache rule: every page the kernel may hold of this partition
+  // file was read from generation `cache_generation`. A read of another
+  // generation is never handed to the kernel; the watcher moves the value on
+  // after it dropped every cached page (see data_path.cpp).
+  std::mutex cache_mutex;
+  std::condition_variable cache_moved;
+  uint64_t cache_generation = 0;  // guarded by cache_mutex
+  // The end of what reads of that generation handed to the kernel: pages
+  // below it may be read from the cache without asking us (poll uses it).
+  std::atomic<uint64_t> fetched_end{0};
+  void note_fetched(uint64_t end) noexcept {
+    uint64_t seen = fetched_end.load(std::memory_order_relaxed);
+    while (end > seen && !fetched_end.compare_exchange_weak(seen, end, std::memory_order_relaxed)) {
+    }
+  }
 };
 
 }  // namespace ivshmfs::fs

@@ -125,8 +125,14 @@ void Filesystem::forget(fuse_ino_t ino, uint64_t nlookup) noexcept {
 }
 
 void Filesystem::getattr(fuse_req_t req, fuse_ino_t ino) {
+  const Node node = decode(ino);
+  if (!stale_ && may_cache(node)) {
+    // A reset the kernel's page cache does not know yet: let the watcher
+    // drop the old pages first, so that stat-then-read sees the new contents.
+    if (auto s = region_->snapshot(slots_[node.index]->info.id)) wait_cache_current(*slots_[node.index], s->generation);
+  }
   struct stat st {};
-  if (const int error = attributes(decode(ino), st); error != 0) {
+  if (const int error = attributes(node, st); error != 0) {
     fuse_reply_err(req, error);
     return;
   }
