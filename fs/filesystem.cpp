@@ -3,7 +3,10 @@
 // operation table (thin function-try-blocks; exceptions stop there).
 #include "fs_internal.hpp"
 
+#include <cstdio>
 #include <cstring>
+#include <fstream>
+#include <sstream>
 #include <string_view>
 
 #include "status.hpp"
@@ -53,9 +56,62 @@ Filesystem::~Filesystem() {
   }
 }
 
+namespace {
+
+// /proc/self/mountinfo escapes blanks and backslashes in paths as octal.
+std::string mountinfo_escape(const std::string& path) {
+  std::string out;
+  for (const char c : path) {
+    if (c == ' ' || c == '\t' || c == '\n' || c == '\\') {
+      char octal[5];
+      std::snprintf(octal, sizeof octal, "\\%03o", static_cast<unsigned char>(c));
+      out += octal;
+    } else {
+      out.push_back(c);
+    }
+  }
+  return out;
+}
+
+// The kernel reads ahead at most read_ahead_kb of the mount's backing device
+// info (128 KiB unless raised; FUSE lets the daemon lower it only). A FUSE
+// request carries up to 1 MiB: reading ahead as much makes one round trip
+// per MiB for sequential readers. Best effort: without the right to write
+// sysfs the kernel's default stays.
+void raise_readahead(const std::string& mountpoint) {
+  std::ifstream in("/proc/self/mountinfo");
+  const std::string escaped = mountinfo_escape(mountpoint);
+  std::string device;
+  for (std::string line; std::getline(in, line);) {
+    std::istringstream fields(line);
+    std::string id, parent, devno, root, point;
+    fields >> id >> parent >> devno >> root >> point;
+    const auto dash = line.find(" - ");
+    if (point == escaped && dash != std::string::npos && line.compare(dash + 3, 4, "fuse") == 0) device = devno;
+  }
+  if (device.empty()) return;
+  const std::string path = "/sys/class/bdi/" + device + "/read_ahead_kb";
+  std::ofstream out(path);
+  out << (kMaxRequest / 1024) << '\n';
+  out.flush();
+  if (!out) {
+    spdlog::debug("could not raise the readahead in {}: the kernel's default stays", path);
+  } else {
+    spdlog::debug("readahead raised to {} KiB ({})", kMaxRequest / 1024, path);
+  }
+}
+
+}  // namespace
+
 void Filesystem::start(fuse_session* fuse) {
   fuse_ = fuse;
   watcher_.start();
+}
+
+// The kernel sets the readahead from our INIT reply once it processed it,
+// before it sends any other request: the first lookup or getattr comes after.
+void Filesystem::after_init() {
+  std::call_once(readahead_once_, [this] { raise_readahead(mountpoint_); });
 }
 
 void Filesystem::stop() noexcept {

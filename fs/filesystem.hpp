@@ -95,6 +95,7 @@ class Filesystem {
   int attributes(Node node, struct stat& out) const;
   void reply_entry(fuse_req_t req, fuse_ino_t ino, Node node);
   int reset_own_partition();
+  void after_init();
   // Page cache bookkeeping (data_path.cpp).
   [[nodiscard]] bool may_cache(Node node) const noexcept;
   bool wait_cache_current(Slot& slot, uint64_t generation);
@@ -128,6 +129,7 @@ class Filesystem {
   bool copy_own_reads_ = false;         // the mapping cannot be handed to the kernel
   bool single_thread_ = false;          // -s: no request may wait on another
   std::string mountpoint_;
+  std::once_flag readahead_once_;
   // A read-only open of the own file used the page cache: own appends must
   // drop the kernel's stale copy of the old last page.
   std::atomic<bool> own_cached_{false};

@@ -100,6 +100,7 @@ void Filesystem::reply_entry(fuse_req_t req, fuse_ino_t ino, Node node) {
 }
 
 void Filesystem::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  after_init();
   const Node dir = decode(parent);
   const std::string_view n = name;
   if (dir.kind == NodeKind::root) {
@@ -125,6 +126,7 @@ void Filesystem::forget(fuse_ino_t ino, uint64_t nlookup) noexcept {
 }
 
 void Filesystem::getattr(fuse_req_t req, fuse_ino_t ino) {
+  after_init();
   const Node node = decode(ino);
   if (!stale_ && may_cache(node)) {
     // A reset the kernel's page cache does not know yet: let the watcher
