@@ -182,7 +182,13 @@ void Filesystem::statfs(fuse_req_t req) {
   st.f_bsize = IVSHMFS_PAGE_SIZE;
   st.f_frsize = IVSHMFS_PAGE_SIZE;
   st.f_namemax = 255;
-  st.f_files = slots_.size() + 3;
+  // No inode table to fill: files are the region's partitions, nothing is
+  // ever created. Zero total and free inodes is how df -i shows a file
+  // system without an inode limit ("-" for use%), as for /proc; counting
+  // the files as the total with none free showed "100% used".
+  st.f_files = 0;
+  st.f_ffree = 0;
+  st.f_favail = 0;
   if (!stale_ && self_index_ != kNoPartition) {
     // df shows the own partition: what this peer can still write.
     const PartitionInfo& p = slots_[self_index_]->info;
