@@ -6,6 +6,7 @@
 #include <fcntl.h>
 
 #include <cstring>
+#include <thread>
 
 #include "status.hpp"
 
@@ -41,15 +42,32 @@ bool Filesystem::may_cache(Node node) const noexcept {
 }
 
 bool Filesystem::wait_cache_current(Slot& slot, uint64_t generation) {
+  using clock = std::chrono::steady_clock;
   std::unique_lock lock(slot.cache_mutex);
-  if (slot.cache_generation == generation) return true;
+  if (slot.cache_generation != generation) {
+    lock.unlock();
+    watcher_.kick();
+    lock.lock();
+    // Bounded: the watcher normally answers within a tick; should it be held
+    // up, the caller goes on (its reads are refused until it answered).
+    if (!slot.cache_moved.wait_for(lock, std::chrono::milliseconds(500),
+                                   [&] { return slot.cache_generation == generation; })) {
+      return false;
+    }
+  }
+  const auto ready_at = slot.cache_ready_at;
   lock.unlock();
-  watcher_.kick();
-  lock.lock();
-  // Bounded: the watcher normally answers within a tick; should it be held
-  // up, the caller goes on without the kernel's cache.
-  return slot.cache_moved.wait_for(lock, std::chrono::milliseconds(500),
-                                   [&] { return slot.cache_generation == generation; });
+  if (clock::now() < ready_at) std::this_thread::sleep_until(ready_at);
+  return true;
+}
+
+// A thread asks for the attributes of a file (stat, fstat, open's lookup, a
+// read() past the size the kernel knows): a reset the kernel did not know
+// yet is handled first, so that stat-then-read sees the new contents.
+void Filesystem::sync_cache(Node node) {
+  if (stale_ || !may_cache(node)) return;
+  Slot& slot = *slots_[node.index];
+  if (auto s = region_->snapshot(slot.info.id)) wait_cache_current(slot, s->generation);
 }
 
 void Filesystem::invalidate_own_tail(uint64_t old_length) noexcept {
@@ -112,7 +130,7 @@ void Filesystem::setattr(fuse_req_t req, fuse_ino_t ino, const struct stat* attr
       return;
     }
   }
-  getattr(req, ino);
+  getattr(req, ino, nullptr);
 }
 
 void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
@@ -200,15 +218,20 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
   // (see may_cache()). A read that raced a reset the watcher has not yet
   // handled is refused: waiting here could deadlock (the kernel holds the
   // pages of this read locked, and dropping pages waits for their locks).
-  const auto cache_refuses = [&](uint64_t generation) {
+  const auto cache_refuses = [&](uint64_t generation, std::size_t got) {
     if (!h.cached) return false;
-    {
+    // The kernel asks only for pages below the size it knows. A page wholly
+    // past our end means it knows a size from before a reset: a short reply
+    // would leave zero-filled pages it takes for data (it lowers its size
+    // only when no attribute update crossed the reply). Refuse instead.
+    bool refuse = got + page_size() <= size;
+    if (!refuse) {
       std::lock_guard lock(slot.cache_mutex);
-      if (slot.cache_generation == generation) return false;
+      refuse = slot.cache_generation != generation || std::chrono::steady_clock::now() < slot.cache_ready_at;
     }
+    if (!refuse) return false;
     watcher_.kick();
-    spdlog::debug("read of {} at {} refused: {} was reset and the kernel may cache the old contents", size, offset,
-                  slot.name);
+    spdlog::debug("read of {} at {} of {} refused: a reset the kernel may not know yet", size, offset, slot.name);
     fuse_reply_err(req, ESTALE);
     return true;
   };
@@ -221,7 +244,7 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
       fuse_reply_err(req, errno_of(v.error()));
       return;
     }
-    if (cache_refuses(v->generation)) return;
+    if (cache_refuses(v->generation, v->bytes.size())) return;
     if (h.cached) slot.note_fetched(offset + v->bytes.size());
     {
       std::lock_guard hl(h.mutex);
@@ -241,7 +264,7 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
     fuse_reply_err(req, errno_of(n.error()));
     return;
   }
-  if (cache_refuses(generation)) return;
+  if (cache_refuses(generation, *n)) return;
   if (h.cached) slot.note_fetched(offset + *n);
   {
     std::lock_guard hl(h.mutex);

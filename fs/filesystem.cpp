@@ -164,8 +164,8 @@ struct Filesystem::Ops {
     fuse_reply_none(req);
   }
 
-  static void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) noexcept try {
-    self(req).getattr(req, ino);
+  static void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) noexcept try {
+    self(req).getattr(req, ino, fi);
   } catch (...) {
     reply_exception(req);
   }

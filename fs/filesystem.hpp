@@ -76,7 +76,7 @@ class Filesystem {
   void init(fuse_conn_info* conn);
   void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
   void forget(fuse_ino_t ino, uint64_t nlookup) noexcept;
-  void getattr(fuse_req_t req, fuse_ino_t ino);
+  void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void setattr(fuse_req_t req, fuse_ino_t ino, const struct stat* attr, int to_set);
   void readdir(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t off);
   void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
@@ -99,6 +99,7 @@ class Filesystem {
   // Page cache bookkeeping (data_path.cpp).
   [[nodiscard]] bool may_cache(Node node) const noexcept;
   bool wait_cache_current(Slot& slot, uint64_t generation);
+  void sync_cache(Node node);
   void invalidate_own_tail(uint64_t old_length) noexcept;
   void read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off);
 

@@ -5,6 +5,7 @@
 
 #include <poll.h>
 
+#include <cstring>
 #include <optional>
 
 namespace ivshmfs::fs {
@@ -172,6 +173,7 @@ bool Filesystem::tick() {
   // (short when it was cached) and the attributes, at most every kInvalEvery
   // per file and once more after the flow stops.
   constexpr auto kInvalEvery = std::chrono::milliseconds(1);
+  constexpr auto kCacheGrace = std::chrono::milliseconds(50);
   bool peer_changed = false;
   bool reset_seen = false;
   std::optional<std::chrono::steady_clock::time_point> now;
@@ -204,12 +206,22 @@ bool Filesystem::tick() {
       cached = slot->cache_generation;
     }
     if (cached != s->generation) {
+      bool dropped = false;
       if (fuse_ != nullptr && slot->lookups.load(std::memory_order_relaxed) > 0) {
-        fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), 0, 0);  // ENOENT: forgotten meanwhile
+        const int r = fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), 0, 0);
+        dropped = r == 0;
+        if (r != 0 && r != -ENOENT) spdlog::warn("dropping the cached pages of {}: {}", slot->name, std::strerror(-r));
+      } else {
+        spdlog::debug("{}: generation {} -> {}, the kernel holds no inode (lookups {})", slot->name, cached,
+                      s->generation, slot->lookups.load());
       }
       {
         std::lock_guard lock(slot->cache_mutex);
         slot->cache_generation = s->generation;
+        // Only once every page of the old generation was dropped: before,
+        // the kernel had the pages (a move without them needs no grace).
+        slot->cache_ready_at =
+            std::chrono::steady_clock::now() + (dropped ? kCacheGrace : std::chrono::milliseconds(0));
         slot->fetched_end.store(0, std::memory_order_relaxed);
       }
       slot->cache_moved.notify_all();

@@ -124,6 +124,9 @@ struct Filesystem::Slot {
   std::mutex cache_mutex;
   std::condition_variable cache_moved;
   uint64_t cache_generation = 0;  // guarded by cache_mutex
+  // No page of cache_generation goes to the kernel before this: a read()
+  // it was assembling from the old pages when they were dropped ends first.
+  std::chrono::steady_clock::time_point cache_ready_at{};  // guarded by cache_mutex
   // The end of what reads of that generation handed to the kernel: pages
   // below it may be read from the cache without asking us (poll uses it).
   std::atomic<uint64_t> fetched_end{0};

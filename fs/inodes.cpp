@@ -81,6 +81,7 @@ int Filesystem::attributes(Node node, struct stat& st) const {
 }
 
 void Filesystem::reply_entry(fuse_req_t req, fuse_ino_t ino, Node node) {
+  sync_cache(node);
   fuse_entry_param e{};
   if (const int error = attributes(node, e.attr); error != 0) {
     fuse_reply_err(req, error);
@@ -125,14 +126,10 @@ void Filesystem::forget(fuse_ino_t ino, uint64_t nlookup) noexcept {
   if (node.kind == NodeKind::follow) slots_[node.index]->follow_lookups.fetch_sub(nlookup, std::memory_order_relaxed);
 }
 
-void Filesystem::getattr(fuse_req_t req, fuse_ino_t ino) {
+void Filesystem::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
   after_init();
   const Node node = decode(ino);
-  if (!stale_ && may_cache(node)) {
-    // A reset the kernel's page cache does not know yet: let the watcher
-    // drop the old pages first, so that stat-then-read sees the new contents.
-    if (auto s = region_->snapshot(slots_[node.index]->info.id)) wait_cache_current(*slots_[node.index], s->generation);
-  }
+  sync_cache(node);
   struct stat st {};
   if (const int error = attributes(node, st); error != 0) {
     fuse_reply_err(req, error);
