@@ -326,6 +326,65 @@ TEST_F(TwoPeers, LargeWritesAndReadsGoThroughWhole) {
   EXPECT_TRUE(back == data) << "read back " << got << " of " << data.size() << " bytes, contents differ";
 }
 
+// A write() is committed whole when the kernel sends it as one request. The
+// kernel pins the writer's buffer page by page and a request holds at most
+// 256 pages (1 MiB): a buffer starting mid-page is sent whole up to
+// 1 MiB - 4095 bytes (1,044,481), and up to 1 MiB when page-aligned. The
+// daemon logs every request it receives at trace level: each write below
+// must have arrived as exactly one request of its full size, with O_APPEND
+// and without, from buffers at every offset in a page.
+TEST_F(TwoPeers, AWriteUpToTheGuaranteedSizeArrivesAsOneRequest) {
+  RegionFile big(16 << 20, 2);
+  TempDir dir("mnt-split");
+  Daemon d({big.path(), dir.path(), 0, {"log=trace"}});
+  ASSERT_TRUE(d.start()) << d.log();
+  const long page = ::sysconf(_SC_PAGESIZE);
+  std::vector<char> buffer(static_cast<std::size_t>(3 * page + (1 << 20)));
+  // Page-aligned base inside the buffer.
+  const auto base = (reinterpret_cast<uintptr_t>(buffer.data()) + static_cast<uintptr_t>(page) - 1) &
+                    ~(static_cast<uintptr_t>(page) - 1);
+  struct Case {
+    std::size_t misalign;
+    std::size_t size;
+  };
+  const std::size_t guaranteed = (1 << 20) - static_cast<std::size_t>(page) + 1;
+  const std::vector<Case> cases = {{0, 1 << 20},
+                                   {1, guaranteed},
+                                   {100, guaranteed},
+                                   {static_cast<std::size_t>(page) - 1, guaranteed},
+                                   {static_cast<std::size_t>(page) / 2, 1000},
+                                   {7, guaranteed - 1}};
+  std::size_t expected_length = 0;
+  for (const bool use_append : {false, true}) {
+    for (const Case& c : cases) {
+      ASSERT_EQ(::truncate(d.file("vm0").c_str(), 0), 0);
+      const int fd = ::open(d.file("vm0").c_str(), O_WRONLY | O_CLOEXEC | (use_append ? O_APPEND : 0));
+      ASSERT_GE(fd, 0);
+      char* at = reinterpret_cast<char*>(base) + c.misalign;
+      std::memset(at, 'w', c.size);
+      const std::string marker = "trace: write " + std::to_string(c.size) + " bytes at 0";
+      const auto before = d.log();
+      ASSERT_EQ(::write(fd, at, c.size), static_cast<ssize_t>(c.size)) << std::strerror(errno);
+      ::close(fd);
+      expected_length = c.size;
+      // The log line is written before the reply: it is there once write() returned.
+      const std::string after = d.log().substr(before.size());
+      std::size_t requests = 0;
+      for (std::size_t at_pos = after.find("trace: write "); at_pos != std::string::npos;
+           at_pos = after.find("trace: write ", at_pos + 1)) {
+        ++requests;
+      }
+      EXPECT_EQ(requests, 1U) << (use_append ? "O_APPEND, " : "") << "buffer at page offset " << c.misalign << ", "
+                              << c.size << " bytes: the daemon saw\n"
+                              << after;
+      EXPECT_NE(after.find(marker), std::string::npos) << after;
+      struct stat st {};
+      ASSERT_EQ(::stat(d.file("vm0").c_str(), &st), 0);
+      EXPECT_EQ(static_cast<std::size_t>(st.st_size), expected_length);
+    }
+  }
+}
+
 // A read-only peer (-o ro), e.g. a host that only watches: it claims no
 // partition, shows every file 0444, refuses writes, and still sees what the
 // writers commit.
