@@ -108,6 +108,7 @@ class Filesystem {
   bool try_serve_follow(fuse_req_t req, Handle& h, std::size_t size);
   bool follow_has_data(Handle& h) const;
   static void on_interrupt(fuse_req_t req, void* data) noexcept;
+  static void mark_interrupted(Handle& h) noexcept;
   void fail_parked(int error, bool only_slot, uint32_t index) noexcept;
 
   // The watcher's tick and what it does on a change.

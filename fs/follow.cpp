@@ -61,7 +61,7 @@ bool Filesystem::follow_has_data(Handle& h) const {
   auto s = region_->snapshot(slots_[h.index]->info.id);
   if (!s) return true;  // let the read report the error
   std::lock_guard lock(h.mutex);
-  return s->generation != h.generation || s->length > h.position;
+  return h.eof_once || s->generation != h.generation || s->length > h.position;
 }
 
 bool Filesystem::try_serve_follow(fuse_req_t req, Handle& h, std::size_t size) {
@@ -82,7 +82,13 @@ bool Filesystem::try_serve_follow(fuse_req_t req, Handle& h, std::size_t size) {
       h.generation = s->generation;
       h.position = 0;
     }
-    if (h.position >= s->length) return false;
+    if (h.position >= s->length) {
+      if (!h.eof_once) return false;
+      // The wait was interrupted by a signal: end of file, once.
+      h.eof_once = false;
+      fuse_reply_buf(req, nullptr, 0);
+      return true;
+    }
     auto out = scratch(size);
     uint64_t generation = 0;
     auto n = region_->read(id, h.position, out, &generation);
@@ -115,6 +121,7 @@ void Filesystem::follow_read(fuse_req_t req, Handle& h, std::size_t size) {
     if (it->second.interrupted || stale_) {
       parked_.erase(it);
       lock.unlock();
+      if (!stale_) mark_interrupted(h);
       fuse_reply_err(req, stale_ ? EIO : EINTR);
       return;
     }
@@ -128,6 +135,15 @@ void Filesystem::follow_read(fuse_req_t req, Handle& h, std::size_t size) {
   }
 }
 
+// A signal interrupted a waiting follow read. On a pipe, Ctrl-C stops the
+// writer too and the reader's next read sees end of file: less +F then shows
+// (END) and q quits. The follow view does the same: the next read that would
+// wait returns end of file, once; reads after it wait again.
+void Filesystem::mark_interrupted(Handle& h) noexcept {
+  std::lock_guard lock(h.mutex);
+  h.eof_once = true;
+}
+
 void Filesystem::on_interrupt(fuse_req_t req, void* data) noexcept {
   auto* fs = static_cast<Filesystem*>(data);
   std::unique_lock lock(fs->park_mutex_);
@@ -137,8 +153,10 @@ void Filesystem::on_interrupt(fuse_req_t req, void* data) noexcept {
     it->second.interrupted = true;  // follow_read answers it
     return;
   }
+  Handle* h = it->second.handle;
   fs->parked_.erase(it);
   lock.unlock();
+  mark_interrupted(*h);
   fuse_reply_err(req, EINTR);
 }
 

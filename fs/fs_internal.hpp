@@ -99,6 +99,7 @@ struct Filesystem::Handle {
   // Follow files: the cursor, independent of the kernel's file offset.
   uint64_t position = 0;
   uint64_t generation = 0;
+  bool eof_once = false;            // follow files: a wait was interrupted (see follow.cpp)
   fuse_pollhandle* poll = nullptr;  // guarded by the slot's poll_mutex
 };
 

@@ -278,6 +278,32 @@ TEST_F(Programs, TailFollowsAPeersFileAndLessShowsIt) {
   }
 }
 
+// The follow view streams into less +F, and Ctrl-C then q quits less as it
+// does on a pipe (the interrupted wait ends in end of file, once). tmux
+// drives less on a terminal of its own (a private tmux server).
+TEST_F(Programs, LessFollowsTheFollowViewAndCtrlCThenQQuits) {
+  REQUIRE_PROGRAM("less", "less");
+  REQUIRE_PROGRAM("tmux", "tmux");
+  ASSERT_EQ(sh("printf 'first line\\n' > \"$A/vm0\""), 0);
+  const std::string socket = "ivshmfs-test-" + std::to_string(::getpid());
+  const auto tmux = [&](const std::string& args) { return sh("tmux -L " + socket + " " + args); };
+  const auto screen = [&] {
+    tmux("capture-pane -p -t less");
+    return output_;
+  };
+  ASSERT_EQ(tmux("new-session -d -s less -x 80 -y 12 \"less +F '$B/follow/vm0'\""), 0) << output_;
+  EXPECT_TRUE(eventually([&] { return screen().find("first line") != std::string::npos; })) << screen();
+  append(a_->file("vm0"), "second line\n");
+  EXPECT_TRUE(eventually([&] { return screen().find("second line") != std::string::npos; })) << screen();
+  tmux("send-keys -t less C-c");
+  EXPECT_TRUE(eventually([&] { return screen().find("(END)") != std::string::npos; }))
+      << "less did not stop following after Ctrl-C:\n"
+      << screen();
+  tmux("send-keys -t less q");
+  EXPECT_TRUE(eventually([&] { return tmux("has-session -t less 2>/dev/null") != 0; })) << "less did not quit";
+  tmux("kill-server 2>/dev/null");
+}
+
 TEST_F(Programs, DfReportsTheOwnPartitionAndNoInodeLimit) {
   EXPECT_EQ(sh("df -i \"$A\" | tail -n 1"), 0) << output_;
   std::istringstream fields(output_);
