@@ -236,8 +236,8 @@ bool Filesystem::tick() {
       {
         std::lock_guard lock(slot->cache_mutex);
         slot->cache_generation = s->generation;
-        // Only once every page of the old generation was dropped: before,
-        // the kernel had the pages (a move without them needs no grace).
+        // The grace protects a read() in flight over the dropped pages;
+        // when the kernel held none, there is nothing to protect.
         slot->cache_ready_at =
             std::chrono::steady_clock::now() + (dropped ? kCacheGrace : std::chrono::milliseconds(0));
         slot->fetched_end.store(0, std::memory_order_relaxed);
