@@ -76,12 +76,12 @@ class Filesystem {
   void init(fuse_conn_info* conn);
   void lookup(fuse_req_t req, fuse_ino_t parent, const char* name);
   void forget(fuse_ino_t ino, uint64_t nlookup) noexcept;
-  void getattr(fuse_req_t req, fuse_ino_t ino);
+  void getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void setattr(fuse_req_t req, fuse_ino_t ino, const struct stat* attr, int to_set);
   void readdir(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t off);
   void open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi);
   void read(fuse_req_t req, std::size_t size, off_t off, fuse_file_info* fi);
-  void write_buf(fuse_req_t req, fuse_bufvec* in, fuse_file_info* fi);
+  void write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file_info* fi);
   void release(fuse_req_t req, fuse_file_info* fi);
   void statfs(fuse_req_t req);
   void poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph);
@@ -95,6 +95,12 @@ class Filesystem {
   int attributes(Node node, struct stat& out) const;
   void reply_entry(fuse_req_t req, fuse_ino_t ino, Node node);
   int reset_own_partition();
+  void after_init();
+  // Page cache bookkeeping (data_path.cpp).
+  [[nodiscard]] bool may_cache(Node node) const noexcept;
+  bool wait_cache_current(Slot& slot, uint64_t generation);
+  void sync_cache(Node node);
+  void invalidate_own_tail(uint64_t old_length) noexcept;
   void read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off);
 
   // The follow view: answers now if data is there, else parks the request.
@@ -102,6 +108,7 @@ class Filesystem {
   bool try_serve_follow(fuse_req_t req, Handle& h, std::size_t size);
   bool follow_has_data(Handle& h) const;
   static void on_interrupt(fuse_req_t req, void* data) noexcept;
+  static void mark_interrupted(Handle& h) noexcept;
   void fail_parked(int error, bool only_slot, uint32_t index) noexcept;
 
   // The watcher's tick and what it does on a change.
@@ -122,6 +129,12 @@ class Filesystem {
   std::optional<uint32_t> self_id_;     // none on a read-only peer
   uint32_t self_index_ = kNoPartition;  // the own partition's slot
   bool copy_own_reads_ = false;         // the mapping cannot be handed to the kernel
+  bool single_thread_ = false;          // -s: no request may wait on another
+  std::string mountpoint_;
+  std::once_flag readahead_once_;
+  // A read-only open of the own file used the page cache: own appends must
+  // drop the kernel's stale copy of the old last page.
+  std::atomic<bool> own_cached_{false};
   FileOwnership ownership_;
   std::vector<std::unique_ptr<Slot>> slots_;
   std::unordered_map<std::string, uint32_t> index_by_name_;

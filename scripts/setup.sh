@@ -37,6 +37,10 @@ packages=(g++ gcc make cmake pkg-config libfuse3-dev fuse3 libspdlog-dev libgtes
 # DEB generator, lintian, mmdebstrap for the clean-room root, systemd for
 # systemd-analyze verify.
 packages+=(dpkg-dev file lintian mmdebstrap systemd)
+# The fs tests run real programs against the mount (tests/fs/programs_test.cpp):
+# rsync, sqlite3, nodejs, rustc, less, tmux (tar, gzip, perl, dd are essential);
+# the benchmark compares against fio.
+packages+=(rsync sqlite3 nodejs rustc less tmux fio)
 if [ "$guest" = 1 ]; then
   # The guest harness boots Debian's kernel under QEMU with a busybox initramfs
   # and builds the ivshm module against Debian's headers; its list is the one

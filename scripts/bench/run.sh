@@ -58,6 +58,7 @@ if [ "$mode" = quick ]; then
   follow_count=200; follow_interval_us=500
   idle_secs=1
   partition_size=$((512 * MiB))
+  fio_size=$((64 * MiB))
 else
   sizes="64 4096 65536 1048576 16777216"
   gb_args=(--benchmark_min_time=0.2 --benchmark_repetitions=9 --benchmark_enable_random_interleaving=true
@@ -68,6 +69,7 @@ else
   follow_count=3000; follow_interval_us=500
   idle_secs=5
   partition_size=$((2560 * MiB))
+  fio_size=$((256 * MiB))
 fi
 max_size=${sizes##* }
 
@@ -273,6 +275,47 @@ if [ -z "$mount_skip" ]; then
     done
   done
 
+  # fio: sequential reads of another peer's file (through the page cache)
+  # against passthrough_ll over tmpfs in its default mode (page cache) and
+  # with cache=never (direct I/O), all in this run. --iomem=mmap: fio's
+  # default malloc buffers understate tmpfs at 1 MiB.
+  if ! command -v fio >/dev/null; then
+    log "-- fio: skipped (Debian package fio)"
+  elif [ -n "$pt_skip" ]; then
+    log "-- fio: skipped ($pt_skip)"
+  else
+    log "-- fio sequential reads: ivshmfs (peer's file) vs passthrough_ll default and direct I/O"
+    fio_mb=$((fio_size / MiB))
+    : >"$mnt/b/vm1"
+    head -c "$fio_size" /dev/urandom >"$work/pt-src/fio" &&
+      cp "$work/pt-src/fio" "$mnt/b/vm1" || { failed=1; log "FAILED: preparing the fio file"; }
+    mkdir -p "$mnt/ptc"
+    "$passthrough" -f -o source="$work/pt-src" "$mnt/ptc" 2>"$out/passthrough_ll-default.log" &
+    pid_ptc=$!; pids+=("$pid_ptc"); mounts+=("$mnt/ptc")
+    if wait_mounted "$mnt/ptc" "$pid_ptc"; then
+      fio_read() {  # FILE BS: bytes/s of one sequential read of the file
+        fio --name=seqread --filename="$1" --rw=read --bs="$2" --size="${fio_mb}M" --iomem=mmap \
+          --ioengine=psync --invalidate=1 --output-format=terse --terse-version=3 2>>"$out/fio.log" |
+          awk -F';' '{ printf "%.0f\n", $7 * 1024 }'
+      }
+      for bs in 4096 65536 1048576; do
+        for rep in $(seq 1 "$file_reps"); do
+          for what in fio_mnt:"$mnt/a/vm1" fio_pt:"$mnt/ptc/fio" fio_ptd:"$mnt/pt/fio" fio_tmpfs:"$work/pt-src/fio"; do
+            name=${what%%:*}; file=${what#*:}
+            if r=$(fio_read "$file" "$bs") && [ -n "$r" ]; then echo "$r" >>"$work/$name.$bs"; else failed=1; log "FAILED: fio $name $bs"; fi
+          done
+        done
+        for name in fio_mnt fio_pt fio_ptd fio_tmpfs; do
+          f="$work/$name.$bs"
+          [ -s "$f" ] && echo "$name,$bs,$(median <"$f")" | tee -a "$raw" >&2
+        done
+      done
+    else
+      log "-- fio: passthrough_ll (default mode) did not mount"
+    fi
+    rm -f "$work/pt-src/fio"
+  fi
+
   log "-- commit-to-seen through the mount (follow view, data flowing)"
   run "$tool" follow-latency "$mnt/a/vm0" "$mnt/b/follow/vm0" "$follow_count" "$follow_interval_us" >&2
   cleanup
@@ -290,6 +333,7 @@ awk -F, -v mode="$mode" -v sizes="$sizes" -v mount_skip="$mount_skip" -v pt_skip
   { v[$1 "," $2] = $3; ops[$1 "," $2] = $4 }
   function has(k) { return (k in v) && v[k] != "" }
   function gbs(k) { return has(k) ? sprintf("%.2f", v[k] / 1e9) : "-" }
+  function mbs(k) { return has(k) ? sprintf("%.0f", v[k] / 1e6) : "-" }
   function ratio(a, b, s) { return (has(a "," s) && has(b "," s) && v[b "," s] > 0) ? sprintf("%.2f", v[a "," s] / v[b "," s]) : "-" }
   function human(s) { return s >= 1048576 ? s / 1048576 " MiB" : (s >= 1024 ? s / 1024 " KiB" : s " B") }
   function check(label, num, den, target, kind,    r, verdict) {
@@ -330,6 +374,14 @@ awk -F, -v mode="$mode" -v sizes="$sizes" -v mount_skip="$mount_skip" -v pt_skip
     print "| library commit -> seen (busy poll) | " (has("latency_lib,64") ? v["latency_lib,64"] : "-") " | " (has("latency_lib,64") ? ops["latency_lib,64"] : "-") " |"
     print "| Unix socket round trip / 2 | " (has("latency_unix,64") ? v["latency_unix,64"] : "-") " | " (has("latency_unix,64") ? ops["latency_unix,64"] : "-") " |"
     print "| mount commit -> seen (follow view) | " (has("latency_mount,64") ? v["latency_mount,64"] : (mount_skip != "" ? mount_skip : "-")) " | " (has("latency_mount,64") ? ops["latency_mount,64"] : "-") " |"
+    print "\n## fio sequential reads of another peer file (MB/s, medians; ratios in the same run)\n"
+    print "| request | ivshmfs (another peer file) | passthrough_ll default | passthrough_ll direct I/O | tmpfs | ivshmfs / pt default | ivshmfs / pt direct |"
+    print "| --- | --- | --- | --- | --- | --- | --- |"
+    split("4096 65536 1048576", fsz, " ")
+    for (i = 1; i <= 3; i++) {
+      s = fsz[i]
+      printf "| %s | %s | %s | %s | %s | %s | %s |\n", human(s), mbs("fio_mnt," s), mbs("fio_pt," s), mbs("fio_ptd," s), mbs("fio_tmpfs," s), ratio("fio_mnt", "fio_pt", s), ratio("fio_mnt", "fio_ptd", s)
+    }
     print "\nDaemon idle CPU: " (has("idle_cpu,0") ? v["idle_cpu,0"] "% of a core" : (mount_skip != "" ? mount_skip : "-")) "\n"
 
     print "## Ratios against the targets\n"
@@ -349,6 +401,8 @@ awk -F, -v mode="$mode" -v sizes="$sizes" -v mount_skip="$mount_skip" -v pt_skip
     check("mount append / passthrough_ll write, 1 MiB", v["mnt_write,1048576"], pt_skip == "" ? v["pt_write,1048576"] : "", 1.5, ">=")
     check("mount read ops/s / passthrough_ll, 4 KiB", ops["mnt_read,4096"], pt_skip == "" ? ops["pt_read,4096"] : "", 1.5, ">=")
     check("mount append ops/s / passthrough_ll, 4 KiB", ops["mnt_write,4096"], pt_skip == "" ? ops["pt_write,4096"] : "", 1.5, ">=")
+    check("fio 4 KiB reads, peer file / passthrough_ll default", v["fio_mnt,4096"], v["fio_pt,4096"], 1, ">=")
+    check("fio 64 KiB reads, peer file / passthrough_ll direct I/O", v["fio_mnt,65536"], v["fio_ptd,65536"], 1, ">=")
     check("mount commit-to-seen p50 (us)", has("latency_mount,64") ? v["latency_mount,64"] / 1000 : "", 1, 100, "<")
     check("daemon idle CPU (% of a core)", v["idle_cpu,0"], 1, 1, "<")
     for (i = 1; i <= nr; i++) print rows[i]

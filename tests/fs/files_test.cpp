@@ -83,18 +83,47 @@ TEST_F(TwoPeers, OpeningAnotherPeersFileForWritingIsEACCESEvenForRoot) {
   EXPECT_EQ(open_errno(a_->file("follow/vm0"), O_WRONLY), EACCES);
 }
 
-TEST_F(TwoPeers, WritesAppendWhateverTheOffset) {
+TEST_F(TwoPeers, AWriteAtTheEndAppendsAndAnywhereElseIsEPERM) {
   const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0) << std::strerror(errno);
-  EXPECT_EQ(::write(fd, "abc", 3), 3);
-  EXPECT_EQ(::pwrite(fd, "XYZ", 3, 0), 3) << "pwrite at offset 0 appends";
+  EXPECT_EQ(::write(fd, "abc", 3), 3) << "the first write starts at the end (0)";
+  EXPECT_EQ(::write(fd, "def", 3), 3) << "sequential writes continue at the end";
+  EXPECT_EQ(::pwrite(fd, "XYZ", 3, 0), -1) << "an overwrite is refused, not moved";
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(::pwrite(fd, "XYZ", 3, 5), -1) << "overlapping the end is refused too";
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(::pwrite(fd, "!", 1, 1000), -1) << "a write past the end would leave a hole";
+  EXPECT_EQ(errno, EPERM);
+  EXPECT_EQ(::pwrite(fd, "ghi", 3, 6), 3) << "a pwrite exactly at the end appends";
   EXPECT_EQ(::lseek(fd, 1, SEEK_SET), 1);
-  EXPECT_EQ(::write(fd, "12", 2), 2);
-  EXPECT_EQ(::pwrite(fd, "!", 1, 1000000), 1) << "an offset past the end appends too";
+  EXPECT_EQ(::write(fd, "12", 2), -1);
+  EXPECT_EQ(errno, EPERM);
   ::close(fd);
-  append(a_->file("vm0"), "tail");
-  EXPECT_EQ(read_all(a_->file("vm0")), "abcXYZ12!tail");
-  EXPECT_EQ(read_all(b_->file("vm0")), "abcXYZ12!tail");
+  EXPECT_EQ(read_all(a_->file("vm0")), "abcdefghi") << "refused writes changed nothing";
+  EXPECT_EQ(read_all(b_->file("vm0")), "abcdefghi");
+}
+
+TEST_F(TwoPeers, AnOAppendDescriptorAlwaysAppends) {
+  append(a_->file("vm0"), "one\n");
+  const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  EXPECT_EQ(::lseek(fd, 0, SEEK_SET), 0);
+  EXPECT_EQ(::write(fd, "two\n", 4), 4) << "O_APPEND: the file offset does not matter";
+  EXPECT_EQ(::pwrite(fd, "three\n", 6, 0), 6) << "Linux appends a pwrite on an O_APPEND descriptor";
+  ::close(fd);
+  // O_APPEND set later with fcntl counts as well (the kernel sends the
+  // descriptor's flags with every write).
+  const int fd2 = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
+  ASSERT_GE(fd2, 0);
+  EXPECT_EQ(::write(fd2, "four\n", 5), -1) << "without O_APPEND a write at offset 0 is refused";
+  EXPECT_EQ(errno, EPERM);
+  ASSERT_EQ(::fcntl(fd2, F_SETFL, O_APPEND), 0);
+  EXPECT_EQ(::write(fd2, "four\n", 5), 5) << std::strerror(errno);
+  ASSERT_EQ(::fcntl(fd2, F_SETFL, 0), 0);
+  EXPECT_EQ(::pwrite(fd2, "five\n", 5, 0), -1) << "O_APPEND cleared again: refused";
+  EXPECT_EQ(errno, EPERM);
+  ::close(fd2);
+  EXPECT_EQ(read_all(b_->file("vm0")), "one\ntwo\nthree\nfour\n");
 }
 
 TEST_F(TwoPeers, DataIsBinarySafe) {
@@ -133,15 +162,20 @@ TEST_F(TwoPeers, OTruncAndTruncateToZeroReset) {
   EXPECT_EQ(read_all(b_->file("vm0")), "");
 }
 
-TEST_F(TwoPeers, TruncateToANonZeroSizeIsEPERM) {
+TEST_F(TwoPeers, TruncateToTheLengthIsANoOpAndToAnyOtherNonZeroSizeEPERM) {
   append(a_->file("vm0"), "0123456789");
+  const std::string generation = xattr(b_->file("vm0"), "user.ivshmfs.generation");
+  EXPECT_EQ(errno_of(::truncate(a_->file("vm0").c_str(), 10)), 0) << "truncate to the current length succeeds";
   EXPECT_EQ(errno_of(::truncate(a_->file("vm0").c_str(), 5)), EPERM);
   EXPECT_EQ(errno_of(::truncate(a_->file("vm0").c_str(), 100)), EPERM);
   const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0);
   EXPECT_EQ(errno_of(::ftruncate(fd, 3)), EPERM);
+  EXPECT_EQ(errno_of(::ftruncate(fd, 10)), 0);
   ::close(fd);
-  EXPECT_EQ(read_all(b_->file("vm0")), "0123456789") << "a refused truncate changes nothing";
+  EXPECT_EQ(read_all(b_->file("vm0")), "0123456789") << "a refused or no-op truncate changes nothing";
+  EXPECT_EQ(xattr(b_->file("vm0"), "user.ivshmfs.generation"), generation) << "no reset happened";
+  EXPECT_EQ(errno_of(::truncate(a_->file("vm1").c_str(), 0)), EACCES) << "another peer's file: still refused";
 }
 
 TEST_F(TwoPeers, AFullPartitionGivesAShortWriteThenENOSPC) {
@@ -192,6 +226,9 @@ TEST_F(TwoPeers, StatfsShowsTheOwnPartition) {
   EXPECT_EQ(vfs.f_blocks * vfs.f_frsize, capacity);
   EXPECT_EQ(vfs.f_bfree * vfs.f_frsize, capacity - 8192);
   EXPECT_EQ(vfs.f_bavail, vfs.f_bfree);
+  // No inode table: df -i shows "-", not "100% used".
+  EXPECT_EQ(vfs.f_files, 0U);
+  EXPECT_EQ(vfs.f_ffree, 0U);
 }
 
 TEST_F(TwoPeers, CreatingRemovingAndRenamingFilesIsEPERM) {
@@ -287,6 +324,65 @@ TEST_F(TwoPeers, LargeWritesAndReadsGoThroughWhole) {
   ::close(rfd);
   back.resize(got);
   EXPECT_TRUE(back == data) << "read back " << got << " of " << data.size() << " bytes, contents differ";
+}
+
+// A write() is committed whole when the kernel sends it as one request. The
+// kernel pins the writer's buffer page by page and a request holds at most
+// 256 pages (1 MiB): a buffer starting mid-page is sent whole up to
+// 1 MiB - 4095 bytes (1,044,481), and up to 1 MiB when page-aligned. The
+// daemon logs every request it receives at trace level: each write below
+// must have arrived as exactly one request of its full size, with O_APPEND
+// and without, from buffers at every offset in a page.
+TEST_F(TwoPeers, AWriteUpToTheGuaranteedSizeArrivesAsOneRequest) {
+  RegionFile big(16 << 20, 2);
+  TempDir dir("mnt-split");
+  Daemon d({big.path(), dir.path(), 0, {"log=trace"}});
+  ASSERT_TRUE(d.start()) << d.log();
+  const long page = ::sysconf(_SC_PAGESIZE);
+  std::vector<char> buffer(static_cast<std::size_t>(3 * page + (1 << 20)));
+  // Page-aligned base inside the buffer.
+  const auto base = (reinterpret_cast<uintptr_t>(buffer.data()) + static_cast<uintptr_t>(page) - 1) &
+                    ~(static_cast<uintptr_t>(page) - 1);
+  struct Case {
+    std::size_t misalign;
+    std::size_t size;
+  };
+  const std::size_t guaranteed = (1 << 20) - static_cast<std::size_t>(page) + 1;
+  const std::vector<Case> cases = {{0, 1 << 20},
+                                   {1, guaranteed},
+                                   {100, guaranteed},
+                                   {static_cast<std::size_t>(page) - 1, guaranteed},
+                                   {static_cast<std::size_t>(page) / 2, 1000},
+                                   {7, guaranteed - 1}};
+  std::size_t expected_length = 0;
+  for (const bool use_append : {false, true}) {
+    for (const Case& c : cases) {
+      ASSERT_EQ(::truncate(d.file("vm0").c_str(), 0), 0);
+      const int fd = ::open(d.file("vm0").c_str(), O_WRONLY | O_CLOEXEC | (use_append ? O_APPEND : 0));
+      ASSERT_GE(fd, 0);
+      char* at = reinterpret_cast<char*>(base) + c.misalign;
+      std::memset(at, 'w', c.size);
+      const std::string marker = "trace: write " + std::to_string(c.size) + " bytes at 0";
+      const auto before = d.log();
+      ASSERT_EQ(::write(fd, at, c.size), static_cast<ssize_t>(c.size)) << std::strerror(errno);
+      ::close(fd);
+      expected_length = c.size;
+      // The log line is written before the reply: it is there once write() returned.
+      const std::string after = d.log().substr(before.size());
+      std::size_t requests = 0;
+      for (std::size_t at_pos = after.find("trace: write "); at_pos != std::string::npos;
+           at_pos = after.find("trace: write ", at_pos + 1)) {
+        ++requests;
+      }
+      EXPECT_EQ(requests, 1U) << (use_append ? "O_APPEND, " : "") << "buffer at page offset " << c.misalign << ", "
+                              << c.size << " bytes: the daemon saw\n"
+                              << after;
+      EXPECT_NE(after.find(marker), std::string::npos) << after;
+      struct stat st {};
+      ASSERT_EQ(::stat(d.file("vm0").c_str(), &st), 0);
+      EXPECT_EQ(static_cast<std::size_t>(st.st_size), expected_length);
+    }
+  }
 }
 
 // A read-only peer (-o ro), e.g. a host that only watches: it claims no

@@ -64,7 +64,8 @@ def main():
         check(is_mounted(a) and is_mounted(b), "both mounts are up")
         vm0_a, vm0_b = os.path.join(a, "vm0"), os.path.join(b, "vm0")
 
-        # open('ab'), open('w') and a pwrite at 0 all append or reset as documented.
+        # open('ab') appends, open('w') resets, a pwrite at the end appends and
+        # one anywhere else is refused with EPERM, as documented.
         with open(vm0_a, "ab") as f:
             f.write(b"spam\n")
         with open(vm0_b, "rb") as f:
@@ -74,10 +75,15 @@ def main():
         with open(vm0_b) as f:
             check(f.read() == "eggs\n", "open('w') resets")
         fd = os.open(vm0_a, os.O_WRONLY)
-        check(os.pwrite(fd, b"ham\n", 0) == 4, "pwrite at 0")
+        try:
+            os.pwrite(fd, b"ham\n", 0)
+            raise AssertionError("pwrite at 0 over committed bytes succeeded")
+        except OSError as e:
+            check(e.errno == errno.EPERM, "EPERM for a pwrite at 0")
+        check(os.pwrite(fd, b"ham\n", 5) == 4, "pwrite at the end")
         os.close(fd)
         with open(vm0_b, "rb") as f:
-            check(f.read() == b"eggs\nham\n", "pwrite at 0 appended")
+            check(f.read() == b"eggs\nham\n", "pwrite at the end appended")
         check(os.stat(vm0_b).st_size == 9, "size seen by vm1")
 
         payload = bytes(range(256)) * 1000

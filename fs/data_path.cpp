@@ -1,0 +1,423 @@
+// SPDX-License-Identifier: MIT
+// The data path: open, read, write (honest appends), truncate/reset and
+// release of partition files, and the page-cache bookkeeping for them.
+#include "fs_internal.hpp"
+
+#include <fcntl.h>
+
+#include <cstring>
+#include <thread>
+
+#include "status.hpp"
+
+namespace ivshmfs::fs {
+
+using namespace detail;
+
+// The page cache rule. Partition files opened for reading go through the
+// kernel's page cache. Committed bytes never change within a generation, so
+// a cached page is right until its partition is reset, with one exception
+// handled below (the last, partial page). Every page the kernel may hold of a
+// file was read from generation slot.cache_generation:
+//  - a read whose bytes are of another generation is refused (ESTALE), never
+//    cached next to pages of the old one;
+//  - the watcher, on seeing a new generation, drops every cached page of the
+//    file (fuse_lowlevel_notify_inval_inode, from its own thread, never from
+//    inside a request on that inode) and then moves cache_generation on;
+//  - open and getattr (which hold no page of the file) wait for the watcher
+//    when the generation moved, so stat-then-read and reopen-then-read see
+//    the new contents at once; reads in flight across a reset get ESTALE.
+// The last page: a page cached while it held the partition's end is short.
+// A read past the size the kernel knows asks for the attributes, and the
+// kernel drops the file's pages whenever the size changed (we leave
+// FUSE_CAP_EXPLICIT_INVAL_DATA off for that); the watcher also drops the old
+// last page of a peer's file when it grows (mappings see the new bytes); an
+// own append through a direct-I/O writer drops it before the write returns.
+bool Filesystem::may_cache(Node node) const noexcept {
+  if (node.kind != NodeKind::partition) return false;
+  // Dropping the own file's last page happens inside the write request and
+  // waits for reads other threads serve: not with a single thread.
+  if (node.index == self_index_) return !single_thread_;
+  return true;
+}
+
+bool Filesystem::wait_cache_current(Slot& slot, uint64_t generation) {
+  using clock = std::chrono::steady_clock;
+  std::unique_lock lock(slot.cache_mutex);
+  if (slot.cache_generation != generation) {
+    lock.unlock();
+    watcher_.kick();
+    lock.lock();
+    // Bounded: the watcher normally answers within a tick; should it be held
+    // up, the caller goes on (its reads are refused until it answered).
+    if (!slot.cache_moved.wait_for(lock, std::chrono::milliseconds(500),
+                                   [&] { return slot.cache_generation == generation; })) {
+      return false;
+    }
+  }
+  const auto ready_at = slot.cache_ready_at;
+  lock.unlock();
+  if (clock::now() < ready_at) std::this_thread::sleep_until(ready_at);
+  return true;
+}
+
+// A thread asks for the attributes of a file (stat, fstat, open's lookup, a
+// read() past the size the kernel knows): a reset the kernel did not know
+// yet is handled first, so that stat-then-read sees the new contents.
+void Filesystem::sync_cache(Node node) {
+  if (stale_ || !may_cache(node)) return;
+  Slot& slot = *slots_[node.index];
+  if (auto s = region_->snapshot(slot.info.id)) wait_cache_current(slot, s->generation);
+}
+
+void Filesystem::invalidate_own_tail(uint64_t old_length) noexcept {
+  if (fuse_ == nullptr || self_index_ == kNoPartition) return;
+  if (slots_[self_index_]->lookups.load(std::memory_order_relaxed) == 0) return;
+  const auto from = static_cast<off_t>(old_length & ~(page_size() - 1));
+  const int r = fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(self_index_), from, 0);
+  if (r != 0 && r != -ENOENT) spdlog::debug("dropping the cached last page of the own file: {}", std::strerror(-r));
+}
+
+int Filesystem::reset_own_partition() {
+  std::unique_lock lock(writer_mutex_);
+  if (!writer_) return EIO;
+  if (auto r = writer_->reset(); !r) return r.error().code == Errc::not_owner ? EIO : errno_of(r.error());
+  lock.unlock();
+  watcher_.kick();
+  return 0;
+}
+
+void Filesystem::setattr(fuse_req_t req, fuse_ino_t ino, const struct stat* attr, int to_set) {
+  const Node node = decode(ino);
+  if (node.kind == NodeKind::none) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  // Modes and owners come from the mount options; times are the region's.
+  // Times are accepted and ignored, so `touch` and `cp -p` do not fail.
+  if ((to_set & (FUSE_SET_ATTR_MODE | FUSE_SET_ATTR_UID | FUSE_SET_ATTR_GID)) != 0) {
+    fuse_reply_err(req, EPERM);
+    return;
+  }
+  if ((to_set & FUSE_SET_ATTR_SIZE) != 0) {
+    if (node.kind != NodeKind::partition) {
+      fuse_reply_err(req, node.kind == NodeKind::root || node.kind == NodeKind::follow_dir ? EISDIR : EACCES);
+      return;
+    }
+    if (node.index != self_index_) {
+      fuse_reply_err(req, EACCES);
+      return;
+    }
+    if (stale_) {
+      fuse_reply_err(req, EIO);
+      return;
+    }
+    // Partitions are append-only: truncating to zero is a reset, truncating
+    // to the committed length changes nothing and succeeds (rsync --append
+    // and others set the size they just wrote), any other size is refused.
+    if (attr->st_size != 0) {
+      auto s = region_->snapshot(slots_[node.index]->info.id);
+      if (!s) {
+        fuse_reply_err(req, errno_of(s.error()));
+        return;
+      }
+      if (static_cast<uint64_t>(attr->st_size) != s->length) {
+        fuse_reply_err(req, EPERM);
+        return;
+      }
+    } else if (const int error = reset_own_partition(); error != 0) {
+      fuse_reply_err(req, error);
+      return;
+    }
+  }
+  getattr(req, ino, nullptr);
+}
+
+void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
+  const Node node = decode(ino);
+  const bool wants_write = (fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC) != 0;
+  switch (node.kind) {
+    case NodeKind::none: fuse_reply_err(req, ENOENT); return;
+    case NodeKind::root:
+    case NodeKind::follow_dir: fuse_reply_err(req, EISDIR); return;
+    case NodeKind::status:
+    case NodeKind::follow:
+      if (wants_write) {
+        fuse_reply_err(req, EACCES);
+        return;
+      }
+      break;
+    case NodeKind::partition:
+      // Ownership is ours to enforce, for root too: mode bits do not stop root.
+      if (wants_write && node.index != self_index_) {
+        fuse_reply_err(req, EACCES);
+        return;
+      }
+      break;
+  }
+  if (stale_ && node.kind != NodeKind::status) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
+
+  auto handle = std::make_unique<Handle>();
+  handle->kind = node.kind;
+  handle->index = node.index;
+  handle->writable = node.kind == NodeKind::partition && (fi->flags & O_ACCMODE) != O_RDONLY;
+  handle->append = (fi->flags & O_APPEND) != 0;
+  if (node.kind == NodeKind::status) handle->text = format_status(*region_, self_id_, stale_);
+  if (node.kind == NodeKind::partition || node.kind == NodeKind::follow) {
+    if (node.kind == NodeKind::partition && (fi->flags & O_TRUNC) != 0) {
+      if (const int error = reset_own_partition(); error != 0) {
+        fuse_reply_err(req, error);
+        return;
+      }
+    }
+    auto s = region_->snapshot(slots_[node.index]->info.id);
+    if (!s) {
+      fuse_reply_err(req, errno_of(s.error()));
+      return;
+    }
+    handle->generation = s->generation;
+  }
+  // Reading opens of partition files use the kernel's page cache (and its
+  // readahead, and make mmap possible): committed bytes never change within
+  // a generation, so cached pages stay right until a reset, and the rule in
+  // the comment above may_cache() keeps every cached page of one generation.
+  // Writing opens, the follow view and .status bypass it: writes go straight
+  // to the daemon, follow reads wait, .status is a snapshot.
+  fi->direct_io = 1;
+  fi->keep_cache = 0;
+  if (!handle->writable && may_cache(node)) {
+    handle->cached = true;
+    fi->direct_io = 0;
+    if (node.index == self_index_) own_cached_.store(true, std::memory_order_relaxed);
+    // The kernel keeps what it cached before when it is of the current
+    // generation; otherwise it drops it at this open.
+    fi->keep_cache = wait_cache_current(*slots_[node.index], handle->generation) ? 1 : 0;
+  }
+  // Follow reads use their own cursor: seeking means nothing there.
+  fi->nonseekable = node.kind == NodeKind::follow ? 1 : 0;
+  Handle* raw = handle.get();
+  {
+    std::lock_guard lock(handles_mutex_);
+    handles_.emplace(raw, std::move(handle));
+  }
+  fi->fh = reinterpret_cast<uint64_t>(raw);
+  if (fuse_reply_open(req, fi) != 0) {
+    std::lock_guard lock(handles_mutex_);
+    handles_.erase(raw);
+  }
+}
+
+void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off) {
+  Slot& slot = *slots_[h.index];
+  const uint32_t id = slot.info.id;
+  const auto offset = static_cast<uint64_t>(std::max<off_t>(off, 0));
+  // What goes into the page cache must be of the generation the cache holds
+  // (see may_cache()). A read that raced a reset the watcher has not yet
+  // handled is refused: waiting here could deadlock (the kernel holds the
+  // pages of this read locked, and dropping pages waits for their locks).
+  const auto cache_refuses = [&](uint64_t generation, std::size_t got) {
+    if (!h.cached) return false;
+    // The kernel asks only for pages below the size it knows. A page wholly
+    // past our end means it knows a size from before a reset: a short reply
+    // would leave zero-filled pages it takes for data (it lowers its size
+    // only when no attribute update crossed the reply). Refuse instead.
+    bool refuse = got + page_size() <= size;
+    if (!refuse) {
+      std::lock_guard lock(slot.cache_mutex);
+      refuse = slot.cache_generation != generation || std::chrono::steady_clock::now() < slot.cache_ready_at;
+    }
+    if (!refuse) return false;
+    watcher_.kick();
+    spdlog::debug("read of {} at {} of {} refused: a reset the kernel may not know yet", size, offset, slot.name);
+    fuse_reply_err(req, ESTALE);
+    return true;
+  };
+  if (h.index == self_index_ && !copy_own_reads_) {
+    // Only this daemon resets its own partition, and a reset waits for this
+    // lock: the bytes go to the kernel straight from the mapping.
+    std::shared_lock lock(writer_mutex_);
+    auto v = region_->view(id, offset, size);
+    if (!v) {
+      fuse_reply_err(req, errno_of(v.error()));
+      return;
+    }
+    if (cache_refuses(v->generation, v->bytes.size())) return;
+    if (h.cached) slot.note_fetched(offset + v->bytes.size());
+    {
+      std::lock_guard hl(h.mutex);
+      h.position = offset + v->bytes.size();
+      h.generation = v->generation;
+    }
+    fuse_reply_buf(req, reinterpret_cast<const char*>(v->bytes.data()), v->bytes.size());
+    return;
+  }
+  // A peer may reset its partition at any moment, and what we hand to the
+  // kernel cannot be taken back: copy, check the generation, then reply.
+  // (Also the own partition when the mapping cannot be pinned.)
+  auto out = scratch(size);
+  uint64_t generation = 0;
+  auto n = region_->read(id, offset, out, &generation);
+  if (!n) {
+    fuse_reply_err(req, errno_of(n.error()));
+    return;
+  }
+  if (cache_refuses(generation, *n)) return;
+  if (h.cached) slot.note_fetched(offset + *n);
+  {
+    std::lock_guard hl(h.mutex);
+    h.position = offset + *n;
+    h.generation = generation;
+  }
+  fuse_reply_buf(req, reinterpret_cast<const char*>(out.data()), *n);
+}
+
+void Filesystem::read(fuse_req_t req, std::size_t size, off_t off, fuse_file_info* fi) {
+  auto& h = *reinterpret_cast<Handle*>(fi->fh);
+  if (h.kind == NodeKind::status) {
+    const auto offset = static_cast<std::size_t>(std::max<off_t>(off, 0));
+    if (offset >= h.text.size()) {
+      fuse_reply_buf(req, nullptr, 0);
+      return;
+    }
+    // A copy of our own: the kernel may finish the read, and a RELEASE on
+    // another thread free the handle, before writev has returned here.
+    const std::string slice = h.text.substr(offset, size);
+    fuse_reply_buf(req, slice.data(), slice.size());
+    return;
+  }
+  if (stale_) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
+  if (h.kind == NodeKind::follow) {
+    follow_read(req, h, size);
+    return;
+  }
+  read_partition(req, h, size, off);
+}
+
+void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file_info* fi) {
+  const auto& h = *reinterpret_cast<const Handle*>(fi->fh);
+  if (!h.writable) {
+    fuse_reply_err(req, EBADF);
+    return;
+  }
+  if (stale_) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
+  const std::size_t size = fuse_buf_size(in);
+  // The kernel sends the descriptor's current flags with every write (so an
+  // O_APPEND set or cleared later with fcntl counts); they always hold the
+  // access mode, so zero means a kernel that sent none: then the open's.
+  const bool append_mode = fi->flags != 0 ? (fi->flags & O_APPEND) != 0 : h.append;
+  spdlog::trace("write {} bytes at {}{}", size, off, append_mode ? " (O_APPEND)" : "");
+  if (size == 0) {
+    fuse_reply_write(req, 0);
+    return;
+  }
+  std::shared_lock lock(writer_mutex_);
+  if (!writer_) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
+  // Under the append lock this write is committed whole (or, when the
+  // partition fills, as much as fits) and never interleaves with another.
+  std::unique_lock append(append_mutex_);
+  if (!append_mode) {
+    // Honest appends: a write lands where the program asked, or nowhere.
+    // Only the end of the committed bytes can take new ones; a write that
+    // seeks back to overwrite (or past the end, to leave a hole) is refused
+    // with EPERM, as Linux refuses to modify an append-only (chattr +a) file,
+    // so the program stops instead of believing it overwrote.
+    auto s = region_->snapshot(writer_->id());
+    if (!s) {
+      append.unlock();
+      lock.unlock();
+      fuse_reply_err(req, errno_of(s.error()));
+      return;
+    }
+    if (off < 0 || static_cast<uint64_t>(off) != s->length) {
+      append.unlock();
+      lock.unlock();
+      spdlog::debug("write of {} bytes at offset {} refused: the partition ends at {}", size, off, s->length);
+      fuse_reply_err(req, EPERM);
+      return;
+    }
+  }
+  // One copy: from the request (libfuse's buffer, or the pipe the kernel
+  // spliced the writer's pages into) straight into the partition.
+  const bool drop_tail = own_cached_.load(std::memory_order_relaxed);
+  uint64_t old_length = 0;
+  if (drop_tail) {
+    if (auto s = region_->snapshot(writer_->id())) old_length = s->length;
+  }
+  auto room = writer_->reserve(size);
+  if (!room) {
+    append.unlock();
+    lock.unlock();
+    const Errc code = room.error().code;
+    if (code == Errc::not_owner && !lost_claim_logged_.exchange(true)) spdlog::error("{}", room.error().message);
+    fuse_reply_err(req, code == Errc::not_owner || code == Errc::reformatted ? EIO : errno_of(room.error()));
+    return;
+  }
+  const std::span<std::byte> into = room->bytes();
+  fuse_bufvec dst = FUSE_BUFVEC_INIT(into.size());
+  dst.buf[0].mem = into.data();
+  const ssize_t copied = fuse_buf_copy(&dst, in, static_cast<fuse_buf_copy_flags>(0));
+  if (copied <= 0) {
+    room->commit(0);
+    append.unlock();
+    lock.unlock();
+    fuse_reply_err(req, copied < 0 ? static_cast<int>(-copied) : EIO);
+    return;
+  }
+  const std::size_t n = room->commit(static_cast<std::size_t>(copied));
+  append.unlock();
+  lock.unlock();
+  if (n == 0) {  // the commit was refused: the mapping lost its backing
+    fuse_reply_err(req, errno_of(region_->backend().loss_error()));
+    return;
+  }
+  if (drop_tail) invalidate_own_tail(old_length);
+  fuse_reply_write(req, n);
+  own_partition_changed();
+}
+
+void Filesystem::release(fuse_req_t req, fuse_file_info* fi) {
+  auto* h = reinterpret_cast<Handle*>(fi->fh);
+  if (h->kind == NodeKind::partition || h->kind == NodeKind::follow) {
+    Slot& slot = *slots_[h->index];
+    std::lock_guard lock(slot.poll_mutex);
+    if (h->poll != nullptr) fuse_pollhandle_destroy(h->poll);
+    h->poll = nullptr;
+    slot.pollers.erase(h);
+  }
+  {
+    // The kernel releases a file only when no read is pending on it; answer
+    // any parked read anyway rather than keep a pointer to a freed handle.
+    std::vector<fuse_req_t> orphans;
+    {
+      std::lock_guard lock(park_mutex_);
+      for (auto it = parked_.begin(); it != parked_.end();) {
+        if (it->second.handle == h && it->second.parked) {
+          orphans.push_back(it->first);
+          it = parked_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (fuse_req_t r : orphans) fuse_reply_err(r, EINTR);
+  }
+  {
+    std::lock_guard lock(handles_mutex_);
+    handles_.erase(h);
+  }
+  fuse_reply_err(req, 0);
+}
+
+}  // namespace ivshmfs::fs

@@ -1,0 +1,361 @@
+// SPDX-License-Identifier: MIT
+// Waiting for data: poll, the follow/ view (reads that park until the owner
+// appends) and the watcher's tick that notices peers' changes.
+#include "fs_internal.hpp"
+
+#include <poll.h>
+
+#include <cstring>
+#include <optional>
+
+namespace ivshmfs::fs {
+
+using namespace detail;
+
+void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
+  auto& h = *reinterpret_cast<Handle*>(fi->fh);
+  if (h.kind != NodeKind::partition && h.kind != NodeKind::follow) {
+    if (ph != nullptr) fuse_pollhandle_destroy(ph);
+    fuse_reply_poll(req, POLLIN | POLLRDNORM);
+    return;
+  }
+  if (stale_) {
+    if (ph != nullptr) fuse_pollhandle_destroy(ph);
+    fuse_reply_err(req, EIO);
+    return;
+  }
+  Slot& slot = *slots_[h.index];
+  if (ph != nullptr) {
+    // Store the handle before looking at the data, so a change the watcher
+    // sees after our look finds the handle and wakes it.
+    std::lock_guard lock(slot.poll_mutex);
+    if (h.poll != nullptr) fuse_pollhandle_destroy(h.poll);
+    h.poll = ph;
+    slot.pollers.insert(&h);
+  }
+  if (ph != nullptr) watcher_.kick();  // a waiter: poll peers quickly again
+  unsigned revents = 0;
+  if (h.kind == NodeKind::follow) {
+    if (follow_has_data(h)) revents |= POLLIN | POLLRDNORM;
+  } else {
+    auto s = region_->snapshot(slot.info.id);
+    if (!s) {
+      fuse_reply_err(req, errno_of(s.error()));
+      return;
+    }
+    std::lock_guard lock(h.mutex);
+    // Reads through the page cache reach us only for what the kernel lacks:
+    // what any open file fetched counts as read.
+    uint64_t read_to = h.position;
+    if (h.cached) read_to = std::max(read_to, slot.fetched_end.load(std::memory_order_relaxed));
+    if (s->length > read_to || s->generation != h.generation) revents |= POLLIN | POLLRDNORM;
+    if (h.writable && s->length < slot.info.capacity) revents |= POLLOUT | POLLWRNORM;
+  }
+  fuse_reply_poll(req, revents);
+}
+
+// ---------------------------------------------------------------------------
+// The follow view
+
+bool Filesystem::follow_has_data(Handle& h) const {
+  auto s = region_->snapshot(slots_[h.index]->info.id);
+  if (!s) return true;  // let the read report the error
+  std::lock_guard lock(h.mutex);
+  return h.eof_once || s->generation != h.generation || s->length > h.position;
+}
+
+bool Filesystem::try_serve_follow(fuse_req_t req, Handle& h, std::size_t size) {
+  std::lock_guard lock(h.mutex);
+  if (stale_) {
+    fuse_reply_err(req, EIO);
+    return true;
+  }
+  const uint32_t id = slots_[h.index]->info.id;
+  for (;;) {
+    auto s = region_->snapshot(id);
+    if (!s) {
+      fuse_reply_err(req, errno_of(s.error()));
+      return true;
+    }
+    if (s->generation != h.generation) {
+      // The partition was reset: follow its new contents from the start.
+      h.generation = s->generation;
+      h.position = 0;
+    }
+    if (h.position >= s->length) {
+      if (!h.eof_once) return false;
+      // The wait was interrupted by a signal: end of file, once.
+      h.eof_once = false;
+      fuse_reply_buf(req, nullptr, 0);
+      return true;
+    }
+    auto out = scratch(size);
+    uint64_t generation = 0;
+    auto n = region_->read(id, h.position, out, &generation);
+    if (!n) {
+      fuse_reply_err(req, errno_of(n.error()));
+      return true;
+    }
+    if (generation != h.generation) continue;  // a reset raced the stat
+    h.position += *n;
+    fuse_reply_buf(req, reinterpret_cast<const char*>(out.data()), *n);
+    return true;
+  }
+}
+
+// A parked request is answered by whoever takes it out of parked_: the
+// watcher (data arrived), on_interrupt (EINTR), or stop/go_stale. The
+// interrupt callback is registered before the entry becomes visible to the
+// watcher, because the watcher's answer frees the request.
+void Filesystem::follow_read(fuse_req_t req, Handle& h, std::size_t size) {
+  for (;;) {
+    if (try_serve_follow(req, h, size)) return;
+    {
+      std::lock_guard lock(park_mutex_);
+      parked_[req] = ParkedRead{&h, size, false, false};
+    }
+    // May call on_interrupt at once (already interrupted): it marks the entry.
+    fuse_req_interrupt_func(req, &Filesystem::on_interrupt, this);
+    std::unique_lock lock(park_mutex_);
+    auto it = parked_.find(req);
+    if (it->second.interrupted || stale_) {
+      parked_.erase(it);
+      lock.unlock();
+      if (!stale_) mark_interrupted(h);
+      fuse_reply_err(req, stale_ ? EIO : EINTR);
+      return;
+    }
+    if (!follow_has_data(h)) {
+      it->second.parked = true;
+      lock.unlock();
+      watcher_.kick();  // a waiter: poll peers quickly again
+      return;
+    }
+    parked_.erase(it);  // data arrived meanwhile: serve it ourselves
+  }
+}
+
+// A signal interrupted a waiting follow read. On a pipe, Ctrl-C stops the
+// writer too and the reader's next read sees end of file: less +F then shows
+// (END) and q quits. The follow view does the same: the next read that would
+// wait returns end of file, once; reads after it wait again.
+void Filesystem::mark_interrupted(Handle& h) noexcept {
+  std::lock_guard lock(h.mutex);
+  h.eof_once = true;
+}
+
+void Filesystem::on_interrupt(fuse_req_t req, void* data) noexcept {
+  auto* fs = static_cast<Filesystem*>(data);
+  std::unique_lock lock(fs->park_mutex_);
+  auto it = fs->parked_.find(req);
+  if (it == fs->parked_.end()) return;  // already answered
+  if (!it->second.parked) {
+    it->second.interrupted = true;  // follow_read answers it
+    return;
+  }
+  Handle* h = it->second.handle;
+  fs->parked_.erase(it);
+  lock.unlock();
+  mark_interrupted(*h);
+  fuse_reply_err(req, EINTR);
+}
+
+void Filesystem::fail_parked(int error, bool only_slot, uint32_t index) noexcept {
+  std::vector<fuse_req_t> failed;
+  {
+    std::lock_guard lock(park_mutex_);
+    for (auto it = parked_.begin(); it != parked_.end();) {
+      if (it->second.parked && (!only_slot || it->second.handle->index == index)) {
+        failed.push_back(it->first);
+        it = parked_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (fuse_req_t r : failed) fuse_reply_err(r, error);
+}
+
+// ---------------------------------------------------------------------------
+// Watching peers
+
+bool Filesystem::tick() {
+  if (stale_) return false;
+  if (auto r = region_->check_format(); !r) {
+    go_stale(r.error().message);
+    return false;
+  }
+  // The kernel caches no attributes (zero timeouts); what a refresh drops is
+  // cached pages (see the page cache rule in data_path.cpp). At a peer's
+  // reset every page at once; while a peer's file grows, its old last page
+  // (short when it was cached) and the attributes, at most every kInvalEvery
+  // per file and once more after the flow stops.
+  constexpr auto kInvalEvery = std::chrono::milliseconds(1);
+  constexpr auto kCacheGrace = std::chrono::milliseconds(50);
+  bool peer_changed = false;
+  bool reset_seen = false;
+  std::optional<std::chrono::steady_clock::time_point> now;
+  for (auto& slot : slots_) {
+    auto s = region_->snapshot(slot->info.id);
+    if (!s) continue;
+    const uint32_t index = slot->info.index;
+    const bool own = index == self_index_;
+    if (s->length != slot->seen_length || s->generation != slot->seen_generation) {
+      const bool reset = s->generation != slot->seen_generation;
+      reset_seen = reset_seen || reset;
+      const uint64_t from = reset ? 0 : slot->seen_length;
+      slot->inval_from = slot->inval_pending ? std::min(slot->inval_from, from) : from;
+      slot->seen_length = s->length;
+      slot->seen_generation = s->generation;
+      // Our own appends are not news: own_partition_changed() woke their
+      // waiters already. They do not keep the watcher polling fast.
+      if (!own) peer_changed = true;
+      partition_changed(*slot);
+      // The kernel knows the size of what it wrote through us, and the write
+      // dropped the old last page itself: own appends need no refresh.
+      if (!own || reset) slot->inval_pending = true;
+      if (reset) slot->last_inval = {};
+    }
+    // A new generation: drop every page the kernel may hold of the old one,
+    // then let the cache follow (reads of the new one were refused so far).
+    uint64_t cached = 0;
+    {
+      std::lock_guard lock(slot->cache_mutex);
+      cached = slot->cache_generation;
+    }
+    if (cached != s->generation) {
+      bool dropped = false;
+      if (fuse_ != nullptr && slot->lookups.load(std::memory_order_relaxed) > 0) {
+        const int r = fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), 0, 0);
+        dropped = r == 0;
+        if (r != 0 && r != -ENOENT) spdlog::warn("dropping the cached pages of {}: {}", slot->name, std::strerror(-r));
+      } else {
+        spdlog::debug("{}: generation {} -> {}, the kernel holds no inode (lookups {})", slot->name, cached,
+                      s->generation, slot->lookups.load());
+      }
+      {
+        std::lock_guard lock(slot->cache_mutex);
+        slot->cache_generation = s->generation;
+        // The grace protects a read() in flight over the dropped pages;
+        // when the kernel held none, there is nothing to protect.
+        slot->cache_ready_at =
+            std::chrono::steady_clock::now() + (dropped ? kCacheGrace : std::chrono::milliseconds(0));
+        slot->fetched_end.store(0, std::memory_order_relaxed);
+      }
+      slot->cache_moved.notify_all();
+    }
+    if (slot->inval_pending && fuse_ != nullptr) {
+      if (!now) now = std::chrono::steady_clock::now();
+      if (*now - slot->last_inval >= kInvalEvery) {
+        slot->inval_pending = false;
+        slot->last_inval = *now;
+        if (slot->lookups.load(std::memory_order_relaxed) > 0) {
+          const auto from = static_cast<off_t>(slot->inval_from & ~(page_size() - 1));
+          fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), from, 0);
+        }
+        if (slot->follow_lookups.load(std::memory_order_relaxed) > 0) {
+          fuse_lowlevel_notify_inval_inode(fuse_, follow_ino(index), -1, 0);
+        }
+      }
+    }
+  }
+  if (self_index_ != kNoPartition && !lost_claim_logged_.load(std::memory_order_relaxed)) {
+    std::shared_lock lock(writer_mutex_);
+    if (writer_ && !writer_->owns() && !lost_claim_logged_.exchange(true)) {
+      spdlog::error("partition {} was taken over by another writer; writes now fail with EIO", *self_id_);
+    }
+  }
+  // Fast polling is for waiters (poll handles, parked follow reads): a plain
+  // read or stat asks the region itself and is never stale. Without waiters
+  // the watcher backs off even while peers write, so it does not take CPU
+  // from them; a new waiter kicks it back to the fast bound. A reset keeps
+  // it quick a while; pending invalidations ride on the slower ticks.
+  return ((peer_changed || pending_invalidation()) && has_waiters()) || reset_seen;
+}
+
+bool Filesystem::pending_invalidation() const noexcept {
+  for (const auto& slot : slots_) {
+    if (slot->inval_pending) return true;
+  }
+  return false;
+}
+
+bool Filesystem::has_waiters() {
+  {
+    std::lock_guard lock(park_mutex_);
+    if (!parked_.empty()) return true;
+  }
+  for (auto& slot : slots_) {
+    std::lock_guard lock(slot->poll_mutex);
+    if (!slot->pollers.empty()) return true;
+  }
+  return false;
+}
+
+void Filesystem::partition_changed(Slot& slot) {
+  // Waiters first: they are what the latency is about.
+  wake_pollers(slot);
+  answer_parked(slot.info.index);
+}
+
+void Filesystem::answer_parked(uint32_t index) {
+  std::vector<std::pair<fuse_req_t, ParkedRead>> ready;
+  {
+    std::lock_guard lock(park_mutex_);
+    if (parked_.empty()) return;
+    for (auto it = parked_.begin(); it != parked_.end();) {
+      if (it->second.parked && it->second.handle->index == index) {
+        ready.emplace_back(*it);
+        it = parked_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+  for (auto& [req, parked] : ready) {
+    try {
+      follow_read(req, *parked.handle, parked.size);  // serves, or parks again
+    } catch (...) {
+      reply_exception(req);
+    }
+  }
+}
+
+// After the commit: a waiter that registered before it is found here; one
+// that registers after it sees the new length itself (both sides take the
+// same mutex, which orders them).
+void Filesystem::own_partition_changed() noexcept {
+  if (self_index_ == kNoPartition) return;
+  Slot& slot = *slots_[self_index_];
+  try {
+    partition_changed(slot);
+  } catch (const std::exception& e) {
+    spdlog::error("waking readers of the own partition: {}", e.what());
+  } catch (...) {
+    spdlog::error("waking readers of the own partition: unknown exception");
+  }
+}
+
+void Filesystem::wake_pollers(Slot& slot) noexcept {
+  std::lock_guard lock(slot.poll_mutex);
+  if (slot.pollers.empty()) return;
+  for (Handle* h : slot.pollers) {
+    if (h->poll == nullptr) continue;
+    fuse_lowlevel_notify_poll(h->poll);
+    fuse_pollhandle_destroy(h->poll);
+    h->poll = nullptr;
+  }
+  slot.pollers.clear();
+}
+
+void Filesystem::go_stale(const std::string& why) {
+  stale_ = true;
+  spdlog::error("{}; no longer serving it: every access fails with EIO until unmounted", why);
+  fail_parked(EIO, false, 0);
+  for (auto& slot : slots_) wake_pollers(*slot);
+  // Our claim lives in the old format: stop heartbeating into the new one.
+  std::unique_lock lock(writer_mutex_);
+  writer_.reset();
+}
+
+}  // namespace ivshmfs::fs

@@ -1,0 +1,141 @@
+// SPDX-License-Identifier: MIT
+// What the files of fs/ that implement Filesystem share: inode numbers, the
+// per-open handle and per-partition slot, and the errno boundary helpers.
+// Only those .cpp files include it.
+#pragma once
+
+#include <fuse_lowlevel.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <new>
+#include <span>
+#include <string>
+#include <system_error>
+#include <unordered_set>
+#include <vector>
+
+#include <spdlog/spdlog.h>
+
+#include "filesystem.hpp"
+
+namespace ivshmfs::fs {
+
+namespace detail {
+
+constexpr fuse_ino_t kStatusIno = 2;
+constexpr fuse_ino_t kFollowDirIno = 3;
+constexpr fuse_ino_t kPartitionIno0 = 16;
+constexpr fuse_ino_t kFollowIno0 = kPartitionIno0 + IVSHMFS_MAX_PARTITIONS;
+
+constexpr const char* kStatusName = ".status";
+constexpr const char* kFollowName = "follow";
+
+// The largest request the kernel sends us (FUSE_MAX_MAX_PAGES pages); libfuse
+// turns conn->max_write into the kernel's max_pages, which bounds reads too.
+constexpr unsigned kMaxRequest = 1U << 20;
+// What stat reports as the preferred I/O size, so cat and cp use big requests.
+constexpr blksize_t kPreferredIo = 1 << 20;
+
+// The kernel's page size: the unit of its page cache.
+inline uint64_t page_size() noexcept {
+  static const auto size = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  return size;
+}
+
+inline timespec to_timespec(uint64_t ns) {
+  return timespec{static_cast<time_t>(ns / 1'000'000'000ULL), static_cast<long>(ns % 1'000'000'000ULL)};
+}
+
+inline int errno_of(const Error& e) noexcept { return -e.negative_errno(); }
+
+// A per-thread buffer for reads that must be copied out of the mapping first.
+inline std::span<std::byte> scratch(std::size_t size) {
+  thread_local std::vector<std::byte> buffer;
+  if (buffer.size() < size) buffer.resize(std::max<std::size_t>(size, std::size_t{64} * 1024));
+  return {buffer.data(), size};
+}
+
+// Exceptions become an errno here, at the libfuse boundary.
+inline void reply_exception(fuse_req_t req) noexcept {
+  int error = EIO;
+  try {
+    throw;
+  } catch (const std::bad_alloc&) {
+    error = ENOMEM;
+  } catch (const std::system_error& e) {
+    error = e.code().value() != 0 ? e.code().value() : EIO;
+    spdlog::error("{}", e.what());
+  } catch (const std::exception& e) {
+    spdlog::error("{}", e.what());
+  } catch (...) {
+    spdlog::error("unknown exception in a FUSE operation");
+  }
+  fuse_reply_err(req, error);
+}
+
+inline Filesystem& self(fuse_req_t req) noexcept { return *static_cast<Filesystem*>(fuse_req_userdata(req)); }
+
+}  // namespace detail
+
+// One open file.
+struct Filesystem::Handle {
+  NodeKind kind = NodeKind::none;
+  uint32_t index = 0;
+  bool writable = false;
+  bool append = false;  // opened with O_APPEND
+  bool cached = false;  // a partition file read through the kernel's page cache
+  std::string text;     // .status: the snapshot taken at open
+  std::mutex mutex;     // guards position and generation
+  // Partition files: the end of the last read (poll reports POLLIN past it).
+  // Follow files: the cursor, independent of the kernel's file offset.
+  uint64_t position = 0;
+  uint64_t generation = 0;
+  bool eof_once = false;            // follow files: a wait was interrupted (see follow.cpp)
+  fuse_pollhandle* poll = nullptr;  // guarded by the slot's poll_mutex
+};
+
+// One partition of the region.
+struct Filesystem::Slot {
+  PartitionInfo info;
+  std::string name;
+  std::atomic<uint64_t> lookups{0};
+  std::atomic<uint64_t> follow_lookups{0};
+  // The watcher's last view; only the watcher thread touches these.
+  uint64_t seen_length = 0;
+  uint64_t seen_generation = 0;
+  bool inval_pending = false;  // the kernel's view of the inode is due a refresh
+  uint64_t inval_from = 0;     // pages from here on are due a refresh (valid while inval_pending)
+  std::chrono::steady_clock::time_point last_inval{};
+  std::mutex poll_mutex;
+  std::unordered_set<Handle*> pollers;  // handles holding a poll handle
+
+  // The page cache rule: every page the kernel may hold of this partition
+  // file was read from generation `cache_generation`. A read of another
+  // generation is never handed to the kernel; the watcher moves the value on
+  // after it dropped every cached page (see data_path.cpp).
+  std::mutex cache_mutex;
+  std::condition_variable cache_moved;
+  uint64_t cache_generation = 0;  // guarded by cache_mutex
+  // No page of cache_generation goes to the kernel before this: a read()
+  // it was assembling from the old pages when they were dropped ends first.
+  std::chrono::steady_clock::time_point cache_ready_at{};  // guarded by cache_mutex
+  // The end of what reads of that generation handed to the kernel: pages
+  // below it may be read from the cache without asking us (poll uses it).
+  std::atomic<uint64_t> fetched_end{0};
+  void note_fetched(uint64_t end) noexcept {
+    uint64_t seen = fetched_end.load(std::memory_order_relaxed);
+    while (end > seen && !fetched_end.compare_exchange_weak(seen, end, std::memory_order_relaxed)) {
+    }
+  }
+};
+
+}  // namespace ivshmfs::fs

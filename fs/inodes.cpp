@@ -1,0 +1,256 @@
+// SPDX-License-Identifier: MIT
+// Inode naming and metadata: which inode is which file, attributes,
+// lookup/forget bookkeeping, directories, statfs and extended attributes.
+#include "fs_internal.hpp"
+
+#include <sys/statvfs.h>
+#include <sys/xattr.h>
+
+#include <string_view>
+
+#include "status.hpp"
+
+namespace ivshmfs::fs {
+
+using namespace detail;
+
+// ---------------------------------------------------------------------------
+// Inodes
+
+Filesystem::Node Filesystem::decode(fuse_ino_t ino) const noexcept {
+  const auto count = static_cast<fuse_ino_t>(slots_.size());
+  if (ino == FUSE_ROOT_ID) return {NodeKind::root, 0};
+  if (ino == kStatusIno) return {NodeKind::status, 0};
+  if (ino == kFollowDirIno) return {NodeKind::follow_dir, 0};
+  if (ino >= kPartitionIno0 && ino < kPartitionIno0 + count) {
+    return {NodeKind::partition, static_cast<uint32_t>(ino - kPartitionIno0)};
+  }
+  if (ino >= kFollowIno0 && ino < kFollowIno0 + count) {
+    return {NodeKind::follow, static_cast<uint32_t>(ino - kFollowIno0)};
+  }
+  return {};
+}
+
+fuse_ino_t Filesystem::partition_ino(uint32_t index) const noexcept { return kPartitionIno0 + index; }
+fuse_ino_t Filesystem::follow_ino(uint32_t index) const noexcept { return kFollowIno0 + index; }
+
+int Filesystem::attributes(Node node, struct stat& st) const {
+  st = {};
+  st.st_uid = ownership_.uid;
+  st.st_gid = ownership_.gid;
+  st.st_blksize = kPreferredIo;
+  const timespec formatted = to_timespec(region_->info().format_time_ns);
+  st.st_atim = st.st_mtim = st.st_ctim = formatted;
+  switch (node.kind) {
+    case NodeKind::root:
+      st.st_ino = FUSE_ROOT_ID;
+      st.st_mode = S_IFDIR | (0555 & ~ownership_.umask);
+      st.st_nlink = 3;
+      return 0;
+    case NodeKind::follow_dir:
+      st.st_ino = kFollowDirIno;
+      st.st_mode = S_IFDIR | (0555 & ~ownership_.umask);
+      st.st_nlink = 2;
+      return 0;
+    case NodeKind::status:
+      st.st_ino = kStatusIno;
+      st.st_mode = S_IFREG | (0444 & ~ownership_.umask);
+      st.st_nlink = 1;
+      st.st_size = static_cast<off_t>(format_status(*region_, self_id_, stale_).size());
+      st.st_mtim = st.st_ctim = to_timespec(wall_clock_ns());
+      return 0;
+    case NodeKind::partition:
+    case NodeKind::follow: {
+      if (stale_) return EIO;
+      const Slot& slot = *slots_[node.index];
+      auto s = region_->snapshot(slot.info.id);
+      if (!s) return errno_of(s.error());
+      const bool own = node.kind == NodeKind::partition && node.index == self_index_;
+      st.st_ino = node.kind == NodeKind::partition ? partition_ino(node.index) : follow_ino(node.index);
+      st.st_mode = S_IFREG | ((own ? 0666 : 0444) & ~ownership_.umask);
+      st.st_nlink = 1;
+      st.st_size = static_cast<off_t>(s->length);
+      st.st_blocks = static_cast<blkcnt_t>((s->length + 511) / 512);
+      if (s->last_write_ns != 0) st.st_mtim = st.st_ctim = to_timespec(s->last_write_ns);
+      st.st_atim = st.st_mtim;
+      return 0;
+    }
+    case NodeKind::none: break;
+  }
+  return ENOENT;
+}
+
+void Filesystem::reply_entry(fuse_req_t req, fuse_ino_t ino, Node node) {
+  sync_cache(node);
+  fuse_entry_param e{};
+  if (const int error = attributes(node, e.attr); error != 0) {
+    fuse_reply_err(req, error);
+    return;
+  }
+  e.ino = ino;
+  // Zero timeouts: a peer's append must show in the very next stat.
+  e.attr_timeout = 0.0;
+  e.entry_timeout = 0.0;
+  if (node.kind == NodeKind::partition) slots_[node.index]->lookups.fetch_add(1, std::memory_order_relaxed);
+  if (node.kind == NodeKind::follow) slots_[node.index]->follow_lookups.fetch_add(1, std::memory_order_relaxed);
+  if (fuse_reply_entry(req, &e) != 0) {
+    // The kernel did not take the reference (e.g. the request was interrupted).
+    if (node.kind == NodeKind::partition) slots_[node.index]->lookups.fetch_sub(1, std::memory_order_relaxed);
+    if (node.kind == NodeKind::follow) slots_[node.index]->follow_lookups.fetch_sub(1, std::memory_order_relaxed);
+  }
+}
+
+void Filesystem::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  after_init();
+  const Node dir = decode(parent);
+  const std::string_view n = name;
+  if (dir.kind == NodeKind::root) {
+    if (n == kStatusName) return reply_entry(req, kStatusIno, {NodeKind::status, 0});
+    if (n == kFollowName) return reply_entry(req, kFollowDirIno, {NodeKind::follow_dir, 0});
+  }
+  if (dir.kind == NodeKind::root || dir.kind == NodeKind::follow_dir) {
+    if (auto it = index_by_name_.find(std::string(n)); it != index_by_name_.end()) {
+      if (dir.kind == NodeKind::root)
+        return reply_entry(req, partition_ino(it->second), {NodeKind::partition, it->second});
+      return reply_entry(req, follow_ino(it->second), {NodeKind::follow, it->second});
+    }
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  fuse_reply_err(req, dir.kind == NodeKind::none ? ENOENT : ENOTDIR);
+}
+
+void Filesystem::forget(fuse_ino_t ino, uint64_t nlookup) noexcept {
+  const Node node = decode(ino);
+  if (node.kind == NodeKind::partition) slots_[node.index]->lookups.fetch_sub(nlookup, std::memory_order_relaxed);
+  if (node.kind == NodeKind::follow) slots_[node.index]->follow_lookups.fetch_sub(nlookup, std::memory_order_relaxed);
+}
+
+void Filesystem::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/) {
+  after_init();
+  const Node node = decode(ino);
+  sync_cache(node);
+  struct stat st {};
+  if (const int error = attributes(node, st); error != 0) {
+    fuse_reply_err(req, error);
+    return;
+  }
+  fuse_reply_attr(req, &st, 0.0);
+}
+
+void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t off) {
+  struct Entry {
+    std::string name;
+    fuse_ino_t ino;
+    mode_t type;
+  };
+  const Node node = decode(ino);
+  std::vector<Entry> entries;
+  if (node.kind == NodeKind::root) {
+    entries.push_back({".", FUSE_ROOT_ID, S_IFDIR});
+    entries.push_back({"..", FUSE_ROOT_ID, S_IFDIR});
+    entries.push_back({kStatusName, kStatusIno, S_IFREG});
+    entries.push_back({kFollowName, kFollowDirIno, S_IFDIR});
+    for (uint32_t i = 0; i < slots_.size(); ++i) entries.push_back({slots_[i]->name, partition_ino(i), S_IFREG});
+  } else if (node.kind == NodeKind::follow_dir) {
+    entries.push_back({".", kFollowDirIno, S_IFDIR});
+    entries.push_back({"..", FUSE_ROOT_ID, S_IFDIR});
+    for (uint32_t i = 0; i < slots_.size(); ++i) entries.push_back({slots_[i]->name, follow_ino(i), S_IFREG});
+  } else {
+    fuse_reply_err(req, node.kind == NodeKind::none ? ENOENT : ENOTDIR);
+    return;
+  }
+  std::vector<char> buf(size);
+  std::size_t used = 0;
+  for (auto i = static_cast<std::size_t>(std::max<off_t>(off, 0)); i < entries.size(); ++i) {
+    struct stat st {};
+    st.st_ino = entries[i].ino;
+    st.st_mode = entries[i].type;
+    const std::size_t need =
+        fuse_add_direntry(req, buf.data() + used, size - used, entries[i].name.c_str(), &st, static_cast<off_t>(i + 1));
+    if (need > size - used) break;
+    used += need;
+  }
+  fuse_reply_buf(req, buf.data(), used);
+}
+
+void Filesystem::statfs(fuse_req_t req) {
+  struct statvfs st {};
+  st.f_bsize = IVSHMFS_PAGE_SIZE;
+  st.f_frsize = IVSHMFS_PAGE_SIZE;
+  st.f_namemax = 255;
+  // No inode table to fill: files are the region's partitions, nothing is
+  // ever created. Zero total and free inodes is how df -i shows a file
+  // system without an inode limit ("-" for use%), as for /proc; counting
+  // the files as the total with none free showed "100% used".
+  st.f_files = 0;
+  st.f_ffree = 0;
+  st.f_favail = 0;
+  if (!stale_ && self_index_ != kNoPartition) {
+    // df shows the own partition: what this peer can still write.
+    const PartitionInfo& p = slots_[self_index_]->info;
+    if (auto s = region_->snapshot(p.id)) {
+      st.f_blocks = p.capacity / IVSHMFS_PAGE_SIZE;
+      st.f_bfree = st.f_bavail = (p.capacity - s->length) / IVSHMFS_PAGE_SIZE;
+    }
+  } else if (!stale_) {
+    // A read-only peer writes nothing: every partition, no free space.
+    for (const auto& slot : slots_) st.f_blocks += slot->info.capacity / IVSHMFS_PAGE_SIZE;
+  }
+  fuse_reply_statfs(req, &st);
+}
+
+namespace {
+// getxattr/listxattr's contract: size 0 asks for the length, a buffer too
+// small for the value is ERANGE.
+void reply_xattr(fuse_req_t req, std::size_t size, std::string_view value) {
+  if (size == 0) {
+    fuse_reply_xattr(req, value.size());
+  } else if (size < value.size()) {
+    fuse_reply_err(req, ERANGE);
+  } else {
+    fuse_reply_buf(req, value.data(), value.size());
+  }
+}
+}  // namespace
+
+void Filesystem::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, std::size_t size) {
+  const Node node = decode(ino);
+  if (node.kind != NodeKind::partition && node.kind != NodeKind::follow) {
+    fuse_reply_err(req, node.kind == NodeKind::none ? ENOENT : ENODATA);
+    return;
+  }
+  if (stale_) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
+  auto s = region_->stat(slots_[node.index]->info.id);
+  if (!s) {
+    fuse_reply_err(req, errno_of(s.error()));
+    return;
+  }
+  for (const auto& [key, value] : partition_xattrs(*s, node.index == self_index_)) {
+    if (key != name) continue;
+    reply_xattr(req, size, value);
+    return;
+  }
+  fuse_reply_err(req, ENODATA);
+}
+
+void Filesystem::listxattr(fuse_req_t req, fuse_ino_t ino, std::size_t size) {
+  const Node node = decode(ino);
+  std::string names;
+  if (node.kind == NodeKind::partition || node.kind == NodeKind::follow) {
+    PartitionStat empty;
+    for (const auto& entry : partition_xattrs(empty, false)) {
+      names += entry.first;
+      names.push_back('\0');
+    }
+  } else if (node.kind == NodeKind::none) {
+    fuse_reply_err(req, ENOENT);
+    return;
+  }
+  reply_xattr(req, size, names);
+}
+
+}  // namespace ivshmfs::fs
