@@ -2,6 +2,7 @@
 #include "server.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
@@ -243,6 +244,7 @@ void Server::accept_clients(Listener& listener) {
       }
       id = *free_id;
     }
+    if (clients_.size() >= static_cast<std::size_t>(options_.max_clients)) reap_closed();
     if (clients_.size() >= static_cast<std::size_t>(options_.max_clients)) {
       spdlog::warn("refusing a connection on {} ({}): {} clients already (--max-clients)", listener.path, who,
                    clients_.size());
@@ -394,6 +396,22 @@ void Server::drop(std::uint64_t token, const std::string& reason) {
   clients_.erase(it);  // closes the socket (leaving epoll) and our eventfd copies
   spdlog::info("{} dropped: {}; {} peer(s) now", label, reason, clients_.size());
   for (auto& [other_token, other] : clients_) enqueue(other_token, other, {id, nullptr});
+}
+
+void Server::reap_closed() {
+  // Clients that hung up but whose events are still queued must not count
+  // against --max-clients.
+  std::vector<pollfd> fds;
+  std::vector<std::uint64_t> tokens;
+  for (const auto& [token, c] : clients_) {
+    fds.push_back({c.sock.get(), POLLRDHUP, 0});
+    tokens.push_back(token);
+  }
+  if (::poll(fds.data(), fds.size(), 0) <= 0) return;
+  for (std::size_t i = 0; i < fds.size(); ++i) {
+    if ((fds[i].revents & (POLLHUP | POLLERR | POLLRDHUP)) != 0) pending_drops_.emplace_back(tokens[i], "disconnected");
+  }
+  drop_pending();
 }
 
 void Server::drop_pending() {

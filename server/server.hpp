@@ -73,6 +73,7 @@ class Server {
   // Drops the client now (if it still exists) and tells the others.
   void drop(std::uint64_t token, const std::string& reason);
   void drop_pending();
+  void reap_closed();
   void drop_stalled(Clock::time_point now);
   std::optional<int> free_shared_id() const;
   void set_polling_out(Client& client, std::uint64_t token, bool on);
