@@ -8,8 +8,10 @@
 #   boot    boot one guest and power it off: measures boot time
 #   driver  boot one guest: ivshm.ko probe, ioctl, sysfs, mmap checks, data
 #           exchange with the host file, unbind/rmmod with a live mapping
-#   doorbell boot one guest with an ivshmem-doorbell device (served by
-#           ivshmem-server.py): MSI-X, vectors and IVPosition reporting
+#   doorbell two guests with ivshmem-doorbell devices served by ivshm-server
+#           (BUILD_DIR/server/ivshm-server) and a host peer: MSI-X, vectors,
+#           IVPosition = the id the server gave (pinned 5, shared 1); vm0
+#           restarted gets 5 again; the host peer sees them come and go
 #   bench   boot one guest: copy bandwidth through /dev/ivshm0 (cacheable)
 #           vs sysfs resource2 (uncached)
 #   e2e     the end-to-end scenario: vm0, vm1 and the host share one region
@@ -32,7 +34,7 @@ mode=all
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--mode) mode=$2; shift 2 ;;
-	-h|--help) sed -n '3,27p' "$0"; exit 0 ;;
+	-h|--help) sed -n '3,29p' "$0"; exit 0 ;;
 	-*) die "unknown option $1" ;;
 	*) break ;;
 	esac
@@ -125,20 +127,58 @@ run_boot() {
 }
 
 run_doorbell() {
-	local shm shm2 pid srv sock=$WORK/ivshmem-server.sock logf=$WORK/doorbell.log t=$SECONDS rc=0
-	log "doorbell: booting one guest with ivshmem-plain and ivshmem-doorbell (peer id 5, 2 vectors)"
+	local shm shm2 pid0 pid1 srv peer server=$BUILD_DIR/server/ivshm-server t=$SECONDS rc=0
+	local sock=$WORK/ivshm-server.sock vm0sock=$WORK/ivshm-vm0.sock slog=$WORK/ivshm-server.log plog=$WORK/host-peer.log
+	local dev="-device ivshmem-doorbell,chardev=ivsrv,vectors=2"
+	[ -x "$server" ] || die "doorbell: $server is not built (cmake --build $BUILD_DIR --target ivshm-server)"
+	log "doorbell: ivshm-server with a host peer, vm0 pinned to id 5, vm1 on the shared socket, vm0 restarted"
 	shm=$(new_shm doorbell-plain 16M)
 	shm2=$(new_shm doorbell 16M)
 	"$TESTPROG" fill "$shm2" 0 65536 44
-	python3 "$GUEST_DIR/ivshmem-server.py" "$sock" "$shm2" 5 2 &
+	rm -f "$sock" "$vm0sock"
+	"$server" --shm "$shm2" --vectors 2 --socket "$sock" --peer "vm0=5:$vm0sock" >"$slog" 2>&1 &
 	srv=$!
-	for _ in $(seq 50); do [ -S "$sock" ] && break; sleep 0.1; done
-	pid=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -chardev socket,path=$sock,id=ivsrv -device ivshmem-doorbell,chardev=ivsrv,vectors=2" \
-		guest_start vm0 "$INITRD" "$shm" doorbell "5,2,44" "$logf")
-	PIDS+=("$pid")
-	guest_finish "$pid" "$logf" "$TIMEOUT" || rc=1
-	kill "$srv" 2>/dev/null; wait "$srv" 2>/dev/null
-	rm -f "$sock"
+	HOST_CLEANUP="kill $srv 2>/dev/null; wait $srv 2>/dev/null"
+	for _ in $(seq 50); do grep -q '^ivshm-server.*serving ' "$slog" && break; sleep 0.1; done
+	# A host program joins first, on the shared socket: id 0.
+	: >"$plog"
+	python3 "$REPO_DIR/tests/server/ivshm_peer.py" "$sock" --vectors 2 --wait "$((TIMEOUT * 3))" >"$plog" 2>&1 &
+	peer=$!
+	HOST_CLEANUP="kill $peer $srv 2>/dev/null; wait $peer $srv 2>/dev/null"
+	for _ in $(seq 50); do grep -q '^id ' "$plog" && break; sleep 0.1; done
+	grep -q '^id 0;' "$plog" || { log "doorbell: the host peer did not get id 0: $(cat "$plog")"; rc=1; }
+	# Two guests at once: vm0 on its pinned socket (id 5), vm1 on the shared
+	# socket (the lowest free id: 1).
+	pid0=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -chardev socket,path=$vm0sock,id=ivsrv $dev" \
+		guest_start vm0 "$INITRD" "$shm" doorbell "5,2,44" "$WORK/doorbell-vm0.log")
+	PIDS+=("$pid0")
+	pid1=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -chardev socket,path=$sock,id=ivsrv $dev" \
+		guest_start vm1 "$INITRD" "$shm" doorbell "1,2,44" "$WORK/doorbell-vm1.log")
+	PIDS+=("$pid1")
+	guest_finish "$pid0" "$WORK/doorbell-vm0.log" "$TIMEOUT" || rc=1
+	guest_finish "$pid1" "$WORK/doorbell-vm1.log" "$TIMEOUT" || rc=1
+	# vm0 again (a QEMU restart): the same id 5.
+	pid0=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -chardev socket,path=$vm0sock,id=ivsrv $dev" \
+		guest_start vm0 "$INITRD" "$shm" doorbell "5,2,44" "$WORK/doorbell-vm0-again.log")
+	PIDS+=("$pid0")
+	guest_finish "$pid0" "$WORK/doorbell-vm0-again.log" "$TIMEOUT" || rc=1
+	sleep 0.5
+	# The host peer saw both guests come and go, vm0 twice (2 vectors each).
+	local joined5 left5 joined1 left1
+	joined5=$(grep -c '^peer 5 joined' "$plog" || true)
+	left5=$(grep -c '^peer 5 left' "$plog" || true)
+	joined1=$(grep -c '^peer 1 joined' "$plog" || true)
+	left1=$(grep -c '^peer 1 left' "$plog" || true)
+	if [ "$joined5/$left5/$joined1/$left1" != 4/2/2/1 ]; then
+		log "doorbell: host peer saw peer 5 join/leave $joined5/$left5 (want 4/2), peer 1 $joined1/$left1 (want 2/1)"
+		rc=1
+	fi
+	kill -TERM "$srv"
+	wait "$srv" || { log "doorbell: ivshm-server did not exit 0 on SIGTERM"; rc=1; }
+	kill "$peer" 2>/dev/null; wait "$peer" 2>/dev/null
+	HOST_CLEANUP=
+	[ -e "$sock" ] || [ -e "$vm0sock" ] && { log "doorbell: ivshm-server left its sockets"; rc=1; }
+	sed 's/^/  /' "$slog" >&2
 	[ $rc -eq 0 ] && log "doorbell: PASS ($((SECONDS - t)) s)" || log "doorbell: FAIL"
 	return $rc
 }

@@ -202,6 +202,21 @@ check module-vermagic sh -c "/sbin/modinfo '$ko' | grep -q 'vermagic:.*$KVER '"
 # The unit as installed, instantiated for /dev/ivshm0 (man pages included).
 cp /lib/systemd/system/ivshmfs@.service /tmp/ivshmfs@ivshm0.service
 check systemd-analyze-verify sh -c 'out=$(systemd-analyze verify /tmp/ivshmfs@ivshm0.service 2>&1); echo "$out"; test -z "$out"' 
+cp /lib/systemd/system/ivshm-server@.service /tmp/ivshm-server@ivshm.service
+check systemd-analyze-verify-server sh -c 'out=$(systemd-analyze verify /tmp/ivshm-server@ivshm.service 2>&1); echo "$out"; test -z "$out"'
+check man-ivshm-server sh -c "MANWIDTH=80 man 8 ivshm-server 2>&1 | grep -q 'serve ivshmem-doorbell peers'"
+# What ivshm-server@.service runs: the packaged server, stopped by SIGTERM.
+truncate -s 1M /dev/shm/cleanroom-server
+ivshm-server --shm /dev/shm/cleanroom-server --socket /run/ivshm-cleanroom/server.sock 2>/tmp/server.log &
+server_pid=$!
+for i in $(seq 50); do [ -S /run/ivshm-cleanroom/server.sock ] && break; sleep 0.1; done
+check server-listens test -S /run/ivshm-cleanroom/server.sock
+kill -TERM "$server_pid"
+wait "$server_pid"
+server_rc=$?
+check server-sigterm-exit-0 sh -c "test $server_rc -eq 0 || { cat /tmp/server.log; exit 1; }"
+check server-socket-removed sh -c "! test -e /run/ivshm-cleanroom/server.sock"
+rm -rf /dev/shm/cleanroom-server /run/ivshm-cleanroom
 cp /usr/bin/ivshmfs /usr/bin/ivshmctl /tmp/export/ 2>/dev/null
 
 check apt-purge apt-get purge -y -q ivshmfs libivshmfs libivshmfs-dev ivshm-dkms
