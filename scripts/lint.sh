@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Style gate: every C/C++ file of the project is clang-formatted, and
-# clang-tidy (the root .clang-tidy) finds nothing in the library, the daemon
-# and the tools. The kernel module follows the kernel's own style instead.
+# clang-tidy (the root .clang-tidy) finds nothing in the library, the daemon,
+# the tools and the server. The kernel module follows the kernel's own style instead.
 #
 #   scripts/lint.sh BUILD_DIR      (BUILD_DIR holds compile_commands.json)
 set -uo pipefail
@@ -22,7 +22,7 @@ else
   echo "clang-format: clean"
 fi
 
-run-clang-tidy -p "$build" -quiet "$root/(lib/src|fs|tools)/.*\.cpp$" >"$build/clang-tidy.log" 2>&1
+run-clang-tidy -p "$build" -quiet "$root/(lib/src|fs|tools|server)/.*\.cpp$" >"$build/clang-tidy.log" 2>&1
 tidy_status=$?
 findings=$(sed 's/\x1b\[[0-9;]*m//g' "$build/clang-tidy.log" | grep -E ': (warning|error):' | sort -u)
 if [ "$tidy_status" != 0 ] || [ -n "$findings" ]; then
