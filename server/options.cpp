@@ -49,7 +49,7 @@ const char* const kUsage =
     "Example:\n"
     "  ivshm-server --shm /dev/shm/ivshm --vectors 2 --peer vm1=1:/run/ivshm/vm1.sock\n"
     "\n"
-    "  serves /dev/shm/ivshm; the VM started with the QEMU options\n"
+    "  It serves /dev/shm/ivshm; the VM started with the QEMU options\n"
     "  \"-chardev socket,path=/run/ivshm/vm1.sock,id=ivsrv\n"
     "  -device ivshmem-doorbell,chardev=ivsrv,vectors=2\" gets id 1.\n"
     "\n"
