@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -249,6 +250,34 @@ class BadClientTest(ServerCase):
                 return
 
 
+    def reading(self, peer):
+        """Context: PEER handles its notices in a thread, as a live client does."""
+        case = self
+
+        class Reader:
+            def __enter__(self):
+                self.stop = threading.Event()
+                self.error = None
+                self.thread = threading.Thread(target=self.run)
+                self.thread.start()
+
+            def run(self):
+                try:
+                    while not self.stop.is_set():
+                        try:
+                            peer.next_notice(timeout=0.1)
+                        except (socket.timeout, TimeoutError):
+                            pass
+                except Exception as e:  # noqa: BLE001 - reported by __exit__
+                    self.error = e
+
+            def __exit__(self, *exc):
+                self.stop.set()
+                self.thread.join()
+                case.assertIsNone(self.error, "the good client lost its connection")
+
+        return Reader()
+
     def raw(self):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.connect(self.sock)
@@ -313,13 +342,13 @@ class BadClientTest(ServerCase):
         stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         # Joins and leaves queue notices for stuck until its socket is full.
         t0 = time.monotonic()
-        for _ in range(300):
-            p = Peer(self.sock, self.vectors).handshake()
-            p.close()
-            if "not read" in self.server_log() or "did not read" in self.server_log():
-                break
-        wait_for(lambda: "read for" in self.server_log() or "messages not read" in self.server_log(),
-                 what="the stuck client to be dropped")
+        with self.reading(good):
+            for _ in range(300):
+                Peer(self.sock, self.vectors).handshake().close()
+                if "messages not read" in self.server_log():
+                    break
+            wait_for(lambda: "messages not read" in self.server_log(),
+                     what="the stuck client to be dropped")
         print(f"\nstuck client dropped {time.monotonic() - t0:.2f} s after the churn began",
               file=sys.stderr)
         self.expect_eof(stuck)
@@ -333,6 +362,28 @@ class BadClientTest(ServerCase):
         self.assertEqual(good.peers, {}, "every churned peer left")
         other = self.connect()
         self.assert_wakes(other, good, 0)
+
+
+    def test_client_that_never_reads_times_out(self):
+        # A queue bound far above what the churn queues: --send-timeout drops it.
+        self.start("--max-clients", "1000")
+        good = self.connect()
+        stuck = self.raw()
+        t0 = time.monotonic()
+        with self.reading(good):
+            for _ in range(400):
+                Peer(self.sock, self.vectors).handshake().close()
+            wait_for(lambda: "did not read for 1 s" in self.server_log(), timeout=15,
+                     what="the stuck client to time out")
+        print(f"\nstuck client timed out {time.monotonic() - t0:.2f} s after the churn began",
+              file=sys.stderr)
+        self.assertNotIn("messages not read", self.server_log())
+        self.expect_eof(stuck)
+        stuck.close()
+        good.drain(quiet=0.5)
+        self.assertEqual(good.peers, {}, "every churned peer left")
+        other = self.connect()
+        self.assert_wakes(other, good, 1)
 
 
 class LifecycleTest(ServerCase):
