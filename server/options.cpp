@@ -29,11 +29,13 @@ const char* const kUsage =
     "  -S, --socket PATH        the shared socket: each client gets the lowest free\n"
     "                           id no --peer pins (default /run/ivshm/server.sock;\n"
     "                           'none' for pinned sockets only)\n"
-    "  -p, --peer NAME=ID:PATH  pin id ID (0-65535) to the socket PATH, for the VM or\n"
-    "                           program NAME: whoever connects there gets ID, also\n"
-    "                           after a restart; a second connection takes the id\n"
-    "                           over (QEMU restarted or migrated) and the first is\n"
-    "                           dropped. Repeat for every pinned peer\n"
+    "  -p, --peer NAME=ID[:PATH]  pin id ID (0-65535) to the VM or program NAME:\n"
+    "                           whoever connects to the socket PATH gets ID, and so does a\n"
+    "                           QEMU started with -name NAME (or guest=NAME, as\n"
+    "                           libvirt does) on the shared socket; also after a\n"
+    "                           restart. A second connection takes the id over (QEMU\n"
+    "                           restarted or migrated) and the first is dropped.\n"
+    "                           Repeat for every pinned peer\n"
     "  -n, --vectors N          interrupt vectors (eventfds) per peer, 1-64 (default\n"
     "                           1); give QEMU the same vectors=N\n"
     "  -c, --max-clients N      connections served at once, 1-4096 (default 64);\n"
@@ -70,10 +72,8 @@ int parse_int(std::string_view text, int lo, int hi, const char* what) {
 
 PinnedPeer parse_peer(std::string_view text) {
   const auto eq = text.find('=');
-  const auto colon = text.find(':', eq == std::string_view::npos ? 0 : eq);
-  if (eq == std::string_view::npos || colon == std::string_view::npos) {
-    throw UsageError("--peer '" + std::string(text) + "' is not NAME=ID:PATH");
-  }
+  if (eq == std::string_view::npos) throw UsageError("--peer '" + std::string(text) + "' is not NAME=ID[:PATH]");
+  const auto colon = text.find(':', eq);
   PinnedPeer peer;
   peer.name = std::string(text.substr(0, eq));
   if (peer.name.empty() || peer.name.size() > 64 ||
@@ -81,9 +81,12 @@ PinnedPeer parse_peer(std::string_view text) {
           std::string::npos) {
     throw UsageError("--peer '" + std::string(text) + "': NAME must be 1-64 letters, digits, '-', '_' or '.'");
   }
-  peer.id = parse_int(text.substr(eq + 1, colon - eq - 1), 0, kMaxPeerId, "--peer id");
-  peer.socket_path = std::string(text.substr(colon + 1));
-  if (peer.socket_path.empty()) throw UsageError("--peer '" + std::string(text) + "' has no socket PATH");
+  const auto id_end = colon == std::string_view::npos ? text.size() : colon;
+  peer.id = parse_int(text.substr(eq + 1, id_end - eq - 1), 0, kMaxPeerId, "--peer id");
+  if (colon != std::string_view::npos) {
+    peer.socket_path = std::string(text.substr(colon + 1));
+    if (peer.socket_path.empty()) throw UsageError("--peer '" + std::string(text) + "' has an empty PATH");
+  }
   return peer;
 }
 
@@ -153,8 +156,17 @@ ParsedCommandLine parse_command_line(int argc, char** argv) {
     paths.insert(o.socket_path);
   }
   for (const auto& p : o.pinned) {
-    check_socket_path(p.socket_path, "--peer path");
-    if (!paths.insert(p.socket_path).second) throw UsageError("socket path '" + p.socket_path + "' is given twice");
+    if (p.socket_path.empty()) {
+      if (o.socket_path.empty()) {
+        throw UsageError("--peer " + p.name + "=" + std::to_string(p.id) +
+                         " (by name) needs the shared socket: give it a PATH or drop --socket none");
+      }
+    } else {
+      check_socket_path(p.socket_path, "--peer path");
+      if (!paths.insert(p.socket_path).second) {
+        throw UsageError("socket path '" + p.socket_path + "' is given twice");
+      }
+    }
     if (!ids.insert(p.id).second) throw UsageError("id " + std::to_string(p.id) + " is pinned twice");
     if (!names.insert(p.name).second) throw UsageError("peer name '" + p.name + "' is given twice");
   }

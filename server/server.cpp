@@ -16,7 +16,9 @@
 #include <cerrno>
 #include <csignal>
 #include <cstring>
+#include <fstream>
 #include <stdexcept>
+#include <string_view>
 #include <utility>
 
 #include <spdlog/spdlog.h>
@@ -65,6 +67,29 @@ void ensure_descriptor_limit(const Options& o) {
   if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) throw sys_error("setrlimit(RLIMIT_NOFILE)");
 }
 
+// The name QEMU was started with (-name NAME, -name NAME,process=..., or
+// libvirt's -name guest=NAME,debug-threads=on), read from the connecting
+// process's command line; empty when there is none or it cannot be read.
+std::string qemu_name(pid_t pid) {
+  if (pid <= 0) return {};
+  std::ifstream file("/proc/" + std::to_string(pid) + "/cmdline", std::ios::binary);
+  std::vector<std::string> args;
+  for (std::string arg; std::getline(file, arg, '\0');) args.push_back(arg);
+  for (std::size_t i = 0; i + 1 < args.size(); ++i) {
+    if (args[i] != "-name" && args[i] != "--name") continue;
+    std::string_view value = args[i + 1];
+    for (bool first = true; !value.empty(); first = false) {
+      const auto comma = value.find(',');
+      const std::string_view part = value.substr(0, comma);
+      if (part.starts_with("guest=")) return std::string(part.substr(6));
+      if (first && part.find('=') == std::string_view::npos) return std::string(part);
+      if (comma == std::string_view::npos) break;
+      value.remove_prefix(comma + 1);
+    }
+  }
+  return {};
+}
+
 }  // namespace
 
 Server::Server(Options options)
@@ -98,7 +123,13 @@ Server::Server(Options options)
   if (::epoll_ctl(epoll_.get(), EPOLL_CTL_ADD, signals_.get(), &ev) != 0) throw sys_error("epoll_ctl(signalfd)");
 
   if (!options_.socket_path.empty()) open_listener(options_.socket_path, std::nullopt, "");
-  for (const auto& p : options_.pinned) open_listener(p.socket_path, p.id, p.name);
+  for (const auto& p : options_.pinned) {
+    if (!p.socket_path.empty()) {
+      open_listener(p.socket_path, p.id, p.name);
+    } else {
+      spdlog::info("id {} is for the QEMU named {} on the shared socket", p.id, p.name);
+    }
+  }
 }
 
 Server::~Server() {
@@ -227,9 +258,21 @@ void Server::accept_clients(Listener& listener) {
       who = "pid " + std::to_string(cred.pid) + ", uid " + std::to_string(cred.uid);
     }
 
+    std::optional<int> pinned_id = listener.pinned_id;
+    std::string name = listener.name;
+    if (!pinned_id && !options_.pinned.empty()) {
+      // On the shared socket, a QEMU whose -name is a pinned peer's gets its id.
+      const std::string qemu = qemu_name(cred.pid);
+      for (const auto& p : options_.pinned) {
+        if (!qemu.empty() && p.name == qemu) {
+          pinned_id = p.id;
+          name = p.name;
+        }
+      }
+    }
     int id = 0;
-    if (listener.pinned_id) {
-      id = *listener.pinned_id;
+    if (pinned_id) {
+      id = *pinned_id;
       if (auto it = tokens_by_id_.find(id); it != tokens_by_id_.end()) {
         // QEMU restarted (the old process may linger) or a migration's
         // destination connects while the source still runs: the newest
@@ -254,7 +297,7 @@ void Server::accept_clients(Listener& listener) {
     Client c;
     c.sock = std::move(sock);
     c.id = id;
-    c.label = "peer " + std::to_string(id) + " (" + (listener.name.empty() ? "" : listener.name + ", ") + who + ")";
+    c.label = "peer " + std::to_string(id) + " (" + (name.empty() ? "" : name + ", ") + who + ")";
     bool ok = true;
     for (int v = 0; v < options_.vectors; ++v) {
       const int efd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);

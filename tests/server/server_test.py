@@ -219,6 +219,39 @@ class PinnedTest(ServerCase):
         p1 = self.connect(vm1)
         self.assertEqual(p1.id, 1)
 
+    def test_qemu_name_pins_an_id_on_the_shared_socket(self):
+        # Stock QEMU sends nothing; its command line says who it is.
+        self.start("--peer", "vm7=7", "--peer", "web=9")
+        watcher = self.connect()
+        self.assertEqual(watcher.id, 0, "a client without -name gets the lowest free id")
+        code = ("import sys; sys.path.insert(0, %r); from ivshm_peer import Peer; "
+                "p = Peer(%r, %d).handshake(); print(p.id, flush=True); sys.stdin.read()"
+                % (os.path.dirname(os.path.abspath(__file__)), self.sock, self.vectors))
+
+        def client(*name_args):
+            proc = subprocess.Popen([sys.executable, "-c", code, *name_args],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            return proc, int(proc.stdout.readline())
+
+        def leave(proc):
+            proc.stdin.close()
+            proc.wait(timeout=10)
+
+        for restart in range(2):
+            vm7, id7 = client("-name", "guest=vm7,debug-threads=on")  # as libvirt starts QEMU
+            self.assertEqual(id7, 7, f"restart {restart}: -name guest=vm7 got {id7}")
+            web, id9 = client("-name", "web,process=qemu-web")
+            self.assertEqual(id9, 9, "-name web,process=... gets 9")
+            other, id1 = client("-name", "vm8")
+            self.assertEqual(id1, 1, "an unpinned name gets the lowest free id")
+            watcher.wait_peer(7)
+            watcher.wait_peer(9)
+            for proc in (vm7, web, other):
+                leave(proc)
+            watcher.wait_peer(7, present=False)
+            watcher.wait_peer(9, present=False)
+        self.assertIn("peer 7 (vm7, pid", self.server_log())
+
     def test_second_connection_takes_the_pinned_id_over(self):
         vm3 = os.path.join(self.dir, "vm3.sock")
         self.start("--peer", f"vm3=3:{vm3}", wait_paths=[self.sock, vm3])
@@ -434,7 +467,10 @@ class LifecycleTest(ServerCase):
                 (["--shm", self.shm, "--vectors", "0"], "--vectors '0'"),
                 (["--shm", self.shm, "--vectors", "65"], "--vectors '65'"),
                 (["--shm", self.shm, "--peer", "vm1=65536:/tmp/x.sock"], "--peer id '65536'"),
-                (["--shm", self.shm, "--peer", "vm1=1"], "NAME=ID:PATH"),
+                (["--shm", self.shm, "--peer", "vm1"], "NAME=ID[:PATH]"),
+                (["--shm", self.shm, "--peer", "vm1=1:"], "empty PATH"),
+                (["--shm", self.shm, "--peer", "vm/1=1"], "NAME must be"),
+                (["--shm", self.shm, "--socket", "none", "--peer", "vm1=1"], "needs the shared socket"),
                 (["--shm", self.shm, "--peer", "a=1:/tmp/a", "--peer", "b=1:/tmp/b"], "pinned twice"),
                 (["--shm", self.shm, "--socket", "none"], "leaves no socket"),
                 (["--shm", self.shm, "--max-clients", "0"], "--max-clients"),
@@ -448,7 +484,7 @@ class LifecycleTest(ServerCase):
         finally:
             os.unlink(notpow2)
         self.assertEqual(run("--version").stdout.strip(), "ivshm-server " + run("--version").stdout.split()[1])
-        self.assertIn("--peer NAME=ID:PATH", run("--help").stdout)
+        self.assertIn("--peer NAME=ID[:PATH]", run("--help").stdout)
 
 
 if __name__ == "__main__":
