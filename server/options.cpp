@@ -30,7 +30,7 @@ const char* const kUsage =
     "                           id no --peer pins (default /run/ivshm/server.sock;\n"
     "                           'none' for pinned sockets only)\n"
     "  -p, --peer NAME=ID[:PATH]  pin id ID (0-65535) to the VM or program NAME:\n"
-    "                           whoever connects to the socket PATH gets ID, and so does a\n"
+    "                           clients of the socket PATH get ID, and so does a\n"
     "                           QEMU started with -name NAME (or guest=NAME, as\n"
     "                           libvirt does) on the shared socket; also after a\n"
     "                           restart. A second connection takes the id over (QEMU\n"
