@@ -10,7 +10,7 @@
 #           exchange with the host file, unbind/rmmod with a live mapping
 #   doorbell two guests with ivshmem-doorbell devices served by ivshm-server
 #           (BUILD_DIR/server/ivshm-server) and a host peer: MSI-X, vectors,
-#           IVPosition = the id the server gave (pinned 5, shared 1); vm0
+#           IVPosition = the id the server gave (5 by socket, 3 by -name); vm0
 #           restarted gets 5 again; the host peer sees them come and go
 #   bench   boot one guest: copy bandwidth through /dev/ivshm0 (cacheable)
 #           vs sysfs resource2 (uncached)
@@ -131,12 +131,12 @@ run_doorbell() {
 	local sock=$WORK/ivshm-server.sock vm0sock=$WORK/ivshm-vm0.sock slog=$WORK/ivshm-server.log plog=$WORK/host-peer.log
 	local dev="-device ivshmem-doorbell,chardev=ivsrv,vectors=2"
 	[ -x "$server" ] || die "doorbell: $server is not built (cmake --build $BUILD_DIR --target ivshm-server)"
-	log "doorbell: ivshm-server with a host peer, vm0 pinned to id 5, vm1 on the shared socket, vm0 restarted"
+	log "doorbell: ivshm-server with a host peer, vm0 pinned to id 5 by its socket, vm1 to 3 by its -name, vm0 restarted"
 	shm=$(new_shm doorbell-plain 16M)
 	shm2=$(new_shm doorbell 16M)
 	"$TESTPROG" fill "$shm2" 0 65536 44
 	rm -f "$sock" "$vm0sock"
-	"$server" --shm "$shm2" --vectors 2 --socket "$sock" --peer "vm0=5:$vm0sock" >"$slog" 2>&1 &
+	"$server" --shm "$shm2" --vectors 2 --socket "$sock" --peer "vm0=5:$vm0sock" --peer vm1=3 >"$slog" 2>&1 &
 	srv=$!
 	HOST_CLEANUP="kill $srv 2>/dev/null; wait $srv 2>/dev/null"
 	for _ in $(seq 50); do grep -q '^ivshm-server.*serving ' "$slog" && break; sleep 0.1; done
@@ -148,12 +148,12 @@ run_doorbell() {
 	for _ in $(seq 50); do grep -q '^id ' "$plog" && break; sleep 0.1; done
 	grep -q '^id 0;' "$plog" || { log "doorbell: the host peer did not get id 0: $(cat "$plog")"; rc=1; }
 	# Two guests at once: vm0 on its pinned socket (id 5), vm1 on the shared
-	# socket (the lowest free id: 1).
+	# socket, where its QEMU's -name (as libvirt gives it) pins id 3.
 	pid0=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -chardev socket,path=$vm0sock,id=ivsrv $dev" \
 		guest_start vm0 "$INITRD" "$shm" doorbell "5,2,44" "$WORK/doorbell-vm0.log")
 	PIDS+=("$pid0")
-	pid1=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -chardev socket,path=$sock,id=ivsrv $dev" \
-		guest_start vm1 "$INITRD" "$shm" doorbell "1,2,44" "$WORK/doorbell-vm1.log")
+	pid1=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -name guest=vm1,debug-threads=on -chardev socket,path=$sock,id=ivsrv $dev" \
+		guest_start vm1 "$INITRD" "$shm" doorbell "3,2,44" "$WORK/doorbell-vm1.log")
 	PIDS+=("$pid1")
 	guest_finish "$pid0" "$WORK/doorbell-vm0.log" "$TIMEOUT" || rc=1
 	guest_finish "$pid1" "$WORK/doorbell-vm1.log" "$TIMEOUT" || rc=1
@@ -164,13 +164,13 @@ run_doorbell() {
 	guest_finish "$pid0" "$WORK/doorbell-vm0-again.log" "$TIMEOUT" || rc=1
 	sleep 0.5
 	# The host peer saw both guests come and go, vm0 twice (2 vectors each).
-	local joined5 left5 joined1 left1
+	local joined5 left5 joined3 left3
 	joined5=$(grep -c '^peer 5 joined' "$plog" || true)
 	left5=$(grep -c '^peer 5 left' "$plog" || true)
-	joined1=$(grep -c '^peer 1 joined' "$plog" || true)
-	left1=$(grep -c '^peer 1 left' "$plog" || true)
-	if [ "$joined5/$left5/$joined1/$left1" != 4/2/2/1 ]; then
-		log "doorbell: host peer saw peer 5 join/leave $joined5/$left5 (want 4/2), peer 1 $joined1/$left1 (want 2/1)"
+	joined3=$(grep -c '^peer 3 joined' "$plog" || true)
+	left3=$(grep -c '^peer 3 left' "$plog" || true)
+	if [ "$joined5/$left5/$joined3/$left3" != 4/2/2/1 ]; then
+		log "doorbell: host peer saw peer 5 join/leave $joined5/$left5 (want 4/2), peer 3 $joined3/$left3 (want 2/1)"
 		rc=1
 	fi
 	kill -TERM "$srv"
