@@ -376,7 +376,10 @@ bool Server::flush(std::uint64_t token, Client& client) {
       if (errno == EINTR) continue;
       if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ETOOMANYREFS) {
         if (!client.stalled_since) client.stalled_since = Clock::now();
-        set_polling_out(client, token, true);
+        // ETOOMANYREFS (too many descriptors in flight for a user without
+        // CAP_SYS_RESOURCE) leaves the socket writable: EPOLLOUT would spin,
+        // so only the 200 ms retry of stalled clients tries again.
+        set_polling_out(client, token, errno != ETOOMANYREFS);
         return true;
       }
       spdlog::debug("{}: sendmsg: {}", client.label, std::strerror(errno));
