@@ -327,5 +327,92 @@ TEST(MountFaultStress, KillAndPauseDaemons) { mount_stress(15s, false); }
 // after it resumes, and nothing either daemon acknowledged may change.
 TEST(MountFaultStress, StaleTakeoverOfPausedDaemon) { mount_stress(12s, true); }
 
+// The process state letter of `pid` ('T' when stopped), or 0.
+char process_state(pid_t pid) {
+  const std::string stat = slurp("/proc/" + std::to_string(pid) + "/stat");
+  const auto paren = stat.rfind(')');
+  return paren != std::string::npos && paren + 2 < stat.size() ? stat[paren + 2] : '\0';
+}
+
+// Issue 9, item 1, deterministic and through the filesystem: the owner's
+// daemon stops itself between copying a write into the data area and
+// publishing it (the writer.after-copy fail point), its claim goes stale, a
+// new daemon with the same id takes the partition over and appends; then the
+// old one resumes. Its write must fail (EIO), and every byte the new owner
+// acknowledged must stay as it was. Disabled until the takeover work's fail
+// points and publish protocol land (today IVSHMFS_FAILPOINTS is ignored).
+TEST(MountFaultStress, DISABLED_DaemonPausedAfterCopyNeverPublishes) {
+  if (auto missing = fstest::missing_prerequisite()) GTEST_SKIP() << "skipped: " << *missing;
+  ScratchDir dir("failpoint");
+  ASSERT_FALSE(dir.path().empty());
+  RegionFile region(kRegionSize, kPartitions);
+  TempDir old_dir("fault-fp-old");
+  TempDir new_dir("fault-fp-new");
+  ::setenv("IVSHMFS_FAILPOINTS", "writer.after-copy=1*stop", 1);
+  Daemon old_owner(Daemon::Config{region.path(), old_dir.path(), 0});
+  const bool started = old_owner.start();
+  ::unsetenv("IVSHMFS_FAILPOINTS");
+  ASSERT_TRUE(started) << old_owner.log();
+
+  const std::string acks = dir.file("acks");
+  // One record through the old daemon: it stops inside this write.
+  Child stalled(dir.file("stalled.log"), [&] {
+    std::vector<std::byte> record(1000);
+    make_record(record, 0, 1, 1);
+    const int fd = ::open(old_owner.file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd < 0) return 1;
+    const ssize_t n = ::write(fd, record.data(), record.size());
+    if (n == static_cast<ssize_t>(record.size())) {
+      RecordHeader h{};
+      std::memcpy(&h, record.data(), kHeaderSize);
+      const int ack = ::open(acks.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+      write_ack(ack, {0, 1, 1, h.checksum});
+      std::printf("the resumed daemon's write returned success\n");
+      return 0;
+    }
+    std::printf("write: %s\n", n < 0 ? std::strerror(errno) : "short");
+    return n < 0 && errno == EIO ? 5 : 1;
+  });
+  ASSERT_TRUE(fstest::eventually([&] { return process_state(old_owner.pid()) == 'T'; }, 10s))
+      << "the writer.after-copy fail point did not stop the daemon (IVSHMFS_FAILPOINTS unsupported?):\n"
+      << old_owner.log();
+
+  std::this_thread::sleep_for(5500ms);  // past the stale time: the claim is up for grabs
+  Daemon new_owner(Daemon::Config{region.path(), new_dir.path(), 0});
+  ASSERT_TRUE(new_owner.start()) << "the new daemon did not take the stale claim over:\n" << new_owner.log();
+  const int ack = ::open(acks.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+  ASSERT_GE(ack, 0);
+  {
+    const int fd = ::open(new_owner.file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    std::vector<std::byte> record(3000);
+    for (uint64_t seq = 1; seq <= 3; ++seq) {
+      make_record(record, 0, seq, 2);
+      ASSERT_EQ(::write(fd, record.data(), record.size()), static_cast<ssize_t>(record.size())) << std::strerror(errno);
+      RecordHeader h{};
+      std::memcpy(&h, record.data(), kHeaderSize);
+      write_ack(ack, {0, seq, 2, h.checksum});
+    }
+    ::close(fd);
+  }
+  ::close(ack);
+  old_owner.signal(SIGCONT);
+  const auto status = stalled.wait(10s);
+  EXPECT_EQ(status.value_or(-1), 5) << "the displaced daemon's write did not fail with EIO: " << stalled.log();
+
+  auto r = Region::open_path(region.path(), RegionOpenOptions{});
+  ASSERT_TRUE(r) << r.error().message;
+  std::vector<std::byte> committed(kRegionSize);
+  uint64_t generation = 0;
+  auto n = (*r)->read(0, 0, committed, &generation);
+  ASSERT_TRUE(n) << n.error().message;
+  EXPECT_EQ(check_partition({committed.data(), *n}, generation, read_acks(acks)), "")
+      << "after the displaced daemon resumed";
+  old_owner.stop();
+  new_owner.stop();
+  EXPECT_EQ(old_owner.exit_status().value_or(-1), 0) << old_owner.log();
+  EXPECT_EQ(new_owner.exit_status().value_or(-1), 0) << new_owner.log();
+}
+
 }  // namespace
 }  // namespace ivshmfs::faulttest
