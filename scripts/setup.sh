@@ -3,10 +3,11 @@
 # and builds it. Idempotent: a second run installs nothing and rebuilds only
 # what changed.
 #
-#   scripts/setup.sh [--guest] [--sanitize] [--build-dir DIR]
+#   scripts/setup.sh [--guest] [--sanitize] [--tsan] [--build-dir DIR]
 #
 #   --guest      also install what the QEMU guest tests need
 #   --sanitize   also build an AddressSanitizer+UBSan tree in DIR-asan
+#   --tsan       also build a ThreadSanitizer tree in DIR-tsan
 #   --build-dir  where to build (default: build/ in the repository)
 set -euo pipefail
 
@@ -14,12 +15,14 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build="$root/build"
 guest=0
 sanitize=0
+tsan=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --guest) guest=1 ;;
     --sanitize) sanitize=1 ;;
+    --tsan) tsan=1 ;;
     --build-dir) build=$2; shift ;;
-    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option '$1'" >&2; exit 2 ;;
   esac
   shift
@@ -74,4 +77,7 @@ configure_and_build() {
 configure_and_build "$build"
 if [ "$sanitize" = 1 ]; then
   configure_and_build "$build-asan" -DIVSHMFS_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
+fi
+if [ "$tsan" = 1 ]; then
+  configure_and_build "$build-tsan" -DIVSHMFS_TSAN=ON -DIVSHMFS_BENCHMARKS=OFF
 fi
