@@ -30,7 +30,7 @@ build=${1:?usage: scripts/fuzz.sh [--target NAME] [--seconds N] BUILD_DIR}
 # on a loaded machine each retry may yield the processor for a while.
 case "$target" in
   fuzz_region) corpus=corpus; timeout=5 ;;
-  fuzz_live) corpus=corpus-fuzz_live; timeout=30 ;;
+  fuzz_live) corpus="corpus-fuzz_live"; timeout=30 ;;
   *) echo "fuzz.sh: unknown target '$target' (fuzz_region, fuzz_live)" >&2; exit 2 ;;
 esac
 
