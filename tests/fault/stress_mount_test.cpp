@@ -159,6 +159,9 @@ int run_reader(const std::string& mountpoint, const std::string& region_path) {
       auto contents = read_file(mountpoint + "/vm" + std::to_string(id));
       const Look after = look(region_path, id);
       if (!contents) {
+        // EAGAIN: a daemon killed mid-reset left the generation odd until
+        // its successor repairs it.
+        if (errno == EAGAIN) continue;
         std::fprintf(stderr, "reader: vm%u: %s\n", id, std::strerror(errno));
         return 1;
       }
