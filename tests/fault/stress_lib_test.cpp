@@ -90,7 +90,6 @@ int run_owner(const std::string& path, uint32_t id, uint64_t incarnation, const 
     return kCorrupt;
   }
   uint64_t seq = records.size() + 1;
-  uint64_t length = *n;
   const int ack = ::open(ack_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (ack < 0) return 1;
   std::mt19937_64 rng(seed);
@@ -98,36 +97,55 @@ int run_owner(const std::string& path, uint32_t id, uint64_t incarnation, const 
   for (;;) {
     // Half the records are large, so a stop often lands inside the copy.
     const std::size_t size = kHeaderSize + rng() % ((rng() % 2 == 0 ? 2048 : kMaxRecord) - kHeaderSize);
-    if (rng() % 400 == 0 || p.capacity - length < size) {
-      if (auto r = writer->reset(); !r) {
-        std::fprintf(stderr, "owner %llu: reset: %s\n", static_cast<unsigned long long>(incarnation),
-                     r.error().message.c_str());
-        return r.error().code == Errc::not_owner || r.error().code == Errc::reformatted ? kDisplaced : 1;
-      }
+    auto displaced_or_failed = [&](const char* what, const Error& e) {
+      std::fprintf(stderr, "owner %llu: %s: %s\n", static_cast<unsigned long long>(incarnation), what,
+                   e.message.c_str());
+      return e.code == Errc::not_owner || e.code == Errc::reformatted ? kDisplaced : 1;
+    };
+    // The room left, asked of the writer: a record never goes in part, and
+    // the room is not simply capacity minus length (a takeover may have
+    // fenced some of the data area off for good).
+    bool full = false;
+    {
+      auto room = writer->reserve(size);
+      if (!room && room.error().code != Errc::no_space) return displaced_or_failed("reserve", room.error());
+      full = !room || room->bytes().size() < size;
+    }
+    if (rng() % 400 == 0 || full) {
+      if (auto r = writer->reset(); !r) return displaced_or_failed("reset", r.error());
       auto s = region->snapshot(id);
       if (!s) return 1;
       generation = s->generation;
       seq = 1;
-      length = 0;
       if (!write_ack(ack, {generation, 0, incarnation, 0})) return 1;
       continue;
     }
     make_record({record.data(), size}, generation, seq, incarnation);
-    auto r = writer->append({record.data(), size});
-    if (!r) {
-      std::fprintf(stderr, "owner %llu: append: %s\n", static_cast<unsigned long long>(incarnation),
-                   r.error().message.c_str());
-      return r.error().code == Errc::not_owner || r.error().code == Errc::reformatted ? kDisplaced : 1;
-    }
-    if (*r != size) {
-      std::fprintf(stderr, "owner: append took %zu of %zu bytes with room left\n", *r, size);
-      return 1;
+    if (seq % 2 == 0) {
+      auto r = writer->append({record.data(), size});
+      if (!r) return displaced_or_failed("append", r.error());
+      if (*r != size) {
+        std::fprintf(stderr, "owner: append took %zu of %zu bytes with room left\n", *r, size);
+        return 1;
+      }
+    } else {  // the other way in: a reservation filled in place
+      auto room = writer->reserve(size);
+      if (!room) return displaced_or_failed("reserve", room.error());
+      if (room->bytes().size() < size) {
+        std::fprintf(stderr, "owner: the room shrank from one reservation to the next\n");
+        return 1;
+      }
+      std::memcpy(room->bytes().data(), record.data(), size);
+      if (room->commit(size) != size) {
+        // Nothing published: a takeover fenced the reservation off.
+        std::fprintf(stderr, "owner %llu: commit published nothing\n", static_cast<unsigned long long>(incarnation));
+        return writer->owns() ? 1 : kDisplaced;
+      }
     }
     RecordHeader h{};
     std::memcpy(&h, record.data(), kHeaderSize);
     if (!write_ack(ack, {generation, seq, incarnation, h.checksum})) return 1;
     ++seq;
-    length += size;
   }
 }
 

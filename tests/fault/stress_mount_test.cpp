@@ -122,7 +122,10 @@ int run_writer(const std::string& route, const std::string& region_path, uint32_
     uint64_t length = contents->size();
     for (;;) {
       const std::size_t size = kHeaderSize + rng() % (kMaxMountRecord - kHeaderSize + 1);
-      if (after.capacity - length < size) {
+      // Reset well before the end: a takeover may fence off, for good, as
+      // much of the data area as one write in flight (a page here), and a
+      // write that does not fit would be cut.
+      if (after.capacity - length < size + 4 * kMaxMountRecord) {
         if (::ftruncate(fd, 0) != 0) break;
         Look reset = look(region_path, id);
         if (!reset.ok) break;
