@@ -201,16 +201,18 @@ class TinyTmpfs {
 };
 
 // Issue 9, item 6: a sparse region on a full tmpfs (as QEMU and truncate make
-// them). The append that finds no page gets ENOSPC or EIO, the daemon stays
-// up, every byte acknowledged before is still there, and it unmounts cleanly.
+// them), here with the own partition's pages taken away after the claim. The
+// append that finds no page gets ENOSPC or EIO, the daemon stays up, every
+// byte acknowledged before is still there, and it unmounts cleanly.
 // Disabled until the hardening work lands (today the daemon dies with SIGBUS).
 TEST_F(BackendFaults, DISABLED_FullTmpfsGivesEnospcAndDaemonSurvives) {
-  TinyTmpfs fs("256k");
+  TinyTmpfs fs("3m");
   ASSERT_TRUE(fs.mounted()) << "mount -t tmpfs: " << fs.error();
   const std::string backend = fs.file("region");
+  uint64_t data_offset = 0;
+  uint64_t capacity = 0;
   {
-    // Sparse, as QEMU and truncate(1) make them: 4 MiB on 256 KiB.
-    ASSERT_EQ(::truncate(backend.c_str(), 0), -1);
+    // Sparse, as QEMU and truncate(1) make them: 4 MiB on 3 MiB.
     const int fd = ::open(backend.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     ASSERT_GE(fd, 0) << std::strerror(errno);
     ASSERT_EQ(::ftruncate(fd, 4 << 20), 0) << std::strerror(errno);
@@ -218,10 +220,32 @@ TEST_F(BackendFaults, DISABLED_FullTmpfsGivesEnospcAndDaemonSurvives) {
     auto b = Backend::open(backend, BackendOptions{true, false, 0});
     ASSERT_TRUE(b) << b.error().message;
     ASSERT_TRUE(Region::format(**b, FormatOptions{2, false}));
+    auto r = Region::open(std::move(b).value());
+    ASSERT_TRUE(r) << r.error().message;
+    data_offset = (*r)->find(0)->data_offset;
+    capacity = (*r)->find(0)->capacity;
   }
   TempDir mnt("fault-enospc");
   Daemon d(Daemon::Config{backend, mnt.path(), 0});
   ASSERT_TRUE(d.start()) << d.log();
+  // The own partition may have been backed when it was claimed: take its
+  // pages away past the first 128 KiB, then fill the tmpfs to the last page.
+  {
+    const int fd = ::open(backend.c_str(), O_RDWR | O_CLOEXEC);
+    ASSERT_GE(fd, 0) << std::strerror(errno);
+    const auto keep = static_cast<off_t>(128 << 10);
+    ASSERT_EQ(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(data_offset) + keep,
+                          static_cast<off_t>(capacity) - keep),
+              0)
+        << std::strerror(errno);
+    ::close(fd);
+    const int filler = ::open(fs.file("filler").c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    ASSERT_GE(filler, 0) << std::strerror(errno);
+    const std::string page(4096, 'f');
+    while (::write(filler, page.data(), page.size()) > 0) {
+    }
+    ::close(filler);
+  }
   std::string acknowledged;
   int error = 0;
   const int fd = ::open(d.file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
