@@ -37,6 +37,7 @@ constexpr auto kStale = 300ms;             // stale claims in this test
 // Exit codes of an owner process.
 constexpr int kDisplaced = 3;  // its claim was taken over: the only way it may stop
 constexpr int kCorrupt = 4;    // it found committed bytes that break the invariant
+constexpr int kRefused = 6;    // its takeover was refused (see run_owner)
 
 std::shared_ptr<Region> open_rw(const std::string& path) {
   RegionOpenOptions o;
@@ -67,7 +68,16 @@ int run_owner(const std::string& path, uint32_t id, uint64_t incarnation, const 
       writer = std::move(w).value();
       break;
     }
-    if (w.error().code != Errc::claimed || attempt > 400) {
+    // Refused as "claimed" although forced, or long after the owner's
+    // heartbeat went stale: the takeover itself was refused, as it is when
+    // a second paused owner would need a fence while the partition already
+    // has one (a clear error; the partition stays with the paused owner).
+    if (w.error().code == Errc::claimed && (force || attempt > 80)) {
+      std::fprintf(stderr, "owner %llu: takeover refused: %s\n", static_cast<unsigned long long>(incarnation),
+                   w.error().message.c_str());
+      return kRefused;
+    }
+    if (w.error().code != Errc::claimed) {
       std::fprintf(stderr, "owner %llu: claim: %s\n", static_cast<unsigned long long>(incarnation),
                    w.error().message.c_str());
       return 1;
@@ -249,6 +259,7 @@ void stress(const std::vector<Fault>& faults, std::chrono::milliseconds fallback
   }
   std::vector<Owner> displaced;  // stopped owners another one took over from
   std::map<std::string, int> counts;
+  std::string refusals;  // why takeovers were refused
 
   auto failure_context = [&] {  // the end of every log that says something
     std::string out;
@@ -295,6 +306,15 @@ void stress(const std::vector<Fault>& faults, std::chrono::milliseconds fallback
         owner = start_owner(id, fault == Fault::force_takeover);
         // Let the new owner claim (after kStale for a stale claim) and append.
         if (!wait_claimed(owner)) {
+          if (owner.process.poll() == kRefused) {
+            // A takeover refused with a clear error: the paused owner keeps
+            // the partition and goes on.
+            ++counts["takeover refused"];
+            refusals += owner.process.log_tail(400);
+            owner = std::move(old);
+            owner.process.signal(SIGCONT);
+            break;
+          }
           FAIL() << "owner " << owner.incarnation << " did not take partition " << id << " over within 20 s\n"
                  << failure_context();
         }
@@ -330,6 +350,7 @@ void stress(const std::vector<Fault>& faults, std::chrono::milliseconds fallback
   for (auto& o : owners) o.process.kill_and_reap();
   for (auto& d : displaced) d.process.kill_and_reap();
   for (auto& [what, count] : counts) std::printf("  %s: %d\n", what.c_str(), count);
+  if (!refusals.empty()) std::printf("  refusals:\n%s\n", refusals.c_str());
 
   // The invariant, partition by partition.
   RegionOpenOptions o;

@@ -342,7 +342,8 @@ char process_state(pid_t pid) {
 
 // Issue 9, item 1, deterministic and through the filesystem: the owner's
 // daemon stops itself between copying a write into the data area and
-// publishing it (the writer.after-copy fail point), its claim goes stale, a
+// publishing it (the writer.before-publish fail point: the daemon's writes
+// go through a reservation and its commit), its claim goes stale, a
 // new daemon with the same id takes the partition over and appends; then the
 // old one resumes. Its write must fail (EIO), and every byte the new owner
 // acknowledged must stay as it was. Disabled until the takeover work's fail
@@ -354,7 +355,7 @@ TEST(MountFaultStress, DISABLED_DaemonPausedAfterCopyNeverPublishes) {
   RegionFile region(kRegionSize, kPartitions);
   TempDir old_dir("fault-fp-old");
   TempDir new_dir("fault-fp-new");
-  ::setenv("IVSHMFS_FAILPOINTS", "writer.after-copy=1*stop", 1);
+  ::setenv("IVSHMFS_FAILPOINTS", "writer.before-publish=1*stop", 1);
   Daemon old_owner(Daemon::Config{region.path(), old_dir.path(), 0});
   const bool started = old_owner.start();
   ::unsetenv("IVSHMFS_FAILPOINTS");
@@ -380,7 +381,7 @@ TEST(MountFaultStress, DISABLED_DaemonPausedAfterCopyNeverPublishes) {
     return n < 0 && errno == EIO ? 5 : 1;
   });
   ASSERT_TRUE(fstest::eventually([&] { return process_state(old_owner.pid()) == 'T'; }, 10s))
-      << "the writer.after-copy fail point did not stop the daemon (IVSHMFS_FAILPOINTS unsupported?):\n"
+      << "the writer.before-publish fail point did not stop the daemon (IVSHMFS_FAILPOINTS unsupported?):\n"
       << old_owner.log();
 
   std::this_thread::sleep_for(5500ms);  // past the stale time: the claim is up for grabs
