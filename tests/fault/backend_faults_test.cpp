@@ -138,9 +138,8 @@ class BackendFaults : public ::testing::Test {
 
 // Issue 9, item 6: the backend file truncated under two daemons and their
 // readers. No SIGBUS: reads and writes fail with EIO, the daemons stay up
-// and unmount cleanly. Disabled until the hardening work lands (today every
-// daemon dies with SIGBUS).
-TEST_F(BackendFaults, DISABLED_TruncatedBackendGivesEioAndDaemonsSurvive) {
+// and unmount cleanly.
+TEST_F(BackendFaults, TruncatedBackendGivesEioAndDaemonsSurvive) {
   RegionFile region(1 << 20, 2);
   ScratchDir dir("trunc");
   TempDir a_dir("fault-trunc-a");
@@ -204,8 +203,7 @@ class TinyTmpfs {
 // them), here with the own partition's pages taken away after the claim. The
 // append that finds no page gets ENOSPC or EIO, the daemon stays up, every
 // byte acknowledged before is still there, and it unmounts cleanly.
-// Disabled until the hardening work lands (today the daemon dies with SIGBUS).
-TEST_F(BackendFaults, DISABLED_FullTmpfsGivesEnospcAndDaemonSurvives) {
+TEST_F(BackendFaults, FullTmpfsGivesEnospcAndDaemonSurvives) {
   TinyTmpfs fs("3m");
   ASSERT_TRUE(fs.mounted()) << "mount -t tmpfs: " << fs.error();
   const std::string backend = fs.file("region");
@@ -288,7 +286,7 @@ TEST_F(BackendFaults, DISABLED_FullTmpfsGivesEnospcAndDaemonSurvives) {
 }
 
 // The same for ivshmctl write: a clear error and status 1, not SIGBUS.
-TEST_F(BackendFaults, DISABLED_FullTmpfsIvshmctlWriteFailsClearly) {
+TEST_F(BackendFaults, FullTmpfsIvshmctlWriteFailsClearly) {
   TinyTmpfs fs("256k");
   ASSERT_TRUE(fs.mounted()) << "mount -t tmpfs: " << fs.error();
   const std::string backend = fs.file("region");
