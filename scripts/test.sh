@@ -36,11 +36,12 @@ echo "== tests under ThreadSanitizer: $build-tsan (labels lib, fs)"
 started=$(date +%s)
 # Reports go to files (the daemons' too, whose stderr the tests keep in
 # temporary logs); every file with a ThreadSanitizer warning counts as one
-# failure below (exitcode=0, so a test is not counted twice). handle_segv=0:
-# the guard-page tests expect a child to die of SIGSEGV. Not run here:
+# failure below (exitcode=0, so a test is not counted twice). handle_segv=0,
+# handle_sigbus=0: the guard-page and SIGBUS tests expect a child to die of
+# that signal (the library's own SIGBUS guard chains to it). Not run here:
 # AppendAndReadMakeNoSystemCalls, whose child runs under strict seccomp,
 # where the sanitizer runtime's own calls are fatal (it hangs the child).
-TSAN_OPTIONS="suppressions=$root/tests/tsan.supp log_path=$tsan_logs/report exitcode=0 handle_segv=0 second_deadlock_stack=1" \
+TSAN_OPTIONS="suppressions=$root/tests/tsan.supp log_path=$tsan_logs/report exitcode=0 handle_segv=0 handle_sigbus=0 second_deadlock_stack=1" \
   ctest --test-dir "$build-tsan" --output-on-failure --timeout 1500 -L 'lib|fs' -E 'AppendAndReadMakeNoSystemCalls' "$@" \
   2>&1 | tee -a "$log" || status=1
 tsan_reports=0
