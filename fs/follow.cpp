@@ -65,42 +65,53 @@ bool Filesystem::follow_has_data(Handle& h) const {
 }
 
 bool Filesystem::try_serve_follow(fuse_req_t req, Handle& h, std::size_t size) {
-  std::lock_guard lock(h.mutex);
-  if (stale_) {
-    fuse_reply_err(req, EIO);
-    return true;
+  // The reply goes out only after h.mutex is released: once it is out, the
+  // kernel may release the file and another thread free the handle.
+  int error = 0;
+  std::span<const std::byte> bytes;
+  {
+    std::lock_guard lock(h.mutex);
+    if (stale_) {
+      error = EIO;
+    } else {
+      const uint32_t id = slots_[h.index]->info.id;
+      for (;;) {
+        auto s = region_->snapshot(id);
+        if (!s) {
+          error = errno_of(s.error());
+          break;
+        }
+        if (s->generation != h.generation) {
+          // The partition was reset: follow its new contents from the start.
+          h.generation = s->generation;
+          h.position = 0;
+        }
+        if (h.position >= s->length) {
+          if (!h.eof_once) return false;
+          // The wait was interrupted by a signal: end of file, once.
+          h.eof_once = false;
+          break;
+        }
+        auto out = scratch(size);
+        uint64_t generation = 0;
+        auto n = region_->read(id, h.position, out, &generation);
+        if (!n) {
+          error = errno_of(n.error());
+          break;
+        }
+        if (generation != h.generation) continue;  // a reset raced the stat
+        h.position += *n;
+        bytes = out.first(*n);
+        break;
+      }
+    }
   }
-  const uint32_t id = slots_[h.index]->info.id;
-  for (;;) {
-    auto s = region_->snapshot(id);
-    if (!s) {
-      fuse_reply_err(req, errno_of(s.error()));
-      return true;
-    }
-    if (s->generation != h.generation) {
-      // The partition was reset: follow its new contents from the start.
-      h.generation = s->generation;
-      h.position = 0;
-    }
-    if (h.position >= s->length) {
-      if (!h.eof_once) return false;
-      // The wait was interrupted by a signal: end of file, once.
-      h.eof_once = false;
-      fuse_reply_buf(req, nullptr, 0);
-      return true;
-    }
-    auto out = scratch(size);
-    uint64_t generation = 0;
-    auto n = region_->read(id, h.position, out, &generation);
-    if (!n) {
-      fuse_reply_err(req, errno_of(n.error()));
-      return true;
-    }
-    if (generation != h.generation) continue;  // a reset raced the stat
-    h.position += *n;
-    fuse_reply_buf(req, reinterpret_cast<const char*>(out.data()), *n);
-    return true;
+  if (error != 0) {
+    fuse_reply_err(req, error);
+  } else {
+    fuse_reply_buf(req, reinterpret_cast<const char*>(bytes.data()), bytes.size());
   }
+  return true;
 }
 
 // A parked request is answered by whoever takes it out of parked_: the
