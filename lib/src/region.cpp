@@ -508,16 +508,24 @@ Result<PartitionSnapshot> Region::snapshot(uint32_t id) const {
 }
 
 Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) const {
-  auto snap = snapshot(id);
-  if (!snap) return std::move(snap).error();
   const PartitionInfo* p = find(id);
+  if (p == nullptr) return no_partition(*this, id);
   ivshmfs_control* c = control(*p);
   PartitionStat s;
   s.id = id;
   s.capacity = p->capacity;
-  s.length = snap->length;
-  s.generation = snap->generation;
-  s.last_write_ns = snap->last_write_ns;
+  if (auto snap = snapshot(id)) {
+    s.length = snap->length;
+    s.generation = snap->generation;
+    s.last_write_ns = snap->last_write_ns;
+  } else {
+    // A reset that stays half done (its owner stopped or died in it): still
+    // tell who owns the partition, so that it can be taken over and repaired.
+    s.mid_reset = true;
+    s.generation = load_acquire(c->generation);
+    s.length = current_map(*c, *p).length;
+    s.last_write_ns = load_relaxed(c->last_write_ns);
+  }
   s.claimed = load_acquire(c->owner_token) != 0;
   s.owner_pid = load_relaxed(c->owner_pid);
   s.owner_since_ns = load_relaxed(c->owner_since_ns);

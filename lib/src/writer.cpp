@@ -63,6 +63,14 @@ bool valid_hole(uint64_t offset, uint64_t length, uint64_t capacity) {
   return length != 0 && offset <= capacity && length <= capacity - offset;
 }
 
+std::string second_hole(const std::string& path, uint32_t id) {
+  return path + ": partition " + std::to_string(id) +
+         ": its owner may be stopped in the middle of a copy, and an earlier takeover already fenced off a range "
+         "of it (one per partition); make sure that owner is gone (then it is taken over without a fence) or format "
+         "the region anew ('ivshmctl format --force " +
+         path + "', which destroys its contents)";
+}
+
 // After the token swap: makes sure nothing the former owner may still copy
 // is ever published, and finishes what a former owner left half done.
 // `fence`: the former owner is not proven gone. `announced` and `base` were
@@ -100,12 +108,7 @@ Result<void> settle(ivshmfs_control* c, const PartitionInfo& p, const std::strin
       if (ho != from) {
         // One hole per partition: the head stays frozen (nothing can be
         // published, nothing is lost) until the region is formatted anew.
-        return make_error(Errc::claimed,
-                          path + ": partition " + std::to_string(p.id) +
-                              ": its former owner may still be copying into it, and an earlier takeover already "
-                              "fenced off a range of it; make sure the former owner is gone (then it is taken over "
-                              "without a fence) or format the region anew ('ivshmctl format --force " +
-                              path + "', which destroys its contents)");
+        return make_error(Errc::claimed, second_hole(path, p.id));
       }
       to = std::max(to, ho + hl);  // the dead taker's hole, grown to cover ours
     }
@@ -198,6 +201,13 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
       }
       // An owner not proven gone may be stopped in the middle of a copy.
       fence = !s->owner_dead;
+      // One hole per partition: refuse before touching anything when a
+      // fence would need a second one (the owner keeps its partition).
+      const uint64_t head = s->head & ~IVSHMFS_HEAD_FENCE;
+      if (fence && s->reserve_end > head && valid_hole(s->hole_offset, s->hole_length, p->capacity) &&
+          s->hole_offset != std::min(head - std::min(head, s->base), p->capacity)) {
+        return make_error(Errc::claimed, second_hole(region->backend().path(), id));
+      }
       if (s->alive) {
         spdlog::warn("{}: taking partition {} from a live owner ({}) as forced", region->backend().path(), id,
                      describe_owner(*s));

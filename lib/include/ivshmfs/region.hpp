@@ -72,8 +72,11 @@ struct PartitionStat {
   uint32_t id = 0;
   uint64_t length = 0;  // the file's bytes (published, less the fenced hole)
   uint64_t capacity = 0;
-  uint64_t generation = 0;  // even; bumped by 2 at every reset
+  uint64_t generation = 0;  // even; grows at every reset (by 2 when the owner resets)
   uint64_t last_write_ns = 0;
+  // The generation stayed odd (a reset half done, its owner stopped or dead):
+  // length and generation are then unsettled; the next claim finishes it.
+  bool mid_reset = false;
   bool claimed = false;
   bool alive = false;  // claimed, and the owner is heartbeating
   uint64_t owner_pid = 0;
