@@ -538,6 +538,10 @@ Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) co
   s.reserve_end = load_relaxed(c->reserve_end);
   s.hole_offset = load_relaxed(c->hole_offset);
   s.hole_length = load_relaxed(c->hole_length);
+  const bool hole_fits =
+      s.hole_length != 0 && s.hole_offset <= p->capacity && s.hole_length <= p->capacity - s.hole_offset;
+  s.fenced = hole_fits ? s.hole_length : 0;
+  s.free = s.capacity - std::min(s.capacity, s.length + s.fenced);
   if (s.claimed) {
     const uint64_t now = wall_clock_ns();
     const uint64_t stale_ns = static_cast<uint64_t>(policy.stale_after.count()) * 1'000'000ULL;

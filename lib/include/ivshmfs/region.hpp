@@ -95,6 +95,10 @@ struct PartitionStat {
   uint64_t reserve_end = 0;
   uint64_t hole_offset = 0;
   uint64_t hole_length = 0;  // bytes fenced off by a takeover, never shown
+  // Derived, validated: the hole's bytes (0 if none or it does not fit) and
+  // the room left for appends (capacity less the file and the hole).
+  uint64_t fenced = 0;
+  uint64_t free = 0;
 };
 
 // A consistent view of committed bytes, straight from the mapping. The bytes
