@@ -378,8 +378,16 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
   const std::size_t n = room->commit(static_cast<std::size_t>(copied));
   append.unlock();
   lock.unlock();
-  if (n == 0) {  // the commit was refused: the mapping lost its backing
-    fuse_reply_err(req, errno_of(region_->backend().loss_error()));
+  if (n == 0) {  // nothing was published: the mapping lost its backing, or the claim was taken over
+    if (region_->backend().mapping_lost()) {
+      fuse_reply_err(req, errno_of(region_->backend().loss_error()));
+      return;
+    }
+    if (!lost_claim_logged_.exchange(true)) {
+      spdlog::error("{}: partition {}: the claim was taken over during a write", region_->backend().path(),
+                    self_id_.value_or(0));
+    }
+    fuse_reply_err(req, EIO);
     return;
   }
   if (drop_tail) invalidate_own_tail(old_length);
