@@ -137,8 +137,7 @@ Result<void> failpoint_set(std::string_view name, std::string_view action) {
   if (p == nullptr) {
     std::string known;
     for (const char* n : kNames) known += std::string(known.empty() ? "" : ", ") + n;
-    return make_error(Errc::invalid_argument,
-                      "unknown fail point '" + std::string(name) + "' (known: " + known + ")");
+    return make_error(Errc::invalid_argument, "unknown fail point '" + std::string(name) + "' (known: " + known + ")");
   }
   p->action = parsed.action;
   p->argument = parsed.argument;

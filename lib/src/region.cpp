@@ -202,8 +202,9 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
   }
   if (h.version == 1) {
     return make_error(Errc::unsupported_version,
-                      path + ": layout version 1 (written by an older ivshmfs) is not supported: this build reads "
-                             "version " +
+                      path +
+                          ": layout version 1 (written by an older ivshmfs) is not supported: this build reads "
+                          "version " +
                           std::to_string(IVSHMFS_LAYOUT_VERSION) + "; 'ivshmctl format --force " + path +
                           "' formats it anew, which destroys its contents");
   }
@@ -215,13 +216,14 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
   if (h.header_size != sizeof(ivshmfs_header))
     return corrupt("header_size " + std::to_string(h.header_size) + " is not " + std::to_string(sizeof h));
   if ((h.features & ~IVSHMFS_FEATURES_KNOWN) != 0) {
-    return make_error(Errc::unsupported_version,
-                      path + ": the region uses feature bits " + hex(h.features & ~IVSHMFS_FEATURES_KNOWN) +
-                          " that this build does not know (it knows " + hex(IVSHMFS_FEATURES_KNOWN) +
-                          "): a newer ivshmfs formatted it");
+    return make_error(Errc::unsupported_version, path + ": the region uses feature bits " +
+                                                     hex(h.features & ~IVSHMFS_FEATURES_KNOWN) +
+                                                     " that this build does not know (it knows " +
+                                                     hex(IVSHMFS_FEATURES_KNOWN) + "): a newer ivshmfs formatted it");
   }
   for (std::size_t i = 0; i < std::size(h.reserved); ++i) {
-    if (h.reserved[i] != 0) return corrupt("reserved word " + std::to_string(i) + " is " + hex(h.reserved[i]) + ", not 0");
+    if (h.reserved[i] != 0)
+      return corrupt("reserved word " + std::to_string(i) + " is " + hex(h.reserved[i]) + ", not 0");
   }
   if (h.region_size != size) {
     return make_error(Errc::size_mismatch, path + ": header says the region is " + std::to_string(h.region_size) +

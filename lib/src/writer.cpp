@@ -75,8 +75,8 @@ std::string second_hole(const std::string& path, uint32_t id) {
 // is ever published, and finishes what a former owner left half done.
 // `fence`: the former owner is not proven gone. `announced` and `base` were
 // loaded (seq_cst) after the swap. Fails only when a second hole is needed.
-Result<void> settle(ivshmfs_control* c, const PartitionInfo& p, const std::string& path, bool fence,
-                    uint64_t announced, uint64_t base) {
+Result<void> settle(ivshmfs_control* c, const PartitionInfo& p, const std::string& path, bool fence, uint64_t announced,
+                    uint64_t base) {
   const uint64_t capacity = p.capacity;
   uint64_t head = load_acquire(c->head);
   uint64_t fenced_at = 0;
@@ -463,8 +463,10 @@ Result<void> PartitionWriter::heartbeat() {
   store_release(control_->owner_heartbeat_ns, wall_clock_ns());
   // A claimer that lost the race for the token may have written its own
   // pid over ours: put ours back, or a peer could judge us by a dead process.
-  if (load_relaxed(control_->owner_pid) != identity_.pid || load_relaxed(control_->owner_start_time) != identity_.start_time ||
-      load_relaxed(control_->owner_pid_ns) != identity_.pid_ns || load_relaxed(control_->owner_host) != local_host_id()) {
+  if (load_relaxed(control_->owner_pid) != identity_.pid ||
+      load_relaxed(control_->owner_start_time) != identity_.start_time ||
+      load_relaxed(control_->owner_pid_ns) != identity_.pid_ns ||
+      load_relaxed(control_->owner_host) != local_host_id()) {
     if (owns()) store_identity(control_, identity_);
   }
   return {};

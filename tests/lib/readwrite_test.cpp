@@ -363,8 +363,8 @@ TEST_F(ReadWriteTest, HostilePositionsNeverReadOutsideThePartition) {
           ASSERT_TRUE(n.ok()) << n.error().message;
           ASSERT_EQ(*n, offset < s->length ? s->length - offset : 0);
           for (std::size_t i = 0; i < *n; ++i) {
-            ASSERT_EQ(buf[i], std::byte{'p'}) << "byte " << i << " of a read at " << offset
-                                              << " came from outside partition 1";
+            ASSERT_EQ(buf[i], std::byte{'p'})
+                << "byte " << i << " of a read at " << offset << " came from outside partition 1";
           }
           auto v = (*reader)->view(1, offset, buf.size());
           ASSERT_TRUE(v.ok()) << v.error().message;

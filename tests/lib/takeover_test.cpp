@@ -96,7 +96,8 @@ class TakeoverTest : public ::testing::TestWithParam<const char*> {
         auto n = (*region)->read(kId, 0, buf);
         if (n.ok()) {
           for (std::size_t i = 0; i < *n; ++i) {
-            if (buf[i] == std::byte{'Z'}) return "sampler: a byte of the interrupted write showed at " + std::to_string(i);
+            if (buf[i] == std::byte{'Z'})
+              return "sampler: a byte of the interrupted write showed at " + std::to_string(i);
           }
         } else if (n.error().code != Errc::busy) {
           return "sampler: " + n.error().message;

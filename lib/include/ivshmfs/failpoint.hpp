@@ -49,8 +49,8 @@ void failpoint_hit(const char* name) noexcept;
 }  // namespace ivshmfs
 
 // The point itself: one relaxed load while nothing is armed.
-#define IVSHMFS_FAILPOINT(name)                                                         \
-  do {                                                                                  \
+#define IVSHMFS_FAILPOINT(name)                                                             \
+  do {                                                                                      \
     if (::ivshmfs::detail::g_failpoints_armed.load(std::memory_order_relaxed)) [[unlikely]] \
-      ::ivshmfs::detail::failpoint_hit(name);                                           \
+      ::ivshmfs::detail::failpoint_hit(name);                                               \
   } while (0)

@@ -82,7 +82,7 @@ struct PartitionStat {
   uint64_t owner_pid = 0;
   uint64_t owner_since_ns = 0;
   uint64_t owner_heartbeat_ns = 0;
-  bool owner_local = false;  // the owner runs on this system (same boot id)
+  bool owner_local = false;       // the owner runs on this system (same boot id)
   uint64_t owner_pid_ns = 0;      // inode of the owner's PID namespace; 0: unknown
   uint64_t owner_start_time = 0;  // the owner process's start time (clock ticks after boot); 0: unknown
   // Proven gone: same boot and PID namespace as the caller, and the process

@@ -142,7 +142,7 @@ class PartitionWriter {
   uint64_t hole_length_ = 0;  // 0: no hole
   uint64_t announced_ = 0;    // reserve_end is at least this
   ProcessIdentity identity_;  // as the claim recorded it
-  bool reserved_ = false;  // a Reservation is outstanding
+  bool reserved_ = false;     // a Reservation is outstanding
   std::jthread heartbeat_thread_;
 };
 
