@@ -332,6 +332,38 @@ TEST_F(TakeoverTest, OwnerKilledMidCopyIsTakenOverAtOnceWithoutAHole) {
   EXPECT_TRUE(read_all(*region_, kId) == records('C', 0, kChildRecords) + records('P', 0, 1));
 }
 
+// A reservation (the daemon's zero-copy write path) left open across a
+// forced takeover from a live owner: the taker fences the reserved range,
+// the displaced owner's commit publishes nothing, and its bytes never show.
+TEST_F(TakeoverTest, ForcedTakeoverFencesAnOpenReservation) {
+  ClaimOptions options;
+  options.heartbeat_interval = std::chrono::milliseconds(0);
+  auto owner = PartitionWriter::claim(region_, kId, options);
+  ASSERT_TRUE(owner.ok()) << owner.error().message;
+  ASSERT_TRUE((*owner)->append(as_bytes("before ")).ok());
+  auto room = (*owner)->reserve(4096);
+  ASSERT_TRUE(room.ok()) << room.error().message;
+  ASSERT_EQ(room->bytes().size(), 4096u);
+
+  auto other_mapping = open_region(file_.path(), true);
+  ClaimOptions force = options;
+  force.force = true;
+  auto taker = PartitionWriter::claim(other_mapping, kId, force);
+  ASSERT_TRUE(taker.ok()) << taker.error().message;
+  auto s = region_->stat(kId);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->hole_length, 4096u) << "the open reservation was not fenced off";
+  ASSERT_TRUE((*taker)->append(as_bytes("after")).ok());
+
+  std::memset(room->bytes().data(), 'Z', room->bytes().size());  // the displaced owner keeps copying
+  EXPECT_EQ(room->commit(4096), 0u) << "a fenced reservation was published";
+  EXPECT_EQ(read_all(*region_, kId), "before after");
+  s = region_->stat(kId);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->length, 12u);
+  EXPECT_EQ(s->free, kCapacity - 12 - 4096) << "free space does not account for the hole";
+}
+
 // Makes the partition look owned by a live process of ours that stopped
 // heartbeating with an announced, unpublished range: a takeover must fence.
 void forge_stopped_owner(const std::string& path, uint64_t announce) {
