@@ -91,6 +91,7 @@ Result<void> settle(ivshmfs_control* c, const PartitionInfo& p, const std::strin
     // Freeze the head: the former owner's publish (a CAS from `head`) fails
     // from now on. If its publish lands first, try again from there.
     if (compare_exchange(c->head, head, head | IVSHMFS_HEAD_FENCE)) {
+      IVSHMFS_FAILPOINT("claim.mid-fence");
       fenced_at = head;
       fencing = true;
       break;

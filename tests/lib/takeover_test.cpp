@@ -380,6 +380,51 @@ void forge_stopped_owner(const std::string& path, uint64_t announce) {
   poke(c->reserve_end, (peek(c->head) & ~IVSHMFS_HEAD_FENCE) + announce);
 }
 
+// A taker that dies in the middle of its fence (head frozen, hole not yet
+// recorded): readers keep seeing the same file, and the next claimer
+// finishes the fence before it writes.
+TEST_F(TakeoverTest, FenceLeftHalfDoneIsFinishedByTheNextClaimer) {
+  ClaimOptions options;
+  options.heartbeat_interval = std::chrono::milliseconds(0);
+  {
+    auto first = PartitionWriter::claim(region_, kId, options);
+    ASSERT_TRUE(first.ok()) << first.error().message;
+    ASSERT_TRUE((*first)->append(as_bytes("abc")).ok());
+    (*first)->release();
+  }
+  forge_stopped_owner(file_.path(), 100);
+  auto outcome = run_in_child([this]() -> std::string {
+    if (auto armed = failpoint_set("claim.mid-fence", "exit(0)"); !armed) return armed.error().message;
+    auto region = Region::open_path(file_.path(), RegionOpenOptions{true});
+    if (!region.ok()) return region.error().message;
+    ClaimOptions quiet;
+    quiet.heartbeat_interval = std::chrono::milliseconds(0);
+    auto w = PartitionWriter::claim(*region, kId, quiet);
+    return "the taker got past its fence point: " + (w.ok() ? std::string("claimed") : w.error().message);
+  });
+  ASSERT_TRUE(outcome.ok()) << describe_status(outcome.status) << ": " << outcome.output;
+  {
+    RawMap raw(file_.path());
+    EXPECT_NE(peek(raw.control(kId)->head) & IVSHMFS_HEAD_FENCE, 0u) << "the taker did not die mid-fence";
+  }
+  auto s = region_->stat(kId);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->length, 3u) << "a frozen head changed the file's length";
+  EXPECT_EQ(read_all(*region_, kId), "abc");
+
+  // The dead taker is proven dead: no fence of its own is needed, but the
+  // one it began must be finished.
+  auto next = PartitionWriter::claim(region_, kId, options);
+  ASSERT_TRUE(next.ok()) << next.error().message;
+  s = region_->stat(kId);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->head & IVSHMFS_HEAD_FENCE, 0u) << "the fence bit stayed";
+  EXPECT_EQ(s->hole_offset, 3u);
+  EXPECT_EQ(s->hole_length, 100u) << "the announced range was not fenced off";
+  ASSERT_TRUE((*next)->append(as_bytes("def")).ok());
+  EXPECT_EQ(read_all(*region_, kId), "abcdef");
+}
+
 TEST_F(TakeoverTest, SecondFenceIsRefusedAndTheOwnerKeepsThePartition) {
   ClaimOptions options;
   options.heartbeat_interval = std::chrono::milliseconds(0);

@@ -21,6 +21,7 @@
 //   writer.reset-odd       reset: generation made odd, claim not yet re-checked
 //   writer.mid-reset       reset: base moved, generation still odd
 //   claim.after-token      claim: token swapped in, nothing fenced or repaired yet
+//   claim.mid-fence        claim: the head frozen (fence bit set), the hole not recorded yet
 #pragma once
 
 #include <atomic>
