@@ -423,6 +423,11 @@ detail::FileMap current_map(ivshmfs_control& c, const PartitionInfo& p) noexcept
                           p.capacity);
 }
 
+// Whether a hole of the control block lies inside the data area.
+bool fits(uint64_t hole_offset, uint64_t hole_length, uint64_t capacity) noexcept {
+  return hole_length != 0 && hole_offset <= capacity && hole_length <= capacity - hole_offset;
+}
+
 // How many of the file's bytes [offset, offset+max) exist.
 std::size_t committed_bytes(const detail::FileMap& m, uint64_t offset, std::size_t max) noexcept {
   return offset < m.length ? static_cast<std::size_t>(std::min<uint64_t>(max, m.length - offset)) : 0;
@@ -501,7 +506,11 @@ Result<PartitionSnapshot> Region::snapshot(uint32_t id) const {
   ivshmfs_control* c = control(*p);
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
     const uint64_t gen = load_acquire(c->generation);
-    PartitionSnapshot s{current_map(*c, *p).length, gen, load_relaxed(c->last_write_ns)};
+    const uint64_t hole = load_relaxed(c->hole_length);
+    const uint64_t fenced = fits(load_relaxed(c->hole_offset), hole, p->capacity) ? hole : 0;
+    const uint64_t length = current_map(*c, *p).length;
+    PartitionSnapshot s{length, gen, load_relaxed(c->last_write_ns),
+                        p->capacity - std::min(p->capacity, length + fenced)};
     std::atomic_thread_fence(std::memory_order_acquire);
     if (gen % 2 == 0 && load_relaxed(c->generation) == gen) return s;
     backoff(attempt);
@@ -540,9 +549,7 @@ Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) co
   s.reserve_end = load_relaxed(c->reserve_end);
   s.hole_offset = load_relaxed(c->hole_offset);
   s.hole_length = load_relaxed(c->hole_length);
-  const bool hole_fits =
-      s.hole_length != 0 && s.hole_offset <= p->capacity && s.hole_length <= p->capacity - s.hole_offset;
-  s.fenced = hole_fits ? s.hole_length : 0;
+  s.fenced = fits(s.hole_offset, s.hole_length, p->capacity) ? s.hole_length : 0;
   s.free = s.capacity - std::min(s.capacity, s.length + s.fenced);
   if (s.claimed) {
     const uint64_t now = wall_clock_ns();

@@ -63,9 +63,10 @@ struct LivenessPolicy {
 // The data-path facts of a partition, from one consistent load: cheap
 // enough for every getattr and every poll.
 struct PartitionSnapshot {
-  uint64_t length = 0;  // committed bytes, clamped to capacity
+  uint64_t length = 0;  // the file's bytes, clamped to capacity
   uint64_t generation = 0;
   uint64_t last_write_ns = 0;
+  uint64_t free = 0;  // room left for appends: capacity less the file and any fenced range
 };
 
 struct PartitionStat {
