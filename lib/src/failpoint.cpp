@@ -26,9 +26,9 @@ struct Point {
   unsigned hits = 0;
 };
 
-constexpr std::array<const char*, 7> kNames{"writer.after-announce", "writer.after-copy", "writer.before-publish",
-                                            "writer.reset-odd",      "writer.mid-reset",  "claim.after-token",
-                                            "claim.mid-fence"};
+constexpr std::array<const char*, 8> kNames{"writer.after-announce", "writer.after-copy", "writer.before-publish",
+                                            "writer.reset-begin",    "writer.reset-odd",  "writer.mid-reset",
+                                            "claim.after-token",     "claim.mid-fence"};
 
 std::mutex g_mutex;
 std::array<Point, kNames.size()> g_points = [] {

@@ -422,6 +422,14 @@ Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
 
 Result<void> PartitionWriter::reset() {
   if (!may_write()) return refusal();
+  // Tells the heartbeat that an odd generation may be ours (seq_cst: stored
+  // before our generation CAS, seen by a heartbeat that sees that CAS).
+  resetting_.store(true, std::memory_order_seq_cst);
+  struct Done {
+    std::atomic<bool>& flag;
+    ~Done() { flag.store(false, std::memory_order_seq_cst); }
+  } done{resetting_};
+  IVSHMFS_FAILPOINT("writer.reset-begin");
   uint64_t gen = load_acquire(control_->generation);
   if (gen % 2 != 0) {
     // Odd, though this owner finished every reset it began and the claim
@@ -469,6 +477,15 @@ Result<void> PartitionWriter::heartbeat() {
       load_relaxed(control_->owner_pid_ns) != identity_.pid_ns ||
       load_relaxed(control_->owner_host) != local_host_id()) {
     if (owns()) store_identity(control_, identity_);
+  }
+  // An odd generation this owner did not make: a displaced owner stopped
+  // right after making it odd (it will find its claim gone and undo nothing
+  // else). Readers would fail with EAGAIN until it resumes: make it even.
+  // Only from the value seen, so it races harmlessly with that owner's undo.
+  uint64_t gen = detail::load_seq_cst(control_->generation);
+  if (gen % 2 != 0 && !resetting_.load(std::memory_order_seq_cst) && owns() &&
+      compare_exchange(control_->generation, gen, gen + 1)) {
+    spdlog::warn("{}: partition {}: closed a reset a displaced owner left half done", region_->backend().path(), id());
   }
   return {};
 }

@@ -112,7 +112,7 @@ class TakeoverTest : public ::testing::TestWithParam<const char*> {
   // on `ready`, then stops at `point` in the middle of an append of
   // interrupted() (or of a reset). Once resumed, that operation and every
   // later one must fail with not_owner.
-  Child start_owner(const std::string& point, bool reset, int ready) {
+  Child start_owner(const std::string& point, bool reset, int ready, const std::string& first_point = "") {
     return spawn_child([=, this]() -> std::string {
       auto region = Region::open_path(file_.path(), RegionOpenOptions{true});
       if (!region.ok()) return region.error().message;
@@ -126,6 +126,9 @@ class TakeoverTest : public ::testing::TestWithParam<const char*> {
       }
       if (::write(ready, "r", 1) != 1) return "owner: pipe";
       if (auto armed = failpoint_set(point, "1*stop"); !armed) return armed.error().message;
+      if (!first_point.empty()) {
+        if (auto armed = failpoint_set(first_point, "1*stop"); !armed) return armed.error().message;
+      }
       if (reset) {
         auto r = (*w)->reset();
         if (r.ok()) return "owner: the interrupted reset reported success after a takeover";
@@ -145,9 +148,9 @@ class TakeoverTest : public ::testing::TestWithParam<const char*> {
   }
 
   // Claims the partition once the stopped owner's heartbeat is stale.
-  std::unique_ptr<PartitionWriter> take_over() {
+  std::unique_ptr<PartitionWriter> take_over(std::chrono::milliseconds heartbeat = std::chrono::milliseconds(0)) {
     ClaimOptions options;
-    options.heartbeat_interval = std::chrono::milliseconds(0);
+    options.heartbeat_interval = heartbeat;
     options.liveness.stale_after = kStale;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
     for (;;) {
@@ -305,6 +308,51 @@ TEST_P(ResetTakeoverTest, StoppedResetIsFinishedByTheTaker) {
 
 INSTANTIATE_TEST_SUITE_P(EveryStopPoint, ResetTakeoverTest, ::testing::Values("writer.reset-odd", "writer.mid-reset"),
                          point_name);
+
+// An owner that had checked its claim for a reset and stopped before marking
+// the generation odd: it resumes after the takeover, marks it odd, and stops
+// again before it re-checks its claim. Readers must not wait for it: the new
+// owner's heartbeat closes the mark; the resumed owner then changes nothing.
+TEST_F(TakeoverTest, OddMarkMadeAfterATakeoverIsClosedByTheNewOwnersHeartbeat) {
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  Child sampler = start_sampler();
+  Child owner = start_owner("writer.reset-odd", true, ready[1], "writer.reset-begin");
+  ::close(ready[1]);
+  char byte = 0;
+  ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "the owner never got ready: " << drain(owner.fd);
+  ::close(ready[0]);
+  ASSERT_TRUE(wait_stopped(owner));  // at writer.reset-begin
+  auto taker = take_over(std::chrono::milliseconds(20));
+  ASSERT_NE(taker, nullptr);
+  ASSERT_TRUE(taker->append(as_bytes(record('P', 0))).ok());
+  const uint64_t generation = region_->stat(kId)->generation;
+  ASSERT_EQ(::kill(owner.pid, SIGCONT), 0);
+  ASSERT_TRUE(wait_stopped(owner));  // at writer.reset-odd, its mark made
+  // Readers get a stable snapshot again without the stopped owner's help.
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+  Result<PartitionSnapshot> snap = make_error(Errc::busy, "not tried");
+  while (std::chrono::steady_clock::now() < deadline) {
+    snap = region_->snapshot(kId);
+    if (snap.ok() && snap->generation != generation) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(snap.ok()) << "readers still wait for the stopped owner: " << snap.error().message;
+  EXPECT_GT(snap->generation, generation) << "the stopped owner never marked the generation odd";
+  EXPECT_EQ(snap->length, kChildRecords * 100u + 100u) << "closing the mark changed the file";
+  ASSERT_TRUE(taker->append(as_bytes(record('P', 1))).ok());
+  ASSERT_EQ(::kill(owner.pid, SIGCONT), 0);
+  auto outcome = wait_child(owner, std::chrono::seconds(60));
+  EXPECT_CHILD_OK(outcome);
+  ASSERT_TRUE(taker->append(as_bytes(record('P', 2))).ok());
+  finish_sampler(sampler);
+  EXPECT_TRUE(read_all(*region_, kId) == records('C', 0, kChildRecords) + records('P', 0, 3))
+      << "a reset the displaced owner began after the takeover took effect";
+  auto s = region_->stat(kId);
+  ASSERT_TRUE(s.ok());
+  EXPECT_FALSE(s->mid_reset);
+  EXPECT_EQ(s->generation % 2, 0u);
+}
 
 // An owner killed in the middle of a copy is proven dead (same boot, same
 // PID namespace, process gone): taken over at once, without a fence.

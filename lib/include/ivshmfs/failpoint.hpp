@@ -18,6 +18,7 @@
 //   writer.after-announce  append/reserve: reservation announced, claim re-checked, nothing copied yet
 //   writer.after-copy      append: bytes copied into the data area, nothing published
 //   writer.before-publish  append/commit: about to publish the new head
+//   writer.reset-begin     reset: the claim checked, nothing changed yet
 //   writer.reset-odd       reset: generation made odd, claim not yet re-checked
 //   writer.mid-reset       reset: base moved, generation still odd
 //   claim.after-token      claim: token swapped in, nothing fenced or repaired yet

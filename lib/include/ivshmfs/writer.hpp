@@ -2,6 +2,7 @@
 // The owner of a partition: claims it, appends, resets, heartbeats, releases.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -138,11 +139,12 @@ class PartitionWriter {
   // publish fail (not_owner), it is never trusted.
   uint64_t head_ = 0;
   uint64_t base_ = 0;
-  uint64_t hole_offset_ = 0;  // data-area offset
-  uint64_t hole_length_ = 0;  // 0: no hole
-  uint64_t announced_ = 0;    // reserve_end is at least this
-  ProcessIdentity identity_;  // as the claim recorded it
-  bool reserved_ = false;     // a Reservation is outstanding
+  uint64_t hole_offset_ = 0;            // data-area offset
+  uint64_t hole_length_ = 0;            // 0: no hole
+  uint64_t announced_ = 0;              // reserve_end is at least this
+  ProcessIdentity identity_;            // as the claim recorded it
+  bool reserved_ = false;               // a Reservation is outstanding
+  std::atomic<bool> resetting_{false};  // reset() runs (the heartbeat thread reads it)
   std::jthread heartbeat_thread_;
 };
 
