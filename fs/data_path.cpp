@@ -364,6 +364,32 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
     fuse_reply_err(req, code == Errc::not_owner || code == Errc::reformatted ? EIO : errno_of(room.error()));
     return;
   }
+  if (room->bytes().size() < size) {
+    // The room ends early: the partition is almost full, or a range fenced
+    // off by a takeover lies ahead. Through a private copy, append() places
+    // the write around the fenced range, still as one publish.
+    room->commit(0);
+    const std::span<std::byte> staged = scratch(size);
+    fuse_bufvec bounce = FUSE_BUFVEC_INIT(size);
+    bounce.buf[0].mem = staged.data();
+    const ssize_t got = fuse_buf_copy(&bounce, in, static_cast<fuse_buf_copy_flags>(0));
+    auto appended = got > 0 ? writer_->append(staged.first(static_cast<std::size_t>(got)))
+                            : Result<std::size_t>(make_error(Errc::io_error, "short copy from the request"));
+    append.unlock();
+    lock.unlock();
+    if (!appended) {
+      const Errc code = appended.error().code;
+      if (code == Errc::not_owner && !lost_claim_logged_.exchange(true)) spdlog::error("{}", appended.error().message);
+      fuse_reply_err(req, got < 0                                                ? static_cast<int>(-got)
+                          : code == Errc::not_owner || code == Errc::reformatted ? EIO
+                                                                                 : errno_of(appended.error()));
+      return;
+    }
+    if (drop_tail) invalidate_own_tail(old_length);
+    fuse_reply_write(req, *appended);
+    own_partition_changed();
+    return;
+  }
   const std::span<std::byte> into = room->bytes();
   fuse_bufvec dst = FUSE_BUFVEC_INIT(into.size());
   dst.buf[0].mem = into.data();
@@ -378,8 +404,16 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
   const std::size_t n = room->commit(static_cast<std::size_t>(copied));
   append.unlock();
   lock.unlock();
-  if (n == 0) {  // the commit was refused: the mapping lost its backing
-    fuse_reply_err(req, errno_of(region_->backend().loss_error()));
+  if (n == 0) {  // nothing was published: the mapping lost its backing, or the claim was taken over
+    if (region_->backend().mapping_lost()) {
+      fuse_reply_err(req, errno_of(region_->backend().loss_error()));
+      return;
+    }
+    if (!lost_claim_logged_.exchange(true)) {
+      spdlog::error("{}: partition {}: the claim was taken over during a write", region_->backend().path(),
+                    self_id_.value_or(0));
+    }
+    fuse_reply_err(req, EIO);
     return;
   }
   if (drop_tail) invalidate_own_tail(old_length);

@@ -191,7 +191,7 @@ void Filesystem::statfs(fuse_req_t req) {
     const PartitionInfo& p = slots_[self_index_]->info;
     if (auto s = region_->snapshot(p.id)) {
       st.f_blocks = p.capacity / IVSHMFS_PAGE_SIZE;
-      st.f_bfree = st.f_bavail = (p.capacity - s->length) / IVSHMFS_PAGE_SIZE;
+      st.f_bfree = st.f_bavail = s->free / IVSHMFS_PAGE_SIZE;
     }
   } else if (!stale_) {
     // A read-only peer writes nothing: every partition, no free space.

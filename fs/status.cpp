@@ -40,10 +40,10 @@ std::string format_status(const Region& region, std::optional<uint32_t> self_id,
     }
     out += fmt::format(
         "partition id={} file={} self={} claimed={} alive={} owner_pid={} owner_local={} owner_since_ns={} "
-        "owner_heartbeat_ns={} length={} capacity={} free={} generation={} last_write_ns={} mid_reset={}\n",
+        "owner_heartbeat_ns={} length={} capacity={} free={} generation={} last_write_ns={} fenced={} mid_reset={}\n",
         p.id, partition_file_name(p.id), self_id == p.id ? 1 : 0, s->claimed ? 1 : 0, s->alive ? 1 : 0, s->owner_pid,
-        s->owner_local ? 1 : 0, s->owner_since_ns, s->owner_heartbeat_ns, s->length, s->capacity,
-        s->capacity - s->length, s->generation, s->last_write_ns, s->generation % 2 != 0 ? 1 : 0);
+        s->owner_local ? 1 : 0, s->owner_since_ns, s->owner_heartbeat_ns, s->length, s->capacity, s->free,
+        s->generation, s->last_write_ns, s->fenced, s->mid_reset ? 1 : 0);
   }
   return out;
 }
@@ -55,7 +55,7 @@ std::vector<std::pair<std::string, std::string>> partition_xattrs(const Partitio
       {p + "self", self ? "1" : "0"},
       {p + "length", std::to_string(s.length)},
       {p + "capacity", std::to_string(s.capacity)},
-      {p + "free", std::to_string(s.capacity - s.length)},
+      {p + "free", std::to_string(s.free)},
       {p + "generation", std::to_string(s.generation)},
       {p + "last_write_ns", std::to_string(s.last_write_ns)},
       {p + "claimed", s.claimed ? "1" : "0"},

@@ -234,12 +234,12 @@ int cmd_status(const Args& args) {
       std::printf("%s{\"id\":%u,\"claimed\":%s,\"alive\":%s,\"owner_pid\":%" PRIu64
                   ",\"owner_local\":%s,"
                   "\"owner_since_ns\":%" PRIu64 ",\"owner_heartbeat_ns\":%" PRIu64 ",\"length\":%" PRIu64
-                  ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64
-                  ",\"mid_reset\":%s}",
+                  ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64 ",\"free\":%" PRIu64
+                  ",\"fenced\":%" PRIu64 ",\"head\":%" PRIu64 ",\"base\":%" PRIu64 ",\"mid_reset\":%s}",
                   i == 0 ? "" : ",", s.id, s.claimed ? "true" : "false", s.alive ? "true" : "false",
                   s.claimed ? s.owner_pid : 0, s.claimed && s.owner_local ? "true" : "false",
                   s.claimed ? s.owner_since_ns : 0, s.claimed ? s.owner_heartbeat_ns : 0, s.length, s.capacity,
-                  s.generation, s.last_write_ns, mid_reset[i] ? "true" : "false");
+                  s.generation, s.last_write_ns, s.free, s.fenced, s.head, s.base, mid_reset[i] ? "true" : "false");
     }
     std::printf("]}\n");
     return 0;
@@ -264,7 +264,15 @@ int cmd_status(const Args& args) {
       std::snprintf(length, sizeof length, "%" PRIu64 "/%" PRIu64, s.length, s.capacity);
     }
     std::printf("%-4u %-22s %-5s %21s %10" PRIu64 "  %s\n", s.id, owner.c_str(),
-                s.claimed ? (s.alive ? "yes" : "stale") : "-", length, s.generation, iso_time(s.last_write_ns).c_str());
+                s.claimed ? (s.alive ? "yes" : (s.owner_dead ? "dead" : "stale")) : "-", length, s.generation,
+                iso_time(s.last_write_ns).c_str());
+  }
+  for (const PartitionStat& s : stats) {
+    if (s.fenced > 0) {
+      std::printf("partition %u: %" PRIu64
+                  " bytes fenced off by a takeover (a displaced owner may still write there)\n",
+                  s.id, s.fenced);
+    }
   }
   for (std::size_t i = 0; i < stats.size(); ++i) {
     if (mid_reset[i]) {
@@ -378,9 +386,11 @@ const std::map<std::string, Command>& commands() {
         1,
         "Usage: ivshmctl status [--json] [BACKEND]\n\n"
         "Show the region's layout and, per partition: id, owner, whether the owner is alive\n"
-        "(heartbeating), committed length and capacity, generation (resets), last write.\n"
+        "(yes: heartbeating; stale: silent; dead: its process is gone from this system and\n"
+        "PID namespace), committed length and capacity, generation (resets), last write.\n"
         "A partition whose reset never finished (its owner stopped or died in it) is named\n"
-        "below the table (\"mid_reset\": true in JSON); the next claim finishes the reset.\n\n"
+        "below the table (\"mid_reset\": true in JSON); the next claim finishes the reset.\n"
+        "So is a range a takeover fenced off (\"fenced\" bytes in JSON).\n\n"
         "  --json            one JSON object instead of the table\n",
         cmd_status}},
       {"read",

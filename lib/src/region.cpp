@@ -3,7 +3,9 @@
 
 #include <signal.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -11,6 +13,7 @@
 #include <fstream>
 #include <optional>
 #include <random>
+#include <sstream>
 #include <thread>
 
 #include <spdlog/spdlog.h>
@@ -146,6 +149,7 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   header->page_size = IVSHMFS_PAGE_SIZE;
   header->control_offset = control_offset;
   header->data_offset = data_offset;
+  header->features = 0;
   auto* table = reinterpret_cast<ivshmfs_partition_entry*>(backend.bytes().data() + sizeof(ivshmfs_header));
   for (uint32_t i = 0; i < count; ++i) {
     table[i].id = i;
@@ -196,13 +200,31 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
     return make_error(Errc::bad_magic, path + ": bad magic " + hex(h.magic) + " (expected " + hex(IVSHMFS_MAGIC) +
                                            "): not an ivshmfs region");
   }
+  if (h.version == 1) {
+    return make_error(Errc::unsupported_version,
+                      path +
+                          ": layout version 1 (written by an older ivshmfs) is not supported: this build reads "
+                          "version " +
+                          std::to_string(IVSHMFS_LAYOUT_VERSION) + "; 'ivshmctl format --force " + path +
+                          "' formats it anew, which destroys its contents");
+  }
   if (h.version != IVSHMFS_LAYOUT_VERSION) {
     return make_error(Errc::unsupported_version, path + ": layout version " + std::to_string(h.version) +
                                                      " is not supported (this build reads version " +
                                                      std::to_string(IVSHMFS_LAYOUT_VERSION) + ")");
   }
   if (h.header_size != sizeof(ivshmfs_header))
-    return corrupt("header_size " + std::to_string(h.header_size) + " is not 64");
+    return corrupt("header_size " + std::to_string(h.header_size) + " is not " + std::to_string(sizeof h));
+  if ((h.features & ~IVSHMFS_FEATURES_KNOWN) != 0) {
+    return make_error(Errc::unsupported_version, path + ": the region uses feature bits " +
+                                                     hex(h.features & ~IVSHMFS_FEATURES_KNOWN) +
+                                                     " that this build does not know (it knows " +
+                                                     hex(IVSHMFS_FEATURES_KNOWN) + "): a newer ivshmfs formatted it");
+  }
+  for (std::size_t i = 0; i < std::size(h.reserved); ++i) {
+    if (h.reserved[i] != 0)
+      return corrupt("reserved word " + std::to_string(i) + " is " + hex(h.reserved[i]) + ", not 0");
+  }
   if (h.region_size != size) {
     return make_error(Errc::size_mismatch, path + ": header says the region is " + std::to_string(h.region_size) +
                                                " bytes but the mapping is " + std::to_string(size));
@@ -350,23 +372,65 @@ constexpr int kMaxReadAttempts = 10000;
                                                  ")");
 }
 
-// False once `pid` has exited, including as a zombie its parent has not reaped.
-bool process_running(pid_t pid) {
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
-  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+struct ProcStat {
+  char state = '?';
+  uint64_t start_time = 0;  // field 22: clock ticks after boot
+};
+
+// Fields 3 and 22 of /proc/PID/stat ("self" for this process); nullopt when
+// the file cannot be read (errno tells why) or does not parse.
+std::optional<ProcStat> read_proc_stat(const std::string& pid) {
+  errno = 0;
+  std::ifstream file("/proc/" + pid + "/stat");
   std::string line;
-  if (!std::getline(stat, line)) return true;  // no /proc: trust kill()
+  if (!file || !std::getline(file, line)) {
+    if (errno == 0) errno = EIO;
+    return std::nullopt;
+  }
+  // The command name (field 2) may hold spaces and parentheses: the fields
+  // after it start after the last ')'.
   const auto paren = line.rfind(')');
-  if (paren == std::string::npos || paren + 2 >= line.size()) return true;
-  const char state = line[paren + 2];
-  return state != 'Z' && state != 'X';
+  if (paren == std::string::npos || paren + 2 >= line.size()) {
+    errno = EINVAL;
+    return std::nullopt;
+  }
+  std::istringstream rest(line.substr(paren + 2));
+  ProcStat s;
+  rest >> s.state;
+  std::string field;
+  for (int i = 4; i < 22 && rest >> field; ++i) {
+  }
+  if (!(rest >> s.start_time)) {
+    errno = EINVAL;
+    return std::nullopt;
+  }
+  return s;
 }
 
-// How many of the bytes [offset, offset+max) are committed, the committed
-// length clamped to the capacity (a peer may have written anything there).
-std::size_t committed_bytes(ivshmfs_control& c, const PartitionInfo& p, uint64_t offset, std::size_t max) noexcept {
-  const uint64_t length = std::min(load_acquire(c.committed_length), p.capacity);
-  return offset < length ? static_cast<std::size_t>(std::min<uint64_t>(max, length - offset)) : 0;
+// /proc describes the processes of our own PID namespace (its "self" is our
+// pid): only then do its pids mean what getpid() means.
+bool proc_is_ours() {
+  char link[32] = {};
+  const ssize_t n = ::readlink("/proc/self", link, sizeof link - 1);
+  return n > 0 && std::string_view(link, static_cast<std::size_t>(n)) == std::to_string(::getpid());
+}
+
+// Where the file's bytes lie now: the head first (acquire), then what it
+// publishes. Call inside an even generation and check the generation after.
+detail::FileMap current_map(ivshmfs_control& c, const PartitionInfo& p) noexcept {
+  const uint64_t head = load_acquire(c.head);
+  return detail::file_map(head, load_relaxed(c.base), load_relaxed(c.hole_offset), load_relaxed(c.hole_length),
+                          p.capacity);
+}
+
+// Whether a hole of the control block lies inside the data area.
+bool fits(uint64_t hole_offset, uint64_t hole_length, uint64_t capacity) noexcept {
+  return hole_length != 0 && hole_offset <= capacity && hole_length <= capacity - hole_offset;
+}
+
+// How many of the file's bytes [offset, offset+max) exist.
+std::size_t committed_bytes(const detail::FileMap& m, uint64_t offset, std::size_t max) noexcept {
+  return offset < m.length ? static_cast<std::size_t>(std::min<uint64_t>(max, m.length - offset)) : 0;
 }
 
 void backoff(int attempt) {
@@ -394,7 +458,11 @@ Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) con
       backoff(attempt);
       continue;
     }
-    return ReadView{{data(*p) + offset, committed_bytes(*c, *p, offset, max)}, gen};
+    const detail::FileMap m = current_map(*c, *p);
+    std::size_t n = committed_bytes(m, offset, max);
+    // A view is contiguous: it ends where the hole begins.
+    if (offset < m.hole_offset) n = static_cast<std::size_t>(std::min<uint64_t>(n, m.hole_offset - offset));
+    return ReadView{{data(*p) + (n > 0 ? m.physical(offset) : 0), n}, gen};
   }
   return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
 }
@@ -408,8 +476,15 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
     const uint64_t gen = load_acquire(c->generation);
     if (gen % 2 == 0) [[likely]] {  // odd: a reset is under way
-      const std::size_t n = committed_bytes(*c, *p, offset, out.size());
-      if (n > 0) std::memcpy(out.data(), base + offset, n);
+      const detail::FileMap m = current_map(*c, *p);
+      const std::size_t n = committed_bytes(m, offset, out.size());
+      if (n > 0) [[likely]] {
+        // At most two pieces: before and after the hole.
+        const std::size_t first =
+            offset < m.hole_offset ? static_cast<std::size_t>(std::min<uint64_t>(n, m.hole_offset - offset)) : 0;
+        if (first > 0) std::memcpy(out.data(), base + offset, first);
+        if (n > first) std::memcpy(out.data() + first, base + m.physical(offset + first), n - first);
+      }
       // Committed bytes never change within a generation, so an unchanged
       // generation proves the copy is all from one.
       std::atomic_thread_fence(std::memory_order_acquire);
@@ -431,7 +506,11 @@ Result<PartitionSnapshot> Region::snapshot(uint32_t id) const {
   ivshmfs_control* c = control(*p);
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
     const uint64_t gen = load_acquire(c->generation);
-    PartitionSnapshot s{std::min(load_acquire(c->committed_length), p->capacity), gen, load_relaxed(c->last_write_ns)};
+    const uint64_t hole = load_relaxed(c->hole_length);
+    const uint64_t fenced = fits(load_relaxed(c->hole_offset), hole, p->capacity) ? hole : 0;
+    const uint64_t length = current_map(*c, *p).length;
+    PartitionSnapshot s{length, gen, load_relaxed(c->last_write_ns),
+                        p->capacity - std::min(p->capacity, length + fenced)};
     std::atomic_thread_fence(std::memory_order_acquire);
     if (gen % 2 == 0 && load_relaxed(c->generation) == gen) return s;
     backoff(attempt);
@@ -440,32 +519,73 @@ Result<PartitionSnapshot> Region::snapshot(uint32_t id) const {
 }
 
 Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) const {
-  auto snap = snapshot(id);
-  if (!snap) return std::move(snap).error();
   const PartitionInfo* p = find(id);
+  if (p == nullptr) return no_partition(*this, id);
   ivshmfs_control* c = control(*p);
   PartitionStat s;
   s.id = id;
   s.capacity = p->capacity;
-  s.length = snap->length;
-  s.generation = snap->generation;
-  s.last_write_ns = snap->last_write_ns;
+  if (auto snap = snapshot(id)) {
+    s.length = snap->length;
+    s.generation = snap->generation;
+    s.last_write_ns = snap->last_write_ns;
+  } else {
+    // A reset that stays half done (its owner stopped or died in it): still
+    // tell who owns the partition, so that it can be taken over and repaired.
+    s.mid_reset = true;
+    s.generation = load_acquire(c->generation);
+    s.length = current_map(*c, *p).length;
+    s.last_write_ns = load_relaxed(c->last_write_ns);
+  }
   s.claimed = load_acquire(c->owner_token) != 0;
   s.owner_pid = load_relaxed(c->owner_pid);
   s.owner_since_ns = load_relaxed(c->owner_since_ns);
   s.owner_heartbeat_ns = load_relaxed(c->owner_heartbeat_ns);
   s.owner_local = load_relaxed(c->owner_host) == local_host_id();
+  s.owner_pid_ns = load_relaxed(c->owner_pid_ns);
+  s.owner_start_time = load_relaxed(c->owner_start_time);
+  s.head = load_relaxed(c->head);
+  s.base = load_relaxed(c->base);
+  s.reserve_end = load_relaxed(c->reserve_end);
+  s.hole_offset = load_relaxed(c->hole_offset);
+  s.hole_length = load_relaxed(c->hole_length);
+  s.fenced = fits(s.hole_offset, s.hole_length, p->capacity) ? s.hole_length : 0;
+  s.free = s.capacity - std::min(s.capacity, s.length + s.fenced);
   if (s.claimed) {
     const uint64_t now = wall_clock_ns();
     const uint64_t stale_ns = static_cast<uint64_t>(policy.stale_after.count()) * 1'000'000ULL;
     // A heartbeat from a clock ahead of ours counts as fresh.
     const bool fresh = s.owner_heartbeat_ns >= now || now - s.owner_heartbeat_ns <= stale_ns;
-    // On this system a vanished owner process is dead at once, heartbeat or not.
-    const bool gone = fresh && s.owner_local && s.owner_pid > 0 && s.owner_pid < (1ULL << 31) &&
-                      !process_running(static_cast<pid_t>(s.owner_pid));
-    s.alive = fresh && !gone;
+    // A proven-dead owner is dead at once, heartbeat or not.
+    s.owner_dead = owner_proven_dead(s.owner_local, s.owner_pid, s.owner_pid_ns, s.owner_start_time);
+    s.alive = fresh && !s.owner_dead;
   }
   return s;
+}
+
+ProcessIdentity local_process_identity() {
+  ProcessIdentity id;
+  id.pid = static_cast<uint64_t>(::getpid());
+  struct stat st {};
+  if (proc_is_ours() && ::stat("/proc/self/ns/pid", &st) == 0) {
+    id.pid_ns = static_cast<uint64_t>(st.st_ino);
+    if (auto ps = read_proc_stat("self")) id.start_time = ps->start_time;
+  }
+  return id;
+}
+
+bool owner_proven_dead(bool owner_local, uint64_t pid, uint64_t pid_ns, uint64_t start_time) {
+  // Only facts that hold across PID namespaces: the same boot, the same PID
+  // namespace as ours (so the pid means the same process), and then the
+  // process is gone, is a zombie, or started at another time (pid reused).
+  if (!owner_local || pid_ns == 0 || pid == 0 || pid >= (1ULL << 31)) return false;
+  const ProcessIdentity self = local_process_identity();
+  if (self.pid_ns == 0 || self.pid_ns != pid_ns) return false;
+  if (::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) return true;
+  auto ps = read_proc_stat(std::to_string(pid));
+  if (!ps) return errno == ENOENT || errno == ESRCH;  // exited between kill() and the read
+  if (ps->state == 'Z' || ps->state == 'X') return true;
+  return start_time != 0 && ps->start_time != start_time;
 }
 
 }  // namespace ivshmfs

@@ -4,8 +4,11 @@
 // that work between processes and between VMs (they are address-free).
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstdint>
+
+#include "ivshmfs/layout.h"
 
 namespace ivshmfs::detail {
 
@@ -26,6 +29,56 @@ inline void store_relaxed(uint64_t& field, uint64_t value) noexcept {
 inline bool compare_exchange(uint64_t& field, uint64_t& expected, uint64_t desired) noexcept {
   return std::atomic_ref<uint64_t>(field).compare_exchange_strong(expected, desired, std::memory_order_acq_rel,
                                                                   std::memory_order_acquire);
+}
+
+// The ordering of the claim/reservation handshake (Dekker): an owner's
+// announcement and a taker's token swap are seq_cst read-modify-writes, each
+// followed by a seq_cst load of the other's word, so at least one of the two
+// sees the other.
+inline uint64_t load_seq_cst(uint64_t& field) noexcept {
+  return std::atomic_ref<uint64_t>(field).load(std::memory_order_seq_cst);
+}
+inline bool compare_exchange_seq_cst(uint64_t& field, uint64_t& expected, uint64_t desired) noexcept {
+  return std::atomic_ref<uint64_t>(field).compare_exchange_strong(expected, desired, std::memory_order_seq_cst,
+                                                                  std::memory_order_seq_cst);
+}
+// Raises `field` to at least `value` (a monotonic maximum); seq_cst.
+inline void raise_to_seq_cst(uint64_t& field, uint64_t value) noexcept {
+  uint64_t current = load_seq_cst(field);
+  while (current < value && !compare_exchange_seq_cst(field, current, value)) {
+  }
+}
+
+// Where the file's bytes lie in a partition's data area, from control words
+// read in one generation. Every input may be hostile: the result never points
+// outside [0, capacity).
+struct FileMap {
+  uint64_t used = 0;         // bytes of the data area below the head (head - base, clamped)
+  uint64_t hole_offset = 0;  // file offsets at or past this one lie hole_length further on
+  uint64_t hole_length = 0;  // 0 when no hole lies below the head
+  uint64_t length = 0;       // the file's length: used - hole_length
+
+  // The data-area offset of file offset `offset` (< length).
+  [[nodiscard]] uint64_t physical(uint64_t offset) const noexcept {
+    return offset < hole_offset ? offset : offset + hole_length;
+  }
+};
+
+inline FileMap file_map(uint64_t head, uint64_t base, uint64_t hole_offset, uint64_t hole_length,
+                        uint64_t capacity) noexcept {
+  FileMap m;
+  head &= ~IVSHMFS_HEAD_FENCE;  // a fence under way leaves the head where it was
+  m.used = head > base ? std::min(head - base, capacity) : 0;
+  // A hole counts once the head has passed it whole; a hole that does not fit
+  // in the used bytes (not reached yet, or hostile) is not applied.
+  if (hole_length != 0 && hole_offset <= m.used && hole_length <= m.used - hole_offset) {
+    m.hole_offset = hole_offset;
+    m.hole_length = hole_length;
+  } else {
+    m.hole_offset = m.used;
+  }
+  m.length = m.used - m.hole_length;
+  return m;
 }
 
 // A random non-zero 64-bit value (format ids, claim tokens).

@@ -11,6 +11,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include "ivshmfs/failpoint.hpp"
 #include "shared.hpp"
 
 namespace ivshmfs {
@@ -23,10 +24,11 @@ using detail::store_release;
 
 namespace {
 
-// A forced takeover waits this long before writing, so that an append the
-// displaced owner had already begun (it checked its token just before) has
-// finished copying. The longest append copies one partition: well under this.
-constexpr auto kTakeoverGrace = std::chrono::milliseconds(200);
+// How far past an append's end the owner announces (reserve_end), so that
+// small appends re-announce only now and then. Zero: every append announces
+// exactly its own range, so an idle owner has announced nothing it has not
+// published and a takeover from it needs no fence (no hole).
+constexpr uint64_t kAnnounceLease = 0;
 
 std::string describe_owner(const PartitionStat& s) {
   const uint64_t now = wall_clock_ns();
@@ -49,13 +51,100 @@ std::string describe_owner(const PartitionStat& s) {
   return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ULL + static_cast<uint64_t>(ts.tv_nsec);
 }
 
-// Finishes a reset that a crashed owner left half done (odd generation).
-void repair_generation(ivshmfs_control* c) {
-  const uint64_t gen = load_acquire(c->generation);
-  if (gen % 2 != 0) {
-    store_relaxed(c->committed_length, 0);
-    store_release(c->generation, gen + 1);
+void store_identity(ivshmfs_control* c, const ProcessIdentity& self) {
+  store_relaxed(c->owner_pid, self.pid);
+  store_relaxed(c->owner_host, local_host_id());
+  store_relaxed(c->owner_pid_ns, self.pid_ns);
+  store_relaxed(c->owner_start_time, self.start_time);
+}
+
+// The hole as the control block states it, if it fits in the data area.
+bool valid_hole(uint64_t offset, uint64_t length, uint64_t capacity) {
+  return length != 0 && offset <= capacity && length <= capacity - offset;
+}
+
+std::string second_hole(const std::string& path, uint32_t id) {
+  return path + ": partition " + std::to_string(id) +
+         ": its owner may be stopped in the middle of a copy, and an earlier takeover already fenced off a range "
+         "of it (one per partition); make sure that owner is gone (then it is taken over without a fence) or format "
+         "the region anew ('ivshmctl format --force " +
+         path + "', which destroys its contents)";
+}
+
+// After the token swap: makes sure nothing the former owner may still copy
+// is ever published, and finishes what a former owner left half done.
+// `fence`: the former owner is not proven gone. `announced` and `base` were
+// loaded (seq_cst) after the swap. Fails only when a second hole is needed.
+Result<void> settle(ivshmfs_control* c, const PartitionInfo& p, const std::string& path, bool fence, uint64_t announced,
+                    uint64_t base) {
+  const uint64_t capacity = p.capacity;
+  uint64_t head = load_acquire(c->head);
+  uint64_t fenced_at = 0;
+  bool fencing = false;
+  for (;;) {
+    if ((head & IVSHMFS_HEAD_FENCE) != 0) {  // a taker died mid-fence: finish its fence
+      fenced_at = head & ~IVSHMFS_HEAD_FENCE;
+      fencing = true;
+      break;
+    }
+    if (!fence || announced <= head) break;  // nothing can be copied past the head
+    // Freeze the head: the former owner's publish (a CAS from `head`) fails
+    // from now on. If its publish lands first, try again from there.
+    if (compare_exchange(c->head, head, head | IVSHMFS_HEAD_FENCE)) {
+      IVSHMFS_FAILPOINT("claim.mid-fence");
+      fenced_at = head;
+      fencing = true;
+      break;
+    }
   }
+  if (fencing) {
+    // Everything the former owner may copy lies in [fenced_at, announced):
+    // a hole in the data area, in the former owner's frame (base).
+    const uint64_t from = fenced_at >= base ? std::min(fenced_at - base, capacity) : 0;
+    uint64_t to = announced > base ? std::min(announced - base, capacity) : 0;
+    to = std::max(to, from);
+    const uint64_t ho = load_relaxed(c->hole_offset);
+    const uint64_t hl = load_relaxed(c->hole_length);
+    if (valid_hole(ho, hl, capacity) && to > from) {
+      if (ho != from) {
+        // One hole per partition: the head stays frozen (nothing can be
+        // published, nothing is lost) until the region is formatted anew.
+        return make_error(Errc::claimed, second_hole(path, p.id));
+      }
+      to = std::max(to, ho + hl);  // the dead taker's hole, grown to cover ours
+    }
+    if (to > from) {
+      store_relaxed(c->hole_offset, from);
+      store_release(c->hole_length, to - from);
+    } else if (valid_hole(ho, hl, capacity) && ho == from) {
+      to = ho + hl;
+    }
+    // Readers apply the hole once the head has passed it.
+    store_release(c->head, base + to);
+    spdlog::warn("{}: partition {}: fenced off {} bytes the former owner may still be copying", path, p.id, to - from);
+  }
+  // A reset the former owner left half done (odd generation), or positions
+  // that cannot be (base past head): finish a reset, never undo one. The
+  // taker first moves the generation to an odd value of its own, so that the
+  // former owner, should it resume, can neither undo nor close the reset.
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    uint64_t gen = detail::load_seq_cst(c->generation);
+    head = load_acquire(c->head) & ~IVSHMFS_HEAD_FENCE;
+    uint64_t current_base = load_acquire(c->base);
+    const bool impossible = current_base > head || head - current_base > capacity;
+    if (gen % 2 == 0 && !impossible) break;
+    const uint64_t mine = gen + (gen % 2 != 0 ? 2 : 1);
+    if (!compare_exchange(c->generation, gen, mine)) continue;  // the former owner undid its mark
+    head = load_acquire(c->head) & ~IVSHMFS_HEAD_FENCE;
+    current_base = load_acquire(c->base);
+    compare_exchange(c->base, current_base, head);  // fails only if the former owner moved it to the head
+    store_relaxed(c->last_write_ns, commit_clock_ns());
+    uint64_t odd = mine;
+    compare_exchange(c->generation, odd, mine + 1);
+    spdlog::info("{}: partition {}: finished a reset its former owner left half done", path, p.id);
+    break;
+  }
+  return {};
 }
 
 }  // namespace
@@ -68,7 +157,22 @@ PartitionWriter::PartitionWriter(std::shared_ptr<Region> region, const Partition
       header_(reinterpret_cast<ivshmfs_header*>(region_->backend().bytes().data())),
       format_id_(region_->info().format_id),
       token_(token),
-      length_(std::min(load_acquire(control_->committed_length), partition.capacity)) {}
+      identity_(local_process_identity()) {
+  load_positions();
+}
+
+void PartitionWriter::load_positions() noexcept {
+  head_ = load_acquire(control_->head) & ~IVSHMFS_HEAD_FENCE;
+  base_ = load_acquire(control_->base);
+  const uint64_t ho = load_relaxed(control_->hole_offset);
+  const uint64_t hl = load_relaxed(control_->hole_length);
+  hole_offset_ = valid_hole(ho, hl, partition_.capacity) ? ho : 0;
+  hole_length_ = valid_hole(ho, hl, partition_.capacity) ? hl : 0;
+  announced_ = load_acquire(control_->reserve_end);
+  // Positions a hostile peer made impossible: write nothing (every publish
+  // would fail); a reset repairs them.
+  if (head_ < base_ || head_ - base_ > partition_.capacity) base_ = head_ - std::min(head_, partition_.capacity);
+}
 
 Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<Region> region, uint32_t id,
                                                                 const ClaimOptions& options) {
@@ -85,9 +189,10 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
   }
   ivshmfs_control* c = region->control(*p);
   const uint64_t token = detail::random_nonzero();
-  bool displaced_live_owner = false;
+  bool fence = false;
   for (;;) {
     uint64_t current = load_acquire(c->owner_token);
+    fence = false;
     if (current != 0) {
       auto s = region->stat(id, options.liveness);
       if (!s) return std::move(s).error();
@@ -95,24 +200,39 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
         return make_error(Errc::claimed, region->backend().path() + ": partition " + std::to_string(id) +
                                              " is owned by a live writer: " + describe_owner(*s));
       }
+      // An owner not proven gone may be stopped in the middle of a copy.
+      fence = !s->owner_dead;
+      // One hole per partition: refuse before touching anything when a
+      // fence would need a second one (the owner keeps its partition).
+      const uint64_t head = s->head & ~IVSHMFS_HEAD_FENCE;
+      if (fence && s->reserve_end > head && valid_hole(s->hole_offset, s->hole_length, p->capacity) &&
+          s->hole_offset != std::min(head - std::min(head, s->base), p->capacity)) {
+        return make_error(Errc::claimed, second_hole(region->backend().path(), id));
+      }
       if (s->alive) {
-        displaced_live_owner = true;
         spdlog::warn("{}: taking partition {} from a live owner ({}) as forced", region->backend().path(), id,
                      describe_owner(*s));
       } else {
-        spdlog::info("{}: taking over partition {} from a stale owner ({})", region->backend().path(), id,
-                     describe_owner(*s));
+        spdlog::info("{}: taking over partition {} from a {} owner ({})", region->backend().path(), id,
+                     s->owner_dead ? "vanished" : "stale", describe_owner(*s));
       }
     }
-    if (compare_exchange(c->owner_token, current, token)) break;
+    // seq_cst: the other half of the owner's announce-then-check (Dekker).
+    if (detail::compare_exchange_seq_cst(c->owner_token, current, token)) break;
   }
+  IVSHMFS_FAILPOINT("claim.after-token");
+  const uint64_t announced = detail::load_seq_cst(c->reserve_end);
+  const uint64_t base = detail::load_seq_cst(c->base);
   const uint64_t now = wall_clock_ns();
-  store_relaxed(c->owner_pid, static_cast<uint64_t>(::getpid()));
-  store_relaxed(c->owner_host, local_host_id());
+  const ProcessIdentity self = local_process_identity();
+  store_identity(c, self);
   store_relaxed(c->owner_since_ns, now);
   store_release(c->owner_heartbeat_ns, now);
-  if (displaced_live_owner) std::this_thread::sleep_for(kTakeoverGrace);
-  repair_generation(c);
+  if (auto settled = settle(c, *p, region->backend().path(), fence, announced, base); !settled) {
+    uint64_t mine = token;
+    compare_exchange(c->owner_token, mine, 0);
+    return std::move(settled).error();
+  }
 
   auto writer = std::unique_ptr<PartitionWriter>(new PartitionWriter(std::move(region), *p, token));
   // Back and fault in the partition now: a sparse file on a full filesystem
@@ -173,20 +293,96 @@ Result<void> PartitionWriter::still_owner() const {
                                         std::to_string(partition_.capacity) + " bytes)");
 }
 
-[[gnu::always_inline]] inline void PartitionWriter::publish(uint64_t length) noexcept {
-  length_ = length;
-  store_relaxed(control_->last_write_ns, commit_clock_ns());
-  store_release(control_->committed_length, length);
+PartitionWriter::Placement PartitionWriter::place(std::size_t want, bool contiguous) const noexcept {
+  const uint64_t capacity = partition_.capacity;
+  const uint64_t at = head_ - base_;  // <= capacity (load_positions)
+  Placement pl;
+  pl.first_at = at;
+  if (hole_length_ != 0 && at <= hole_offset_) [[unlikely]] {
+    // The hole lies ahead: fill up to it, then continue past it. Readers see
+    // the head jump over the hole with the bytes after it, in one publish.
+    const uint64_t before = hole_offset_ - at;
+    const uint64_t after_at = hole_offset_ + hole_length_;
+    if (want <= before) {
+      pl.first = want;
+    } else if (contiguous && before > 0) {
+      pl.first = static_cast<std::size_t>(before);
+    } else {
+      pl.first = contiguous ? 0 : static_cast<std::size_t>(before);
+      pl.second_at = after_at;
+      pl.second = static_cast<std::size_t>(std::min<uint64_t>(want - pl.first, capacity - after_at));
+      pl.end = pl.second > 0 ? after_at + pl.second : at + pl.first;
+      if (contiguous) {  // one piece, past the hole
+        pl.first_at = pl.second_at;
+        pl.first = pl.second;
+        pl.second = 0;
+      }
+      return pl;
+    }
+    pl.end = at + pl.first;
+    return pl;
+  }
+  pl.first = static_cast<std::size_t>(std::min<uint64_t>(want, capacity - at));
+  pl.end = at + pl.first;
+  return pl;
 }
+
+[[gnu::noinline]] bool PartitionWriter::announce(uint64_t end) noexcept {
+  const uint64_t target = std::min(end + kAnnounceLease, base_ + partition_.capacity);
+  detail::raise_to_seq_cst(control_->reserve_end, std::max(target, end));
+  // After the announcement, not before: a taker that swapped the token
+  // before this load sees the announcement (Dekker), and fences it off.
+  if (detail::load_seq_cst(control_->owner_token) != token_) return false;
+  announced_ = std::max(target, end);
+  return true;
+}
+
+[[gnu::always_inline]] inline bool PartitionWriter::publish(uint64_t end) noexcept {
+  store_relaxed(control_->last_write_ns, commit_clock_ns());
+  IVSHMFS_FAILPOINT("writer.before-publish");
+  uint64_t expected = head_;
+  if (!compare_exchange(control_->head, expected, end)) [[unlikely]]
+    return publish_over(expected, end);
+  head_ = end;
+  return true;
+}
+
+// The head is not where this owner left it. With the claim no longer ours: a
+// takeover fenced it, so nothing of this is ever shown. Otherwise
+// a peer scribbled on the head while we still own the partition: our own copy
+// is authoritative, as for every other position. (Should a taker swap the
+// token after the check, its fence CAS and ours race on the same value; the
+// loser sees the winner's head.)
+[[gnu::cold, gnu::noinline]] bool PartitionWriter::publish_over(uint64_t seen, uint64_t end) noexcept {
+  // (A taker swaps the token before it sets the fence bit: seeing the bit
+  // with our token still in place means a peer wrote it.)
+  if (detail::load_seq_cst(control_->owner_token) != token_) return false;
+  if (!compare_exchange(control_->head, seen, end)) return false;
+  head_ = end;
+  return true;
+}
+
+namespace {
+[[gnu::cold, gnu::noinline]] Error lost_publish(const PartitionWriter& w) {
+  if (!w.owns()) return lost_claim(w);
+  return make_error(Errc::not_owner, w.region()->backend().path() + ": partition " + std::to_string(w.id()) +
+                                         ": its head was moved behind this writer's back (a peer wrote into "
+                                         "the control block); nothing was published");
+}
+}  // namespace
 
 Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
   if (max == 0) return make_error(Errc::invalid_argument, "reserve: zero bytes asked for");
-  const uint64_t room = partition_.capacity - length_;
-  if (!may_write() || room == 0) [[unlikely]]
+  if (!may_write()) [[unlikely]]
     return refusal();
+  const Placement pl = place(max, true);
+  if (pl.first == 0) [[unlikely]]
+    return refusal();
+  if (base_ + pl.end > announced_ && !announce(base_ + pl.end)) [[unlikely]]
+    return lost_claim(*this);
+  IVSHMFS_FAILPOINT("writer.after-announce");
   reserved_ = true;
-  const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(room, max));
-  return Reservation(*this, length_, {data_ + length_, n});
+  return Reservation(*this, pl.first_at, {data_ + pl.first_at, pl.first});
 }
 
 std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
@@ -194,7 +390,7 @@ std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
   if (writer_->region_->backend().mapping_lost()) [[unlikely]]
     n = 0;  // the bytes went to a private page, never to the region
   n = std::min(n, bytes_.size());
-  if (n > 0) writer_->publish(length_ + n);
+  if (n > 0 && !writer_->publish(writer_->base_ + length_ + n)) n = 0;
   writer_->reserved_ = false;
   writer_ = nullptr;
   bytes_ = {};
@@ -203,32 +399,94 @@ std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
 
 Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
   if (bytes.empty()) return std::size_t{0};
-  const uint64_t room = partition_.capacity - length_;
-  if (!may_write() || room == 0) [[unlikely]]
+  if (!may_write()) [[unlikely]]
     return refusal();
-  const std::size_t n = static_cast<std::size_t>(std::min<uint64_t>(room, bytes.size()));
-  std::memcpy(data_ + length_, bytes.data(), n);
+  const Placement pl = place(bytes.size(), false);
+  const std::size_t n = pl.first + pl.second;
+  if (n == 0) [[unlikely]]
+    return refusal();
+  const uint64_t end = base_ + pl.end;
+  if (end > announced_ && !announce(end)) [[unlikely]]
+    return lost_claim(*this);
+  IVSHMFS_FAILPOINT("writer.after-announce");
+  std::memcpy(data_ + pl.first_at, bytes.data(), pl.first);
+  if (pl.second > 0) [[unlikely]]
+    std::memcpy(data_ + pl.second_at, bytes.data() + pl.first, pl.second);
   if (region_->backend().mapping_lost()) [[unlikely]]
     return region_->backend().loss_error();
-  publish(length_ + n);
+  IVSHMFS_FAILPOINT("writer.after-copy");
+  if (!publish(end)) [[unlikely]]
+    return lost_publish(*this);
   return n;
 }
 
 Result<void> PartitionWriter::reset() {
   if (!may_write()) return refusal();
-  const uint64_t gen = load_relaxed(control_->generation) & ~uint64_t{1};
-  store_relaxed(control_->generation, gen + 1);  // odd: readers retry
-  std::atomic_thread_fence(std::memory_order_release);
-  store_relaxed(control_->committed_length, 0);
+  // Tells the heartbeat that an odd generation may be ours (seq_cst: stored
+  // before our generation CAS, seen by a heartbeat that sees that CAS).
+  resetting_.store(true, std::memory_order_seq_cst);
+  struct Done {
+    std::atomic<bool>& flag;
+    ~Done() { flag.store(false, std::memory_order_seq_cst); }
+  } done{resetting_};
+  IVSHMFS_FAILPOINT("writer.reset-begin");
+  uint64_t gen = load_acquire(control_->generation);
+  if (gen % 2 != 0) {
+    // Odd, though this owner finished every reset it began and the claim
+    // finished its predecessor's: a displaced owner stopped right after
+    // making it odd. It re-checks its claim before it changes anything else,
+    // so making the generation even again is all that is left to do.
+    compare_exchange(control_->generation, gen, gen + 1);
+    gen = load_acquire(control_->generation);
+  }
+  uint64_t expected = gen;
+  if (gen % 2 != 0 || !detail::compare_exchange_seq_cst(control_->generation, expected, gen + 1)) {
+    if (auto r = still_owner(); !r) return r;
+    return make_error(Errc::busy, region_->backend().path() + ": partition " + std::to_string(id()) +
+                                      ": its generation changed under the reset; try again");
+  }
+  IVSHMFS_FAILPOINT("writer.reset-odd");
+  // Re-check the claim after the generation went odd (seq_cst on both sides):
+  // a taker that swapped the token before this load sees the odd generation
+  // and finishes this reset itself; one that swapped later leaves it to us.
+  if (detail::load_seq_cst(control_->owner_token) != token_) {
+    expected = gen + 1;
+    compare_exchange(control_->generation, expected, gen);  // nothing changed: undo the mark
+    return lost_claim(*this);
+  }
+  // The new generation starts at the head. A CAS, so that a displaced owner
+  // resuming here cannot move a base the taker already moved.
+  expected = base_;
+  const bool moved = compare_exchange(control_->base, expected, head_);
+  IVSHMFS_FAILPOINT("writer.mid-reset");
   store_relaxed(control_->last_write_ns, commit_clock_ns());
-  store_release(control_->generation, gen + 2);
-  length_ = 0;
+  expected = gen + 1;
+  const bool closed = compare_exchange(control_->generation, expected, gen + 2);
+  if (!moved || !closed) return lost_claim(*this);
+  base_ = head_;
   return {};
 }
 
 Result<void> PartitionWriter::heartbeat() {
   if (auto r = still_owner(); !r) return std::move(r).error();
   store_release(control_->owner_heartbeat_ns, wall_clock_ns());
+  // A claimer that lost the race for the token may have written its own
+  // pid over ours: put ours back, or a peer could judge us by a dead process.
+  if (load_relaxed(control_->owner_pid) != identity_.pid ||
+      load_relaxed(control_->owner_start_time) != identity_.start_time ||
+      load_relaxed(control_->owner_pid_ns) != identity_.pid_ns ||
+      load_relaxed(control_->owner_host) != local_host_id()) {
+    if (owns()) store_identity(control_, identity_);
+  }
+  // An odd generation this owner did not make: a displaced owner stopped
+  // right after making it odd (it will find its claim gone and undo nothing
+  // else). Readers would fail with EAGAIN until it resumes: make it even.
+  // Only from the value seen, so it races harmlessly with that owner's undo.
+  uint64_t gen = detail::load_seq_cst(control_->generation);
+  if (gen % 2 != 0 && !resetting_.load(std::memory_order_seq_cst) && owns() &&
+      compare_exchange(control_->generation, gen, gen + 1)) {
+    spdlog::warn("{}: partition {}: closed a reset a displaced owner left half done", region_->backend().path(), id());
+  }
   return {};
 }
 

@@ -11,6 +11,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstring>
 #include <memory>
 #include <set>
 #include <string>
@@ -200,6 +202,39 @@ TEST_F(TwoPeers, AFullPartitionGivesAShortWriteThenENOSPC) {
   ASSERT_EQ(::truncate(a_->file("vm0").c_str(), 0), 0);
   append(a_->file("vm0"), "room");
   EXPECT_EQ(read_all(b_->file("vm0")), "room");
+}
+
+// A range fenced off by an earlier takeover (a hole in the data area) lies
+// just ahead: a write that crosses it is still committed whole, and readers
+// never see the hole's bytes.
+TEST_F(TwoPeers, AWriteAcrossAFencedRangeIsCommittedWhole) {
+  a_.reset();  // unmount vm0 and release its claim
+  {
+    auto backend = Backend::open(region_.path(), BackendOptions{true, false, 0});
+    ASSERT_TRUE(backend) << backend.error().message;
+    auto region = Region::open(std::move(*backend));
+    ASSERT_TRUE(region) << region.error().message;
+    const PartitionInfo* p = (*region)->find(0);
+    ASSERT_NE(p, nullptr);
+    ivshmfs_control* c = (*region)->control(*p);
+    std::memset((*region)->data(*p), 'Z', 4096);  // what a displaced owner wrote there
+    std::atomic_ref<uint64_t>(c->hole_offset).store(10);
+    std::atomic_ref<uint64_t>(c->hole_length).store(1000);
+  }
+  a_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_a_.path(), 0, {}});
+  ASSERT_TRUE(a_->start()) << "vm0 daemon did not mount again:\n" << a_->log();
+  const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  const std::string first(4, 'a');
+  const std::string across(50, 'b');
+  ASSERT_EQ(::write(fd, first.data(), first.size()), 4);
+  EXPECT_EQ(::write(fd, across.data(), across.size()), 50) << "a write across the fenced range was split";
+  ::close(fd);
+  EXPECT_EQ(read_all(b_->file("vm0")), first + across) << "the fenced range showed, or bytes went missing";
+  const PartitionStat s = region_.stat(0);
+  EXPECT_EQ(s.length, 54u);
+  EXPECT_EQ(s.fenced, 1000u);
+  EXPECT_EQ(s.free, s.capacity - 54 - 1000);
 }
 
 TEST_F(TwoPeers, StatShowsCommittedLengthAndLastWriteTime) {

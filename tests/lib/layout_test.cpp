@@ -20,7 +20,7 @@ namespace {
 constexpr uint32_t kPartitions = 4;
 constexpr uint64_t kCapacity = 8192;
 constexpr uint64_t kSize = IVSHMFS_PAGE_SIZE + kPartitions * kCapacity;  // 36 KiB, a page multiple
-// Where format puts the control blocks: round_up(64 + 4 * 32, 128).
+// Where format puts the control blocks: round_up(128 + 4 * 32, 128).
 constexpr uint64_t kControlOffset = 256;
 
 // The metadata page of a freshly formatted region, as a private image.
@@ -124,12 +124,28 @@ std::vector<Corruption> corruptions() {
       {"magic all ones", [](Image& m) { m.header.magic = UINT64_MAX; }, Errc::bad_magic, {"magic"}},
       // version
       {"version 0", [](Image& m) { m.header.version = 0; }, Errc::unsupported_version, {"version 0"}},
-      {"version 2", [](Image& m) { m.header.version = 2; }, Errc::unsupported_version, {"version 2"}},
+      {"version 1 (the old layout)",
+       [](Image& m) { m.header.version = 1; },
+       Errc::unsupported_version,
+       {"version 1", "older ivshmfs", "ivshmctl format --force", "destroys"}},
+      {"version 3", [](Image& m) { m.header.version = 3; }, Errc::unsupported_version, {"version 3"}},
       {"version max", [](Image& m) { m.header.version = UINT32_MAX; }, Errc::unsupported_version, {"version"}},
       // header_size
       {"header_size 0", [](Image& m) { m.header.header_size = 0; }, Errc::corrupt_header, {"header_size 0"}},
       {"header_size 63", [](Image& m) { m.header.header_size = 63; }, Errc::corrupt_header, {"header_size 63"}},
-      {"header_size 128", [](Image& m) { m.header.header_size = 128; }, Errc::corrupt_header, {"header_size"}},
+      {"header_size 64 (version 1's)",
+       [](Image& m) { m.header.header_size = 64; },
+       Errc::corrupt_header,
+       {"header_size 64", "not 128"}},
+      // feature bits this build does not know, named
+      {"features bit 0", [](Image& m) { m.header.features = 1; }, Errc::unsupported_version, {"feature bits 0x1"}},
+      {"features bit 63",
+       [](Image& m) { m.header.features = uint64_t{1} << 63; },
+       Errc::unsupported_version,
+       {"0x8000000000000000"}},
+      // reserved words must be zero
+      {"reserved word 0", [](Image& m) { m.header.reserved[0] = 1; }, Errc::corrupt_header, {"reserved word 0"}},
+      {"reserved word 6", [](Image& m) { m.header.reserved[6] = 5; }, Errc::corrupt_header, {"reserved word 6"}},
       {"header_size max", [](Image& m) { m.header.header_size = UINT32_MAX; }, Errc::corrupt_header, {"header_size"}},
       // region_size
       {"region_size zero", [](Image& m) { m.header.region_size = 0; }, Errc::size_mismatch, {"region", " 0 bytes"}},
@@ -161,7 +177,10 @@ std::vector<Corruption> corruptions() {
        Errc::corrupt_header,
        {"partition_count"}},
       // One more partition than the table holds: the table runs into the control blocks.
-      {"partition_count 5", [](Image& m) { m.header.partition_count = 5; }, Errc::corrupt_partition_table, {"entry 4"}},
+      {"partition_count 5",
+       [](Image& m) { m.header.partition_count = 5; },
+       Errc::corrupt_header,
+       {"control_offset", "partition table"}},
       {"partition_count 7",
        [](Image& m) { m.header.partition_count = 7; },
        Errc::corrupt_header,
@@ -275,7 +294,7 @@ TEST_F(LayoutTest, EveryCorruptFieldGivesItsError) {
   const auto list = corruptions();
   // Every header field appears in at least one case.
   for (const char* field : {"magic", "version", "header_size", "region_size", "format_id", "partition_count",
-                            "page_size", "control_offset", "data_offset"}) {
+                            "page_size", "control_offset", "data_offset", "features", "reserved"}) {
     EXPECT_TRUE(std::any_of(list.begin(), list.end(), [&](const Corruption& c) { return c.name.starts_with(field); }))
         << "no corruption case for header field " << field;
   }

@@ -269,13 +269,13 @@ TEST_F(ReadWriteTest, ReadOnlyReadersNeverWrite) {
   EXPECT_EQ(file_checksum(file_.path()), before) << "a reader changed the region's bytes";
 }
 
-// Invariant 1: a committed length from shared memory is clamped to the capacity.
-TEST_F(ReadWriteTest, HostileCommittedLengthIsClamped) {
+// Invariant 1: positions from shared memory are clamped to the partition.
+TEST_F(ReadWriteTest, HostileHeadIsClamped) {
   ASSERT_TRUE(writer_->append(as_bytes("abc")).ok());
   RawMap raw(file_.path());
   for (uint64_t hostile : {kCapacity + 1, kCapacity + 12345, UINT64_MAX / 2, UINT64_MAX}) {
     SCOPED_TRACE(hostile);
-    poke(raw.control(1)->committed_length, hostile);
+    poke(raw.control(1)->head, hostile);
     auto reader = open_region(file_.path(), false);
     ASSERT_NE(reader, nullptr);
     auto s = reader->stat(1);
@@ -295,8 +295,8 @@ TEST_F(ReadWriteTest, HostileCommittedLengthIsClamped) {
     ASSERT_TRUE(v.ok());
     EXPECT_EQ(v->bytes.size(), kCapacity - 10);
   }
-  // The owner never takes its length from shared memory after the claim: it
-  // appends at its own cursor and its commit overwrites the peer's value.
+  // The owner never takes its positions from shared memory after the claim:
+  // it appends at its own head and its publish overwrites the peer's value.
   auto appended = writer_->append(as_bytes("x"));
   ASSERT_TRUE(appended.ok()) << appended.error().message;
   auto s = region_->stat(1);
@@ -306,6 +306,75 @@ TEST_F(ReadWriteTest, HostileCommittedLengthIsClamped) {
   auto n = region_->read(1, 0, buf);
   ASSERT_TRUE(n.ok());
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(buf.data()), *n), "abcx");
+}
+
+// Every combination of hostile head, base and hole: a reader never reads
+// outside the partition (the region is mapped between PROT_NONE guard pages
+// and the neighbouring partitions hold a marker that must never show up),
+// never reports more than the capacity, and a read agrees with stat.
+TEST_F(ReadWriteTest, HostilePositionsNeverReadOutsideThePartition) {
+  const std::string fill(kCapacity, 'p');
+  ASSERT_TRUE(writer_->append(as_bytes(fill)).ok());
+  RawMap raw(file_.path());
+  // Partitions 0 and 2 hold a marker that partition 1 must never show.
+  for (uint32_t other : {0u, 2u}) {
+    std::memset(raw.data() + raw.table()[other].data_offset, 'X', kCapacity);
+  }
+  GuardPages guards;
+  auto guarded = open_guarded(file_.path(), BackendOptions{false, false, 0}, guards);
+  ASSERT_TRUE(guarded.ok()) << guarded.error().message;
+  auto reader = Region::open(std::move(guarded).value());
+  ASSERT_TRUE(reader.ok()) << reader.error().message;
+  const std::vector<uint64_t> values{0,
+                                     1,
+                                     kCapacity / 2,
+                                     kCapacity - 1,
+                                     kCapacity,
+                                     kCapacity + 1,
+                                     2 * kCapacity,
+                                     (1ULL << 62),
+                                     IVSHMFS_HEAD_FENCE - 1,
+                                     IVSHMFS_HEAD_FENCE,
+                                     IVSHMFS_HEAD_FENCE | 7,
+                                     UINT64_MAX - kCapacity,
+                                     UINT64_MAX};
+  std::vector<std::byte> buf(2 * kCapacity);
+  std::mt19937_64 rng(7);
+  int combinations = 0;
+  for (uint64_t head : values) {
+    for (uint64_t base : values) {
+      for (int k = 0; k < 6; ++k) {
+        const uint64_t hole_offset = values[rng() % values.size()] + (k % 2);
+        const uint64_t hole_length = values[rng() % values.size()];
+        ivshmfs_control* c = raw.control(1);
+        poke(c->head, head);
+        poke(c->base, base);
+        poke(c->hole_offset, hole_offset);
+        poke(c->hole_length, hole_length);
+        poke(c->reserve_end, values[rng() % values.size()]);
+        ++combinations;
+        SCOPED_TRACE("head " + std::to_string(head) + " base " + std::to_string(base) + " hole " +
+                     std::to_string(hole_offset) + "+" + std::to_string(hole_length));
+        auto s = (*reader)->stat(1);
+        ASSERT_TRUE(s.ok()) << s.error().message;
+        ASSERT_LE(s->length, kCapacity);
+        for (uint64_t offset : {uint64_t{0}, kCapacity / 3, kCapacity - 1, kCapacity, UINT64_MAX}) {
+          auto n = (*reader)->read(1, offset, buf);
+          ASSERT_TRUE(n.ok()) << n.error().message;
+          ASSERT_EQ(*n, offset < s->length ? s->length - offset : 0);
+          for (std::size_t i = 0; i < *n; ++i) {
+            ASSERT_EQ(buf[i], std::byte{'p'})
+                << "byte " << i << " of a read at " << offset << " came from outside partition 1";
+          }
+          auto v = (*reader)->view(1, offset, buf.size());
+          ASSERT_TRUE(v.ok()) << v.error().message;
+          ASSERT_LE(v->bytes.size(), *n);
+          for (std::byte b : v->bytes) ASSERT_EQ(b, std::byte{'p'}) << "a view showed bytes from outside";
+        }
+      }
+    }
+  }
+  RecordProperty("combinations", combinations);
 }
 
 // A reset that never finishes (odd generation, e.g. a crashed or hostile
@@ -320,9 +389,15 @@ TEST_F(ReadWriteTest, StuckResetGivesBusy) {
   ASSERT_FALSE(n.ok());
   EXPECT_EQ(n.error().code, Errc::busy) << n.error().message;
   EXPECT_NE(n.error().message.find("partition 1"), std::string::npos) << n.error().message;
+  auto snap = region_->snapshot(1);
+  ASSERT_FALSE(snap.ok());
+  EXPECT_EQ(snap.error().code, Errc::busy);
+  // stat still tells who owns it (so it can be taken over and repaired).
   auto s = region_->stat(1);
-  ASSERT_FALSE(s.ok());
-  EXPECT_EQ(s.error().code, Errc::busy);
+  ASSERT_TRUE(s.ok()) << s.error().message;
+  EXPECT_TRUE(s->mid_reset);
+  EXPECT_TRUE(s->claimed);
+  EXPECT_EQ(s->owner_pid, static_cast<uint64_t>(::getpid()));
   auto v = region_->view(1, 0, 10);
   ASSERT_FALSE(v.ok());
   EXPECT_EQ(v.error().code, Errc::busy);

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * ivshmfs region layout, version 1: the single definition of the bytes in
+ * ivshmfs region layout, version 2: the single definition of the bytes in
  * the shared region. Every peer, in any language, must agree with this file;
  * docs/layout.md describes the same layout in prose.
  *
@@ -8,14 +8,20 @@
  * are byte offsets from the start of the region, never pointers: every peer
  * maps the region at a different address.
  *
- *   offset 0                      struct ivshmfs_header        (64 bytes)
- *   offset 64                     struct ivshmfs_partition_entry[partition_count]
+ *   offset 0                      struct ivshmfs_header        (128 bytes)
+ *   offset 128                    struct ivshmfs_partition_entry[partition_count]
  *   control_offset (128-aligned)  struct ivshmfs_control[partition_count]
  *   data areas (page-aligned)     one per partition, capacity bytes each
  *
  * The header and the partition table are written once, by `format`, and are
  * read-only afterwards. The control blocks are live: they are only accessed
- * with 64-bit atomic loads and stores.
+ * with 64-bit atomic loads, stores and compare-and-swaps.
+ *
+ * Version 2 (over version 1): a 128-byte header with incompatible feature
+ * bits; absolute positions (head, base) instead of a committed length; an
+ * announced reservation end and a fenced hole, so that a takeover never
+ * publishes over bytes a paused former owner may still copy; the owner's PID
+ * namespace and process start time next to its pid.
  */
 #ifndef IVSHMFS_LAYOUT_H
 #define IVSHMFS_LAYOUT_H
@@ -28,7 +34,17 @@ extern "C" {
 
 /* "IVSHMFS" followed by a zero byte, read as a little-endian uint64. */
 #define IVSHMFS_MAGIC UINT64_C(0x0053464d48535649)
-#define IVSHMFS_LAYOUT_VERSION 1u
+#define IVSHMFS_LAYOUT_VERSION 2u
+
+/*
+ * Incompatible feature bits (header.features). A peer refuses a region with
+ * any bit it does not know. None is defined yet: later features (split
+ * regions, ring partitions) become bits here instead of new versions.
+ */
+#define IVSHMFS_FEATURES_KNOWN UINT64_C(0)
+
+/* Bit 63 of control.head: a takeover is fencing the head (see docs/layout.md). */
+#define IVSHMFS_HEAD_FENCE (UINT64_C(1) << 63)
 
 #define IVSHMFS_PAGE_SIZE 4096u
 #define IVSHMFS_CONTROL_ALIGN 128u
@@ -47,11 +63,13 @@ struct ivshmfs_header {
   uint32_t page_size;       /* 44: alignment of data areas: IVSHMFS_PAGE_SIZE */
   uint64_t control_offset;  /* 48: first control block; IVSHMFS_CONTROL_ALIGN-aligned */
   uint64_t data_offset;     /* 56: first byte after the metadata; page-aligned */
+  uint64_t features;        /* 64: incompatible feature bits; see IVSHMFS_FEATURES_KNOWN */
+  uint64_t reserved[7];     /* 72: zero */
 };
 
 struct ivshmfs_partition_entry {
   uint32_t id;             /*  0: peer id; unique, < IVSHMFS_MAX_PARTITIONS */
-  uint32_t flags;          /*  4: zero in version 1 */
+  uint32_t flags;          /*  4: zero (no partition flag is defined yet) */
   uint64_t control_offset; /*  8: this partition's struct ivshmfs_control */
   uint64_t data_offset;    /* 16: page-aligned, >= header.data_offset */
   uint64_t capacity;       /* 24: bytes; page multiple, >= IVSHMFS_MIN_CAPACITY */
@@ -63,18 +81,24 @@ struct ivshmfs_partition_entry {
  * owner's claim and heartbeat, so heartbeats never disturb the data path.
  */
 struct ivshmfs_control {
-  /* cache line 0: the data path */
-  uint64_t committed_length; /*  0: bytes published; release store, acquire load */
-  uint64_t generation;       /*  8: seqlock: odd while a reset is under way */
-  uint64_t last_write_ns;    /* 16: CLOCK_REALTIME of the last commit or reset */
-  uint64_t reserved0[5];     /* 24: zero */
+  /* cache line 0: the data path (positions are absolute byte counts) */
+  uint64_t head;          /*  0: end of what is published; only grows; bit 63: fence under way */
+  uint64_t generation;    /*  8: seqlock: odd while a reset is under way; +2 per reset */
+  uint64_t last_write_ns; /* 16: CLOCK_REALTIME of the last commit or reset */
+  uint64_t base;          /* 24: absolute position of data[0] in this generation */
+  uint64_t reserve_end;   /* 32: no owner copies at or past this absolute position; only grows */
+  uint64_t hole_offset;   /* 40: data-area offset of the fenced hole (if hole_length != 0) */
+  uint64_t hole_length;   /* 48: bytes of the hole: never shown, never published over */
+  uint64_t reserved0;     /* 56: zero */
   /* cache line 1: ownership */
   uint64_t owner_token;        /* 64: 0 = unclaimed; else a random claim token */
   uint64_t owner_heartbeat_ns; /* 72: CLOCK_REALTIME, refreshed by the live owner */
   uint64_t owner_since_ns;     /* 80: CLOCK_REALTIME of the claim */
   uint64_t owner_pid;          /* 88: process id of the owner, in its own system */
   uint64_t owner_host;         /* 96: hash of the owner system's boot id */
-  uint64_t reserved1[3];       /* 104: zero */
+  uint64_t owner_pid_ns;       /* 104: inode of the owner's /proc/self/ns/pid; 0: unknown */
+  uint64_t owner_start_time;   /* 112: field 22 of the owner's /proc/self/stat; 0: unknown */
+  uint64_t reserved1;          /* 120: zero */
 };
 
 #ifdef __cplusplus
@@ -90,7 +114,7 @@ struct ivshmfs_control {
 #define IVSHMFS_LAYOUT_ASSERT(expr, msg) _Static_assert(expr, msg)
 #endif
 
-IVSHMFS_LAYOUT_ASSERT(sizeof(struct ivshmfs_header) == 64, "header is 64 bytes");
+IVSHMFS_LAYOUT_ASSERT(sizeof(struct ivshmfs_header) == 128, "header is 128 bytes");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, version) == 8, "version");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, header_size) == 12, "header_size");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, region_size) == 16, "region_size");
@@ -100,6 +124,8 @@ IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, partition_count) == 40, "p
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, page_size) == 44, "page_size");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, control_offset) == 48, "control_offset");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, data_offset) == 56, "data_offset");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, features) == 64, "features");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, reserved) == 72, "reserved");
 
 IVSHMFS_LAYOUT_ASSERT(sizeof(struct ivshmfs_partition_entry) == 32, "entry is 32 bytes");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_partition_entry, flags) == 4, "flags");
@@ -108,12 +134,19 @@ IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_partition_entry, data_offset) == 1
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_partition_entry, capacity) == 24, "capacity");
 
 IVSHMFS_LAYOUT_ASSERT(sizeof(struct ivshmfs_control) == 128, "control block is 128 bytes");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, head) == 0, "head");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, generation) == 8, "generation");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, last_write_ns) == 16, "last_write_ns");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, base) == 24, "base");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, reserve_end) == 32, "reserve_end");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, hole_offset) == 40, "hole_offset");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, hole_length) == 48, "hole_length");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_token) == 64, "owner on line 1");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_heartbeat_ns) == 72, "heartbeat");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_since_ns) == 80, "since");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_pid) == 88, "pid");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_host) == 96, "host");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_pid_ns) == 104, "pid namespace");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_start_time) == 112, "start time");
 
 #endif /* IVSHMFS_LAYOUT_H */

@@ -63,23 +63,43 @@ struct LivenessPolicy {
 // The data-path facts of a partition, from one consistent load: cheap
 // enough for every getattr and every poll.
 struct PartitionSnapshot {
-  uint64_t length = 0;  // committed bytes, clamped to capacity
+  uint64_t length = 0;  // the file's bytes, clamped to capacity
   uint64_t generation = 0;
   uint64_t last_write_ns = 0;
+  uint64_t free = 0;  // room left for appends: capacity less the file and any fenced range
 };
 
 struct PartitionStat {
   uint32_t id = 0;
-  uint64_t length = 0;  // committed bytes, clamped to capacity
+  uint64_t length = 0;  // the file's bytes (published, less the fenced hole)
   uint64_t capacity = 0;
-  uint64_t generation = 0;  // even; bumped by 2 at every reset
+  uint64_t generation = 0;  // even; grows at every reset (by 2 when the owner resets)
   uint64_t last_write_ns = 0;
+  // The generation stayed odd (a reset half done, its owner stopped or dead):
+  // length and generation are then unsettled; the next claim finishes it.
+  bool mid_reset = false;
   bool claimed = false;
   bool alive = false;  // claimed, and the owner is heartbeating
   uint64_t owner_pid = 0;
   uint64_t owner_since_ns = 0;
   uint64_t owner_heartbeat_ns = 0;
-  bool owner_local = false;  // the owner runs on this system (same boot id)
+  bool owner_local = false;       // the owner runs on this system (same boot id)
+  uint64_t owner_pid_ns = 0;      // inode of the owner's PID namespace; 0: unknown
+  uint64_t owner_start_time = 0;  // the owner process's start time (clock ticks after boot); 0: unknown
+  // Proven gone: same boot and PID namespace as the caller, and the process
+  // with that pid and start time no longer runs. Never guessed: an owner in
+  // another namespace or on another system is judged by its heartbeat alone.
+  bool owner_dead = false;
+  // The raw positions (absolute bytes; see docs/layout.md), unvalidated.
+  uint64_t head = 0;
+  uint64_t base = 0;
+  uint64_t reserve_end = 0;
+  uint64_t hole_offset = 0;
+  uint64_t hole_length = 0;  // bytes fenced off by a takeover, never shown
+  // Derived, validated: the hole's bytes (0 if none or it does not fit) and
+  // the room left for appends (capacity less the file and the hole).
+  uint64_t fenced = 0;
+  uint64_t free = 0;
 };
 
 // A consistent view of committed bytes, straight from the mapping. The bytes
@@ -155,6 +175,17 @@ class Region {
 
 // Identity of this system, to tell whether a claim's owner runs here.
 uint64_t local_host_id() noexcept;
+
+// This process as a claim records it. pid_ns and start_time are 0 when /proc
+// cannot tell them (or describes another PID namespace than ours).
+struct ProcessIdentity {
+  uint64_t pid = 0;
+  uint64_t pid_ns = 0;
+  uint64_t start_time = 0;
+};
+ProcessIdentity local_process_identity();
+// Whether a claim's owner is proven gone (see PartitionStat::owner_dead).
+bool owner_proven_dead(bool owner_local, uint64_t pid, uint64_t pid_ns, uint64_t start_time);
 // CLOCK_REALTIME in nanoseconds.
 uint64_t wall_clock_ns() noexcept;
 

@@ -2,6 +2,7 @@
 // The owner of a partition: claims it, appends, resets, heartbeats, releases.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -21,21 +22,27 @@ struct ClaimOptions {
   // the thread (the caller then calls heartbeat() itself).
   std::chrono::milliseconds heartbeat_interval{1000};
   // Take the partition even from a live owner. The displaced owner notices at
-  // its next append or heartbeat and stops writing.
+  // its next append or heartbeat and stops writing; whatever it was copying
+  // is fenced off (see docs/layout.md), never published.
   bool force = false;
 };
 
 // One writer object belongs to one thread at a time: append, reserve/commit and
 // reset must not run concurrently on the same writer (serialise them outside,
 // as the filesystem daemon and the C API do). In exchange the append path takes
-// no lock and makes no system call: it checks the claim, copies, stamps the
-// time and publishes the new length with a release store. The heartbeat runs
-// on the writer's own thread and touches only the claim's fields.
+// no lock and makes no system call: it checks the claim, announces how far it
+// will copy (only when that passes what it announced before), copies, stamps
+// the time and publishes the new head with a compare-and-swap, which fails
+// once a takeover fenced it off. The heartbeat runs on the writer's own thread
+// and touches only the claim's fields.
 class PartitionWriter {
  public:
   // Claims partition `id`. Refused with Errc::claimed (the message names the
   // owner and since when) while a live owner holds it; a stale claim, or one
-  // whose owner process is gone from this system, is taken over.
+  // whose owner is proven gone (PartitionStat::owner_dead), is taken over. A
+  // takeover from an owner not proven gone fences off the range that owner
+  // announced and may still be copying into; it is refused when the
+  // partition already holds such a hole (reformat it).
   static Result<std::unique_ptr<PartitionWriter>> claim(std::shared_ptr<Region> region, uint32_t id,
                                                         const ClaimOptions& options = {});
 
@@ -43,9 +50,10 @@ class PartitionWriter {
   PartitionWriter& operator=(const PartitionWriter&) = delete;
   ~PartitionWriter();  // releases the claim
 
-  // Appends after the committed length and publishes the new length. Returns
+  // Appends after the published bytes and publishes the new head. Returns
   // the bytes appended: fewer than asked when the partition fills, and
-  // Errc::no_space when it is full.
+  // Errc::no_space when it is full; Errc::not_owner when the claim was taken
+  // over (then nothing of this append is visible, ever).
   Result<std::size_t> append(std::span<const std::byte> bytes);
   // Room past the committed length, held exclusively until commit() or
   // destruction: the way to fill the partition without an intermediate copy
@@ -59,14 +67,15 @@ class PartitionWriter {
     // Where to put the bytes: at most the size asked for, never empty.
     [[nodiscard]] std::span<std::byte> bytes() const noexcept { return bytes_; }
     // Publishes the first n bytes (n <= bytes().size()); ends the reservation.
+    // Returns the bytes published: 0 also when the claim was taken over.
     std::size_t commit(std::size_t n) noexcept;
 
    private:
     friend class PartitionWriter;
-    Reservation(PartitionWriter& writer, uint64_t length, std::span<std::byte> bytes)
-        : writer_(&writer), length_(length), bytes_(bytes) {}
+    Reservation(PartitionWriter& writer, uint64_t start, std::span<std::byte> bytes)
+        : writer_(&writer), length_(start), bytes_(bytes) {}
     PartitionWriter* writer_;  // null once committed or moved from
-    uint64_t length_;
+    uint64_t length_;          // data-area offset of bytes()
     std::span<std::byte> bytes_;
   };
   // Up to `max` bytes of room (max > 0); Errc::no_space when the partition is
@@ -74,9 +83,12 @@ class PartitionWriter {
   // fail with Errc::busy until it ends.
   Result<Reservation> reserve(std::size_t max);
 
-  // Truncates the partition to zero under the generation counter.
+  // Truncates the partition to zero under the generation counter (the new
+  // generation starts at the head). Errc::not_owner when the claim was taken
+  // over meanwhile: then the taker finished the reset or it never happened.
   Result<void> reset();
-  // Refreshes the heartbeat; Errc::not_owner once the claim was taken over.
+  // Refreshes the heartbeat (and the claim's owner fields, should a losing
+  // claimer have overwritten them); Errc::not_owner once the claim was taken over.
   Result<void> heartbeat();
   // Gives the partition up; later calls fail with Errc::not_owner.
   void release() noexcept;
@@ -95,7 +107,24 @@ class PartitionWriter {
   [[nodiscard]] bool may_write() const noexcept;
   // Why a write cannot go ahead (busy, lost claim, reformatted, full).
   [[nodiscard]] Error refusal() const;
-  void publish(uint64_t length) noexcept;
+  // Where the next `want` bytes go: at most two pieces around the hole.
+  struct Placement {
+    uint64_t first_at = 0;  // data-area offsets
+    std::size_t first = 0;
+    uint64_t second_at = 0;
+    std::size_t second = 0;
+    uint64_t end = 0;  // data-area offset of the new head
+  };
+  [[nodiscard]] Placement place(std::size_t want, bool contiguous) const noexcept;
+  // Makes sure reserve_end covers `end` (absolute) and the claim is still
+  // ours; false when it is not.
+  [[nodiscard]] bool announce(uint64_t end) noexcept;
+  // Publishes the head `end` (absolute) by compare-and-swap; false when a
+  // takeover moved the head.
+  [[nodiscard]] bool publish(uint64_t end) noexcept;
+  [[nodiscard]] bool publish_over(uint64_t seen, uint64_t end) noexcept;
+  // Loads head, base and hole after the claim settled them.
+  void load_positions() noexcept;
 
   std::shared_ptr<Region> region_;
   PartitionInfo partition_;
@@ -104,11 +133,18 @@ class PartitionWriter {
   ivshmfs_header* header_;
   uint64_t format_id_;
   uint64_t token_;
-  // The committed length as this owner last published it. Only the owner
-  // writes the shared field, so the copy is authoritative: a value a hostile
-  // peer wrote there is overwritten at the next commit, never trusted.
-  uint64_t length_ = 0;
-  bool reserved_ = false;  // a Reservation is outstanding
+  // The positions as this owner last published them (absolute; see
+  // docs/layout.md). Only the owner moves them, so the copies are
+  // authoritative: a hostile value in the shared fields makes the next
+  // publish fail (not_owner), it is never trusted.
+  uint64_t head_ = 0;
+  uint64_t base_ = 0;
+  uint64_t hole_offset_ = 0;            // data-area offset
+  uint64_t hole_length_ = 0;            // 0: no hole
+  uint64_t announced_ = 0;              // reserve_end is at least this
+  ProcessIdentity identity_;            // as the claim recorded it
+  bool reserved_ = false;               // a Reservation is outstanding
+  std::atomic<bool> resetting_{false};  // reset() runs (the heartbeat thread reads it)
   std::jthread heartbeat_thread_;
 };
 
