@@ -189,6 +189,12 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   fi->direct_io = 1;
   fi->keep_cache = 0;
   if (!handle->writable && may_cache(node)) {
+    // Pages cached before the backing file shrank would keep being served
+    // from the kernel without a request reaching us: ask the file first.
+    if (region_->backend().notice_shrink()) {
+      fuse_reply_err(req, errno_of(region_->backend().loss_error()));
+      return;
+    }
     handle->cached = true;
     fi->direct_io = 0;
     if (node.index == self_index_) own_cached_.store(true, std::memory_order_relaxed);

@@ -17,6 +17,7 @@
 #include <fuse_lowlevel.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -149,6 +150,7 @@ class Filesystem {
   std::mutex append_mutex_;
 
   std::atomic<bool> stale_{false};
+  std::chrono::steady_clock::time_point last_shrink_check_{};  // the watcher's
   std::atomic<bool> lost_claim_logged_{false};
   fuse_session* fuse_ = nullptr;
 

@@ -192,6 +192,13 @@ void Filesystem::fail_parked(int error, bool only_slot, uint32_t index) noexcept
 
 bool Filesystem::tick() {
   if (stale_) return false;
+  // A backing file that shrank faults only where someone touches it, and
+  // pages the kernel cached need no touch: ask the file itself now and then.
+  constexpr auto kShrinkCheckEvery = std::chrono::milliseconds(100);
+  if (const auto t = std::chrono::steady_clock::now(); t - last_shrink_check_ >= kShrinkCheckEvery) {
+    last_shrink_check_ = t;
+    region_->backend().notice_shrink();
+  }
   if (auto r = region_->check_format(); !r) {
     go_stale(r.error().message);
     return false;
@@ -363,7 +370,14 @@ void Filesystem::go_stale(const std::string& why) {
   stale_ = true;
   spdlog::error("{}; no longer serving it: every access fails with EIO until unmounted", why);
   fail_parked(EIO, false, 0);
-  for (auto& slot : slots_) wake_pollers(*slot);
+  for (auto& slot : slots_) {
+    wake_pollers(*slot);
+    // What the kernel cached is no longer ours to vouch for: from now on
+    // every read reaches us and fails.
+    if (fuse_ != nullptr && slot->lookups.load(std::memory_order_relaxed) > 0) {
+      fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(slot->info.index), 0, 0);
+    }
+  }
   // Our claim lives in the old format: stop heartbeating into the new one.
   std::unique_lock lock(writer_mutex_);
   writer_.reset();

@@ -262,6 +262,15 @@ Result<void> Backend::ensure_backed(uint64_t offset, uint64_t length) const {
   return {};
 }
 
+bool Backend::notice_shrink() const noexcept {
+  if (mapping_lost()) return true;
+  if (kind_ != BackendKind::host_file || guard_ == nullptr) return false;
+  struct stat st {};
+  if (::fstat(fd_, &st) != 0 || st.st_size < 0 || static_cast<uint64_t>(st.st_size) >= size_) return false;
+  guard_->mark_lost(detail::MappingLoss::shrank);
+  return true;
+}
+
 Error Backend::loss_error() const {
   struct stat st {};
   const std::string now =

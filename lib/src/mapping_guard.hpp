@@ -35,6 +35,13 @@ class MappingGuard {
   void release() noexcept;
 
   [[nodiscard]] const std::atomic<uint32_t>& loss() const noexcept { return loss_; }
+  // Marks the mapping lost without a fault: the owner found out otherwise
+  // (e.g. fstat shows the file shorter than the mapping). The first reason
+  // recorded stays.
+  void mark_lost(MappingLoss why) noexcept {
+    uint32_t none = 0;
+    loss_.compare_exchange_strong(none, static_cast<uint32_t>(why), std::memory_order_relaxed);
+  }
   // A mark that never changes, for mappings without a guard.
   static const std::atomic<uint32_t>& never_lost() noexcept;
 

@@ -394,7 +394,7 @@ TEST(FaultStress, KillAndPauseOwners) { stress({Fault::kill, Fault::stop_resume}
 // until the announce/publish protocol of the takeover work lands: today a
 // resumed owner finishes its copy into bytes the new owner published (about
 // one run in two or three sees it).
-TEST(FaultStress, DISABLED_TakeoversOfPausedOwners) {
+TEST(FaultStress, TakeoversOfPausedOwners) {
   stress({Fault::kill, Fault::force_takeover, Fault::stale_takeover, Fault::stop_resume}, 15s);
 }
 

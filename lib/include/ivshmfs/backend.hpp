@@ -94,6 +94,12 @@ class Backend {
   // to a private zero page instead of killing the process with SIGBUS. One
   // relaxed load: callers check it after each copy.
   [[nodiscard]] bool mapping_lost() const noexcept { return lost_->load(std::memory_order_relaxed) != 0; }
+  // Asks the file system whether a host file still covers the whole mapping
+  // (one fstat) and marks the mapping lost when it shrank: pages the kernel
+  // cached from it, or pages no one touched since, would otherwise hide the
+  // loss. True when the mapping is lost, for whatever reason. No system call
+  // for devices.
+  bool notice_shrink() const noexcept;
   // The error for a lost mapping (EIO or ENOSPC); logged once per backend.
   [[nodiscard]] Error loss_error() const;
 
