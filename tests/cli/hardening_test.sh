@@ -17,8 +17,8 @@ set -u
 ctl=${1:?usage: $0 PATH/TO/ivshmctl PATH/TO/ivshmfs}
 fs=${2:?usage: $0 PATH/TO/ivshmctl PATH/TO/ivshmfs}
 
-passed=0
-failed=0
+# shellcheck source=report.sh
+. "$(dirname "${BASH_SOURCE[0]}")/report.sh"
 skipped=0
 tmp=$(mktemp -d "/dev/shm/ivshm-hardening-test-$$-XXXXXX")
 work=$(mktemp -d "/tmp/ivshm-hardening-test-$$-XXXXXX")
@@ -37,17 +37,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-pass() {
-  passed=$((passed + 1))
-  echo "ok   - $1"
-}
-fail() {
-  failed=$((failed + 1))
-  echo "FAIL - $1"
-  shift
-  local line
-  for line in "$@"; do echo "       $line"; done
-}
 skip() {
   skipped=$((skipped + 1))
   echo "skip - $1"

@@ -16,8 +16,8 @@ ctl=${1:?usage: $0 PATH/TO/ivshmctl}
   exit 1
 }
 
-passed=0
-failed=0
+# shellcheck source=report.sh
+. "$(dirname "${BASH_SOURCE[0]}")/report.sh"
 tmp=$(mktemp -d "/dev/shm/ivshmctl-test-$$-XXXXXX")
 bg_pids=()
 cleanup() {
@@ -46,17 +46,6 @@ run() {
   err=$(cat "$tmp/stderr")
 }
 
-pass() {
-  passed=$((passed + 1))
-  echo "ok   - $1"
-}
-fail() {
-  failed=$((failed + 1))
-  echo "FAIL - $1"
-  shift
-  local line
-  for line in "$@"; do echo "       $line"; done
-}
 
 # expect_status N DESCRIPTION
 expect_status() {
