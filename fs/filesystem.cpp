@@ -18,6 +18,7 @@ using namespace detail;
 Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<PartitionWriter> writer, const Options& options)
     : region_(std::move(region)),
       single_thread_(options.singlethread),
+      page_cache_(options.page_cache),
       mountpoint_(options.mountpoint),
       ownership_(options.ownership),
       writer_(std::move(writer)),

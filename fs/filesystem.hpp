@@ -131,6 +131,7 @@ class Filesystem {
   uint32_t self_index_ = kNoPartition;  // the own partition's slot
   bool copy_own_reads_ = false;         // the mapping cannot be handed to the kernel
   bool single_thread_ = false;          // -s: no request may wait on another
+  bool page_cache_ = false;             // -o page_cache (experimental)
   std::string mountpoint_;
   std::once_flag readahead_once_;
   // A read-only open of the own file used the page cache: own appends must

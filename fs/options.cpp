@@ -32,6 +32,7 @@ struct RawOptions {
   char* poll_min_us = nullptr;
   char* poll_max_ms = nullptr;
   int read_only = 0;
+  int page_cache = 0;
   std::vector<std::string>* positional = nullptr;
 };
 
@@ -51,6 +52,7 @@ const fuse_opt kOptionSpecs[] = {
     IVSHMFS_OPT("umask=%s", umask, 0),
     IVSHMFS_OPT("poll_min_us=%s", poll_min_us, 0),
     IVSHMFS_OPT("poll_max_ms=%s", poll_max_ms, 0),
+    IVSHMFS_OPT("page_cache", page_cache, 1),
     // Also FUSE's (the kernel mounts read-only): kept for it by keep_or_collect.
     FUSE_OPT_KEY("ro", kKeyReadOnly),
     FUSE_OPT_END,
@@ -110,6 +112,7 @@ bool convert(const RawOptions& raw, Options& options) {
   }
   options.create = raw.create != 0;
   options.read_only = raw.read_only != 0;
+  options.page_cache = raw.page_cache != 0;
   if (raw.size != nullptr) {
     auto size = parse_size(raw.size);
     if (!size || *size == 0) return fail("size", raw.size, "a size such as 64M or 1G");
@@ -217,6 +220,11 @@ void print_help(const char* program) {
       "                         read-only and claims no partition (every file\n"
       "                         0444, writes fail with EROFS); -o id= is not\n"
       "                         needed\n"
+      "    -o page_cache        EXPERIMENTAL: read-only opens go through the\n"
+      "                         kernel's page cache (mmap works, small reads are\n"
+      "                         faster); off by default because a stress of\n"
+      "                         killed and paused writers still makes cached\n"
+      "                         reads return wrong bytes (docs/filesystem.md)\n"
       "\n"
       "EXIT STATUS\n"
       "    0 after a clean unmount; 1 when an option is unknown, MOUNTPOINT is\n"

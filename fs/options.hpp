@@ -40,7 +40,8 @@ struct Options {
   spdlog::level::level_enum log_level = spdlog::level::info;
   FileOwnership ownership;
   PollBounds poll;
-  bool read_only = false;  // -o ro: claim nothing, every file 0444
+  bool read_only = false;   // -o ro: claim nothing, every file 0444
+  bool page_cache = false;  // -o page_cache: read-only opens through the page cache (experimental)
   bool foreground = false;
   bool debug = false;
   bool singlethread = false;

@@ -324,7 +324,7 @@ class TwoPeers : public ::testing::Test {
   void SetUp() override {
     if (auto missing = missing_prerequisite()) GTEST_SKIP() << "skipped: " << *missing;
     a_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_a_.path(), 0, extra_options_a()});
-    b_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_b_.path(), 1, {}});
+    b_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_b_.path(), 1, extra_options_b()});
     ASSERT_TRUE(a_->start()) << "vm0 daemon did not mount:\n" << a_->log();
     ASSERT_TRUE(b_->start()) << "vm1 daemon did not mount:\n" << b_->log();
   }
@@ -333,6 +333,7 @@ class TwoPeers : public ::testing::Test {
     a_.reset();
   }
   virtual std::vector<std::string> extra_options_a() { return {}; }
+  virtual std::vector<std::string> extra_options_b() { return {}; }
 
   // Declared first: destroyed last, after the daemons unmounted.
   RegionFile region_;
