@@ -51,6 +51,17 @@ struct SamplerControl {
   std::atomic<uint64_t> samples{0};
 };
 
+// Waits until the child stops itself (or reports why it exited instead).
+::testing::AssertionResult wait_stopped(Child& child) {
+  int status = 0;
+  if (::waitpid(child.pid, &status, WUNTRACED) != child.pid) return ::testing::AssertionFailure() << "waitpid";
+  if (WIFSTOPPED(status)) return ::testing::AssertionSuccess();
+  const std::string output = drain(child.fd);
+  ::close(child.fd);
+  child.pid = -1;
+  return ::testing::AssertionFailure() << "the owner never stopped: " << describe_status(status) << ": " << output;
+}
+
 class TakeoverTest : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override {
@@ -106,6 +117,20 @@ class TakeoverTest : public ::testing::TestWithParam<const char*> {
       }
       return "";
     });
+  }
+
+  // start_owner, then waits until the owner said it is ready and stopped
+  // itself; failures are recorded (check HasFailure()).
+  Child start_stopped_owner(const std::string& point, bool reset, const std::string& first_point = "") {
+    int ready[2];
+    EXPECT_EQ(::pipe(ready), 0);
+    Child owner = start_owner(point, reset, ready[1], first_point);
+    ::close(ready[1]);
+    char byte = 0;
+    EXPECT_EQ(::read(ready[0], &byte, 1), 1) << "the owner never got ready: " << drain(owner.fd);
+    ::close(ready[0]);
+    EXPECT_TRUE(wait_stopped(owner));
+    return owner;
   }
 
   // The owner: claims, appends kChildRecords acknowledged records, says so
@@ -177,17 +202,6 @@ class TakeoverTest : public ::testing::TestWithParam<const char*> {
   SamplerControl* control_ = nullptr;
 };
 
-// Waits until the child stops itself (or reports why it exited instead).
-::testing::AssertionResult wait_stopped(Child& child) {
-  int status = 0;
-  if (::waitpid(child.pid, &status, WUNTRACED) != child.pid) return ::testing::AssertionFailure() << "waitpid";
-  if (WIFSTOPPED(status)) return ::testing::AssertionSuccess();
-  const std::string output = drain(child.fd);
-  ::close(child.fd);
-  child.pid = -1;
-  return ::testing::AssertionFailure() << "the owner never stopped: " << describe_status(status) << ": " << output;
-}
-
 // "writer.after-copy" -> "writer_after_copy", a test name.
 std::string point_name(const ::testing::TestParamInfo<const char*>& point) {
   std::string name = point.param;
@@ -200,15 +214,9 @@ class AppendTakeoverTest : public TakeoverTest {};
 
 TEST_P(AppendTakeoverTest, StoppedAppendNeverPublishesAfterATakeover) {
   const std::string point = GetParam();
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
   Child sampler = start_sampler();
-  Child owner = start_owner(point, false, ready[1]);
-  ::close(ready[1]);
-  char byte = 0;
-  ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "the owner never got ready: " << drain(owner.fd);
-  ::close(ready[0]);
-  ASSERT_TRUE(wait_stopped(owner));
+  Child owner = start_stopped_owner(point, false);
+  ASSERT_FALSE(HasFailure());
   ASSERT_EQ(read_all(*region_, kId), records('C', 0, kChildRecords)) << "before the takeover";
 
   auto taker = take_over();
@@ -269,15 +277,9 @@ class ResetTakeoverTest : public TakeoverTest {};
 // the resumed owner can neither undo nor repeat it over the taker's records.
 TEST_P(ResetTakeoverTest, StoppedResetIsFinishedByTheTaker) {
   const std::string point = GetParam();
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
   Child sampler = start_sampler();
-  Child owner = start_owner(point, true, ready[1]);
-  ::close(ready[1]);
-  char byte = 0;
-  ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "the owner never got ready: " << drain(owner.fd);
-  ::close(ready[0]);
-  ASSERT_TRUE(wait_stopped(owner));
+  Child owner = start_stopped_owner(point, true);
+  ASSERT_FALSE(HasFailure());
   auto before = region_->stat(kId);
   ASSERT_TRUE(before.ok()) << "stat fails on a half-done reset: " << before.error().message;
   EXPECT_TRUE(before->mid_reset);
@@ -314,15 +316,9 @@ INSTANTIATE_TEST_SUITE_P(EveryStopPoint, ResetTakeoverTest, ::testing::Values("w
 // again before it re-checks its claim. Readers must not wait for it: the new
 // owner's heartbeat closes the mark; the resumed owner then changes nothing.
 TEST_F(TakeoverTest, OddMarkMadeAfterATakeoverIsClosedByTheNewOwnersHeartbeat) {
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
   Child sampler = start_sampler();
-  Child owner = start_owner("writer.reset-odd", true, ready[1], "writer.reset-begin");
-  ::close(ready[1]);
-  char byte = 0;
-  ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "the owner never got ready: " << drain(owner.fd);
-  ::close(ready[0]);
-  ASSERT_TRUE(wait_stopped(owner));  // at writer.reset-begin
+  Child owner = start_stopped_owner("writer.reset-odd", true, "writer.reset-begin");
+  ASSERT_FALSE(HasFailure());  // at writer.reset-begin
   auto taker = take_over(std::chrono::milliseconds(20));
   ASSERT_NE(taker, nullptr);
   ASSERT_TRUE(taker->append(as_bytes(record('P', 0))).ok());
@@ -357,14 +353,8 @@ TEST_F(TakeoverTest, OddMarkMadeAfterATakeoverIsClosedByTheNewOwnersHeartbeat) {
 // An owner killed in the middle of a copy is proven dead (same boot, same
 // PID namespace, process gone): taken over at once, without a fence.
 TEST_F(TakeoverTest, OwnerKilledMidCopyIsTakenOverAtOnceWithoutAHole) {
-  int ready[2];
-  ASSERT_EQ(::pipe(ready), 0);
-  Child owner = start_owner("writer.after-copy", false, ready[1]);
-  ::close(ready[1]);
-  char byte = 0;
-  ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "the owner never got ready: " << drain(owner.fd);
-  ::close(ready[0]);
-  ASSERT_TRUE(wait_stopped(owner));
+  Child owner = start_stopped_owner("writer.after-copy", false);
+  ASSERT_FALSE(HasFailure());
   ASSERT_EQ(::kill(owner.pid, SIGKILL), 0);
   auto outcome = wait_child(owner, std::chrono::seconds(60));
   ASSERT_TRUE(WIFSIGNALED(outcome.status)) << describe_status(outcome.status);
