@@ -267,11 +267,20 @@ static void on_usr1(int sig) {
   got_usr1 = 1;
 }
 
+/* Sleeps until SIGUSR1 (the harness's "go on"), without missing one sent early. */
+static void wait_for_usr1(void) {
+  sigset_t mask, old;
+  sigemptyset(&mask);
+  sigaddset(&mask, SIGUSR1);
+  sigprocmask(SIG_BLOCK, &mask, &old);
+  while (!got_usr1) sigsuspend(&old);
+  sigprocmask(SIG_SETMASK, &old, NULL);
+}
+
 static int cmd_hold(const char* path, uint64_t off, uint64_t len, uint64_t seed) {
   unsigned char buf[4096];
   volatile unsigned char* m;
   uint64_t size, i;
-  sigset_t mask, old;
   int fd;
 
   signal(SIGUSR1, on_usr1);
@@ -292,11 +301,7 @@ static int cmd_hold(const char* path, uint64_t off, uint64_t len, uint64_t seed)
   printf("hold: mapped %" PRIu64 " bytes, pattern ok, waiting\n", size);
   fflush(stdout);
 
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGUSR1);
-  sigprocmask(SIG_BLOCK, &mask, &old);
-  while (!got_usr1) sigsuspend(&old);
-  sigprocmask(SIG_SETMASK, &old, NULL);
+  wait_for_usr1();
 
   if (sigsetjmp(bus_jmp, 1)) {
     printf("hold: access after unbind -> SIGBUS (revoked)\n");
@@ -313,7 +318,6 @@ static int cmd_pin(const char* path, uint64_t off) {
   uint64_t size;
   long page = sysconf(_SC_PAGESIZE);
   struct iovec iov;
-  sigset_t mask, old;
   int fd, pipefd[2];
   ssize_t n;
 
@@ -337,11 +341,7 @@ static int cmd_pin(const char* path, uint64_t off) {
   printf("pin: one page pinned by a pipe; %s unmapped and closed, waiting\n", path);
   fflush(stdout);
 
-  sigemptyset(&mask);
-  sigaddset(&mask, SIGUSR1);
-  sigprocmask(SIG_BLOCK, &mask, &old);
-  while (!got_usr1) sigsuspend(&old);
-  sigprocmask(SIG_SETMASK, &old, NULL);
+  wait_for_usr1();
   close(pipefd[0]);
   close(pipefd[1]);
   printf("pin: pipe closed\n");
