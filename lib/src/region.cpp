@@ -221,6 +221,9 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
                                                      " that this build does not know (it knows " +
                                                      hex(IVSHMFS_FEATURES_KNOWN) + "): a newer ivshmfs formatted it");
   }
+  if ((h.features & IVSHMFS_FEATURE_SPLIT) == 0 && h.split_pieces != 0)
+    return corrupt("split_pieces is " + std::to_string(h.split_pieces) + " in a region that is not split");
+  if (h.reserved32 != 0) return corrupt("reserved32 is " + hex(h.reserved32) + ", not 0");
   for (std::size_t i = 0; i < std::size(h.reserved); ++i) {
     if (h.reserved[i] != 0)
       return corrupt("reserved word " + std::to_string(i) + " is " + hex(h.reserved[i]) + ", not 0");

@@ -145,7 +145,12 @@ std::vector<Corruption> corruptions() {
        {"0x8000000000000000"}},
       // reserved words must be zero
       {"reserved word 0", [](Image& m) { m.header.reserved[0] = 1; }, Errc::corrupt_header, {"reserved word 0"}},
-      {"reserved word 6", [](Image& m) { m.header.reserved[6] = 5; }, Errc::corrupt_header, {"reserved word 6"}},
+      {"reserved word 5", [](Image& m) { m.header.reserved[5] = 5; }, Errc::corrupt_header, {"reserved word 5"}},
+      {"reserved32", [](Image& m) { m.header.reserved32 = 7; }, Errc::corrupt_header, {"reserved32", "0x7"}},
+      {"split_pieces without the split feature",
+       [](Image& m) { m.header.split_pieces = 3; },
+       Errc::corrupt_header,
+       {"split_pieces is 3"}},
       {"header_size max", [](Image& m) { m.header.header_size = UINT32_MAX; }, Errc::corrupt_header, {"header_size"}},
       // region_size
       {"region_size zero", [](Image& m) { m.header.region_size = 0; }, Errc::size_mismatch, {"region", " 0 bytes"}},

@@ -38,10 +38,25 @@ extern "C" {
 
 /*
  * Incompatible feature bits (header.features). A peer refuses a region with
- * any bit it does not know. None is defined yet: later features (split
- * regions, ring partitions) become bits here instead of new versions.
+ * any bit it does not know (IVSHMFS_FEATURES_KNOWN lists those this code
+ * implements). Features become bits here instead of new versions.
+ *
+ * IVSHMFS_FEATURE_SPLIT: this backend is one piece of a split region (one
+ *   backend per partition, so the hypervisor can give each VM write access
+ *   to its own piece only). A piece is a complete region holding exactly one
+ *   partition; `format_id` is the identity of the whole region, the same in
+ *   every piece, so pieces of different regions are never mixed;
+ *   `split_pieces` is how many pieces the region was formatted with.
+ * IVSHMFS_FEATURE_RING: at least one partition entry has
+ *   IVSHMFS_PARTITION_RING: its data area is a ring that keeps the newest
+ *   `capacity` bytes (see docs/layout.md, "Ring partitions").
  */
+#define IVSHMFS_FEATURE_SPLIT (UINT64_C(1) << 0)
+#define IVSHMFS_FEATURE_RING (UINT64_C(1) << 1)
 #define IVSHMFS_FEATURES_KNOWN UINT64_C(0)
+
+/* Partition entry flags (partition_entry.flags). */
+#define IVSHMFS_PARTITION_RING (UINT32_C(1) << 0)
 
 /* Bit 63 of control.head: a takeover is fencing the head (see docs/layout.md). */
 #define IVSHMFS_HEAD_FENCE (UINT64_C(1) << 63)
@@ -64,12 +79,14 @@ struct ivshmfs_header {
   uint64_t control_offset;  /* 48: first control block; IVSHMFS_CONTROL_ALIGN-aligned */
   uint64_t data_offset;     /* 56: first byte after the metadata; page-aligned */
   uint64_t features;        /* 64: incompatible feature bits; see IVSHMFS_FEATURES_KNOWN */
-  uint64_t reserved[7];     /* 72: zero */
+  uint32_t split_pieces;    /* 72: IVSHMFS_FEATURE_SPLIT: pieces at format; else zero */
+  uint32_t reserved32;      /* 76: zero */
+  uint64_t reserved[6];     /* 80: zero */
 };
 
 struct ivshmfs_partition_entry {
   uint32_t id;             /*  0: peer id; unique, < IVSHMFS_MAX_PARTITIONS */
-  uint32_t flags;          /*  4: zero (no partition flag is defined yet) */
+  uint32_t flags;          /*  4: IVSHMFS_PARTITION_* bits; zero for a log partition */
   uint64_t control_offset; /*  8: this partition's struct ivshmfs_control */
   uint64_t data_offset;    /* 16: page-aligned, >= header.data_offset */
   uint64_t capacity;       /* 24: bytes; page multiple, >= IVSHMFS_MIN_CAPACITY */
@@ -125,7 +142,8 @@ IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, page_size) == 44, "page_si
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, control_offset) == 48, "control_offset");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, data_offset) == 56, "data_offset");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, features) == 64, "features");
-IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, reserved) == 72, "reserved");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, split_pieces) == 72, "split_pieces");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, reserved) == 80, "reserved");
 
 IVSHMFS_LAYOUT_ASSERT(sizeof(struct ivshmfs_partition_entry) == 32, "entry is 32 bytes");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_partition_entry, flags) == 4, "flags");
