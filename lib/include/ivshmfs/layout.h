@@ -115,7 +115,7 @@ struct ivshmfs_control {
   uint64_t owner_host;         /* 96: hash of the owner system's boot id */
   uint64_t owner_pid_ns;       /* 104: inode of the owner's /proc/self/ns/pid; 0: unknown */
   uint64_t owner_start_time;   /* 112: field 22 of the owner's /proc/self/stat; 0: unknown */
-  uint64_t reserved1;          /* 120: zero */
+  uint64_t waiting_for;        /* 120: doorbells: bit i = this owner waits for commits to partition id i */
 };
 
 #ifdef __cplusplus
@@ -166,5 +166,6 @@ IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_pid) == 88, "pid");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_host) == 96, "host");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_pid_ns) == 104, "pid namespace");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, owner_start_time) == 112, "start time");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_control, waiting_for) == 120, "waiting_for");
 
 #endif /* IVSHMFS_LAYOUT_H */
