@@ -6,7 +6,10 @@
  * Each device gets a misc device /dev/ivshmN (N in probe order). mmap() of
  * /dev/ivshmN maps BAR2, the shared region, cacheable (write-back); the
  * IVSHM_IOC_INFO ioctl and read-only sysfs attributes on the misc device
- * describe the device. The user-space interface is in uapi/ivshm.h.
+ * describe the device. On ivshmem-doorbell the driver allocates the MSI-X
+ * vectors and counts interrupts per vector: poll() and read() of /dev/ivshmN
+ * wait for them, IVSHM_IOC_RING rings a peer's vector through the doorbell
+ * register. The user-space interface is in uapi/ivshm.h.
  *
  * Lifetime: the per-device state is reference counted. The bound device
  * holds one reference and every open file holds one, so unbinding the device
@@ -28,6 +31,7 @@
 #include <linux/device.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
+#include <linux/interrupt.h>
 #include <linux/io.h>
 #include <linux/kref.h>
 #include <linux/delay.h>
@@ -38,11 +42,13 @@
 #include <linux/module.h>
 #include <linux/mutex.h>
 #include <linux/pci.h>
+#include <linux/poll.h>
 #include <linux/rwsem.h>
 #include <linux/sizes.h>
 #include <linux/slab.h>
 #include <linux/uaccess.h>
 #include <linux/version.h>
+#include <linux/wait.h>
 #include <linux/workqueue.h>
 
 #include "uapi/ivshm.h"
@@ -107,6 +113,16 @@ static void __iomem *ivshm_iomap_bar(struct pci_dev *pdev, int bar)
 #endif
 /* End of compatibility. */
 
+struct ivshm_dev;
+
+/* One MSI-X vector of an ivshmem-doorbell device. */
+struct ivshm_vector {
+	struct ivshm_dev *idev;
+	atomic64_t count;		/* interrupts received */
+	int irq;
+	char name[24];			/* "ivshmN-V", in /proc/interrupts */
+};
+
 struct ivshm_dev {
 	struct miscdevice misc;
 	struct kref ref;
@@ -123,6 +139,19 @@ struct ivshm_dev {
 	int page_ref_idle;		/* refcount of an unused BAR2 page */
 	u32 revision;
 	u32 msix_vectors;		/* 0 on ivshmem-plain */
+
+	/*
+	 * Interrupts (ivshmem-doorbell): @nvecs vectors allocated and
+	 * requested at probe (0 on ivshmem-plain or if allocation failed),
+	 * freed in remove(); @vecs and the counters live until ivshm_free(),
+	 * so readers of a removed device can still look at them. @events
+	 * counts the interrupts of all vectors; @wait is woken on each one
+	 * and on remove().
+	 */
+	u32 nvecs;
+	struct ivshm_vector *vecs;
+	atomic64_t events;
+	wait_queue_head_t wait;
 
 	/*
 	 * @lock guards @regs and @alive against remove(): readers are ioctl,
@@ -147,9 +176,15 @@ struct ivshm_dev {
 	struct list_head lingering;	/* on ivshm_lingering after remove() */
 };
 
+/* An open /dev/ivshmN; file->private_data. */
 struct ivshm_file {
 	struct list_head node;
 	struct file *file;
+	struct ivshm_dev *idev;
+	/* What poll()/read() wait for; @lock serializes read() and the ioctl. */
+	struct mutex lock;
+	int vector;			/* a vector, or IVSHM_ALL_VECTORS */
+	u64 seen;			/* the count the last read() returned */
 };
 
 static DEFINE_IDA(ivshm_ida);
@@ -165,12 +200,18 @@ static void ivshm_free(struct kref *ref)
 	/* A pgmap still mapped is never freed (see ivshm_remove()). */
 	if (!idev->pages_live)
 		kfree(idev->pgmap);
+	kfree(idev->vecs);
 	kfree(idev);
 }
 
 static struct ivshm_dev *to_ivshm(struct miscdevice *misc)
 {
 	return container_of(misc, struct ivshm_dev, misc);
+}
+
+static struct ivshm_dev *ivshm_of(struct file *file)
+{
+	return ((struct ivshm_file *)file->private_data)->idev;
 }
 
 /* Caller holds idev->lock for reading and has checked idev->alive. */
@@ -183,6 +224,8 @@ static void ivshm_fill_info(struct ivshm_dev *idev, struct ivshm_info *info)
 	info->flags = idev->msix_vectors ? IVSHM_INFO_F_MSIX : 0;
 	if (idev->pgmap)
 		info->flags |= IVSHM_INFO_F_PAGES;
+	if (idev->nvecs)
+		info->flags |= IVSHM_INFO_F_DOORBELL;
 	info->vectors = idev->msix_vectors;
 	info->minor = idev->index;
 	info->info_version = IVSHM_INFO_VERSION;
@@ -373,7 +416,7 @@ static vm_fault_t ivshm_insert(struct ivshm_dev *idev,
 static vm_fault_t ivshm_vm_fault(struct vm_fault *vmf)
 {
 	struct vm_area_struct *vma = vmf->vma;
-	struct ivshm_dev *idev = to_ivshm(vma->vm_file->private_data);
+	struct ivshm_dev *idev = ivshm_of(vma->vm_file);
 	unsigned long npages = idev->shm_size >> PAGE_SHIFT;
 	unsigned long base_pfn = PHYS_PFN(idev->shm_start);
 	unsigned long fault_addr = vmf->address & PAGE_MASK;
@@ -424,6 +467,11 @@ static int ivshm_open(struct inode *inode, struct file *file)
 	if (!ifile)
 		return -ENOMEM;
 	ifile->file = file;
+	ifile->idev = idev;
+	mutex_init(&ifile->lock);
+	/* Interrupts from now on, of every vector. */
+	ifile->vector = IVSHM_ALL_VECTORS;
+	ifile->seen = atomic64_read(&idev->events);
 
 	down_read(&idev->lock);
 	if (!idev->alive) {
@@ -436,23 +484,20 @@ static int ivshm_open(struct inode *inode, struct file *file)
 	list_add(&ifile->node, &idev->files);
 	mutex_unlock(&idev->files_lock);
 	up_read(&idev->lock);
+	file->private_data = ifile;
 	return 0;
 }
 
 static int ivshm_release(struct inode *inode, struct file *file)
 {
-	struct ivshm_dev *idev = to_ivshm(file->private_data);
-	struct ivshm_file *ifile, *tmp;
+	struct ivshm_file *ifile = file->private_data;
+	struct ivshm_dev *idev = ifile->idev;
 	unsigned long pinned;
 
 	mutex_lock(&idev->files_lock);
-	list_for_each_entry_safe(ifile, tmp, &idev->files, node) {
-		if (ifile->file == file) {
-			list_del(&ifile->node);
-			kfree(ifile);
-			break;
-		}
-	}
+	list_del(&ifile->node);
+	mutex_destroy(&ifile->lock);
+	kfree(ifile);
 	/*
 	 * The last mapping is gone: a page pinned now stays pinned after this
 	 * file's module reference is dropped, so the watch takes one.
@@ -469,7 +514,7 @@ static int ivshm_release(struct inode *inode, struct file *file)
 
 static int ivshm_mmap(struct file *file, struct vm_area_struct *vma)
 {
-	struct ivshm_dev *idev = to_ivshm(file->private_data);
+	struct ivshm_dev *idev = ivshm_of(file);
 	unsigned long npages = idev->shm_size >> PAGE_SHIFT;
 	unsigned long len = vma->vm_end - vma->vm_start;
 	int ret = 0;
@@ -503,9 +548,130 @@ out:
 	return ret;
 }
 
+/* ---- interrupts: waiting and ringing ---- */
+
+static irqreturn_t ivshm_irq(int irq, void *data)
+{
+	struct ivshm_vector *vec = data;
+
+	atomic64_inc(&vec->count);
+	atomic64_inc(&vec->idev->events);
+	wake_up_interruptible_all(&vec->idev->wait);
+	return IRQ_HANDLED;
+}
+
+/* Interrupts so far of @vector (a vector, or IVSHM_ALL_VECTORS). */
+static u64 ivshm_count(struct ivshm_dev *idev, int vector)
+{
+	if (vector == IVSHM_ALL_VECTORS)
+		return atomic64_read(&idev->events);
+	return atomic64_read(&idev->vecs[vector].count);
+}
+
+static bool ivshm_pending(struct ivshm_file *ifile)
+{
+	return ivshm_count(ifile->idev, READ_ONCE(ifile->vector)) !=
+	       READ_ONCE(ifile->seen);
+}
+
+/*
+ * read(): the interrupt count of the file's selection, 8 bytes, once it
+ * differs from what this file saw last (as uio does). Waits unless
+ * O_NONBLOCK (-EAGAIN). Without interrupts (ivshmem-plain) -EINVAL, as before
+ * the driver had read(); after remove() -ENODEV.
+ */
+static ssize_t ivshm_read(struct file *file, char __user *buf, size_t len,
+			  loff_t *ppos)
+{
+	struct ivshm_file *ifile = file->private_data;
+	struct ivshm_dev *idev = ifile->idev;
+	u64 count;
+	int ret;
+
+	if (!idev->nvecs || len < sizeof(count))
+		return -EINVAL;
+	for (;;) {
+		if (!READ_ONCE(idev->alive))
+			return -ENODEV;
+		mutex_lock(&ifile->lock);
+		count = ivshm_count(idev, ifile->vector);
+		if (count != ifile->seen) {
+			ifile->seen = count;
+			mutex_unlock(&ifile->lock);
+			if (copy_to_user(buf, &count, sizeof(count)))
+				return -EFAULT;
+			return sizeof(count);
+		}
+		mutex_unlock(&ifile->lock);
+		if (file->f_flags & O_NONBLOCK)
+			return -EAGAIN;
+		ret = wait_event_interruptible(idev->wait,
+					       !READ_ONCE(idev->alive) ||
+					       ivshm_pending(ifile));
+		if (ret)
+			return ret;
+	}
+}
+
+/*
+ * poll(): EPOLLIN when read() would not wait. EPOLLERR without interrupts
+ * (ivshmem-plain), EPOLLERR | EPOLLHUP after remove().
+ */
+static __poll_t ivshm_poll(struct file *file, poll_table *wait)
+{
+	struct ivshm_file *ifile = file->private_data;
+	struct ivshm_dev *idev = ifile->idev;
+
+	if (!idev->nvecs)
+		return EPOLLERR;
+	poll_wait(file, &idev->wait, wait);
+	if (!READ_ONCE(idev->alive))
+		return EPOLLERR | EPOLLHUP;
+	return ivshm_pending(ifile) ? EPOLLIN | EPOLLRDNORM : 0;
+}
+
+/* Caller holds idev->lock for reading and has checked idev->alive. */
+static long ivshm_ring(struct file *file, struct ivshm_dev *idev,
+		       void __user *uarg)
+{
+	struct ivshm_ring ring;
+
+	if (!idev->msix_vectors)
+		return -EOPNOTSUPP;
+	if (!(file->f_mode & FMODE_WRITE))
+		return -EBADF;
+	if (copy_from_user(&ring, uarg, sizeof(ring)))
+		return -EFAULT;
+	if (ring.flags)
+		return -EINVAL;
+	/* QEMU sends it to the peer's eventfd, which raises its MSI-X vector. */
+	iowrite32(((u32)ring.peer << 16) | ring.vector,
+		  idev->regs + IVSHM_REG_DOORBELL);
+	return 0;
+}
+
+static long ivshm_wait_vector(struct ivshm_file *ifile, void __user *uarg)
+{
+	struct ivshm_dev *idev = ifile->idev;
+	s32 vector;
+
+	if (!idev->nvecs)
+		return -EOPNOTSUPP;
+	if (get_user(vector, (s32 __user *)uarg))
+		return -EFAULT;
+	if (vector != IVSHM_ALL_VECTORS &&
+	    (vector < 0 || vector >= (s32)idev->nvecs))
+		return -EINVAL;
+	mutex_lock(&ifile->lock);
+	WRITE_ONCE(ifile->vector, vector);
+	WRITE_ONCE(ifile->seen, ivshm_count(idev, vector));
+	mutex_unlock(&ifile->lock);
+	return 0;
+}
+
 static long ivshm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
-	struct ivshm_dev *idev = to_ivshm(file->private_data);
+	struct ivshm_dev *idev = ivshm_of(file);
 	void __user *uarg = (void __user *)arg;
 	struct ivshm_info info;
 	long ret;
@@ -519,6 +685,12 @@ static long ivshm_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	case IVSHM_IOC_INFO:
 		ivshm_fill_info(idev, &info);
 		ret = copy_to_user(uarg, &info, sizeof(info)) ? -EFAULT : 0;
+		break;
+	case IVSHM_IOC_RING:
+		ret = ivshm_ring(file, idev, uarg);
+		break;
+	case IVSHM_IOC_WAIT_VECTOR:
+		ret = ivshm_wait_vector(file->private_data, uarg);
 		break;
 	default:
 		ret = -ENOTTY;
@@ -534,6 +706,8 @@ static const struct file_operations ivshm_fops = {
 	.open = ivshm_open,
 	.release = ivshm_release,
 	.mmap = ivshm_mmap,
+	.read = ivshm_read,
+	.poll = ivshm_poll,
 	.unlocked_ioctl = ivshm_ioctl,
 	.compat_ioctl = compat_ptr_ioctl,
 	.llseek = noop_llseek,
@@ -734,16 +908,65 @@ static unsigned long ivshm_wait_unpinned(struct ivshm_dev *idev,
 }
 
 /*
- * Interrupts. ivshmem-doorbell has MSI-X; we record how many vectors it
- * offers. Doorbell support (vector allocation, a wait/notify interface) grows
- * from here and is torn down in ivshm_remove() before the BARs go away.
+ * Interrupts. ivshmem-doorbell has MSI-X: allocate every vector it offers
+ * and request an interrupt for each (named ivshmN-V in /proc/interrupts).
+ * Failing that, the device still maps; poll()/read() then behave as on
+ * ivshmem-plain. Torn down by ivshm_teardown_irqs() in remove().
  */
 static int ivshm_setup_irqs(struct ivshm_dev *idev)
 {
-	int n = pci_msix_vec_count(idev->pdev);
+	struct pci_dev *pdev = idev->pdev;
+	int n = pci_msix_vec_count(pdev);
+	int i, got, ret;
 
 	idev->msix_vectors = n > 0 ? n : 0;
+	if (n <= 0)
+		return 0;
+	idev->vecs = kcalloc(n, sizeof(*idev->vecs), GFP_KERNEL);
+	if (!idev->vecs)
+		return -ENOMEM;
+	got = pci_alloc_irq_vectors(pdev, 1, n, PCI_IRQ_MSIX);
+	if (got < 0) {
+		dev_warn(&pdev->dev, "cannot allocate MSI-X vectors (%d): no interrupts, poll() and read() fail\n",
+			 got);
+		return 0;
+	}
+	/* MSI-X messages are memory writes by the device. */
+	pci_set_master(pdev);
+	for (i = 0; i < got; i++) {
+		struct ivshm_vector *vec = &idev->vecs[i];
+
+		vec->idev = idev;
+		atomic64_set(&vec->count, 0);
+		snprintf(vec->name, sizeof(vec->name), "%s-%d", idev->name, i);
+		vec->irq = pci_irq_vector(pdev, i);
+		ret = request_irq(vec->irq, ivshm_irq, 0, vec->name, vec);
+		if (ret) {
+			dev_err(&pdev->dev, "cannot request the interrupt of vector %d: %d\n",
+				i, ret);
+			while (--i >= 0)
+				free_irq(idev->vecs[i].irq, &idev->vecs[i]);
+			pci_free_irq_vectors(pdev);
+			return ret;
+		}
+	}
+	idev->nvecs = got;
+	if (got < n)
+		dev_warn(&pdev->dev, "only %d of %d MSI-X vectors allocated\n",
+			 got, n);
 	return 0;
+}
+
+/* After this no handler runs; the counters stay readable. */
+static void ivshm_teardown_irqs(struct ivshm_dev *idev)
+{
+	u32 i;
+
+	if (!idev->nvecs)
+		return;
+	for (i = 0; i < idev->nvecs; i++)
+		free_irq(idev->vecs[i].irq, &idev->vecs[i]);
+	pci_free_irq_vectors(idev->pdev);
 }
 
 static int ivshm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
@@ -763,6 +986,8 @@ static int ivshm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		return -ENOMEM;
 	kref_init(&idev->ref);
 	init_rwsem(&idev->lock);
+	init_waitqueue_head(&idev->wait);
+	atomic64_set(&idev->events, 0);
 	mutex_init(&idev->files_lock);
 	INIT_LIST_HEAD(&idev->files);
 	INIT_LIST_HEAD(&idev->lingering);
@@ -801,7 +1026,7 @@ static int ivshm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 	ret = misc_register(&idev->misc);
 	if (ret) {
 		dev_err(dev, "cannot register /dev/%s: %d\n", idev->name, ret);
-		goto err_pages;
+		goto err_irqs;
 	}
 
 	dev_info(dev, "/dev/%s: BAR2 %llu bytes (%llu MiB) at %pa%s, %s, rev %u\n",
@@ -810,8 +1035,14 @@ static int ivshm_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		 idev->pgmap ? "" : " (no struct pages)",
 		 idev->msix_vectors ? "doorbell (MSI-X)" : "plain",
 		 idev->revision);
+	if (idev->msix_vectors)
+		dev_info(dev, "/dev/%s: %u of %u MSI-X vectors with interrupts, IVPosition %u\n",
+			 idev->name, idev->nvecs, idev->msix_vectors,
+			 ioread32(idev->regs + IVSHM_REG_IVPOSITION));
 	return 0;
 
+err_irqs:
+	ivshm_teardown_irqs(idev);
 err_pages:
 	/* Nothing mapped BAR2 yet, so nothing can pin it. */
 	mutex_lock(&idev->files_lock);
@@ -821,6 +1052,7 @@ err_pages:
 err_ida:
 	ida_free(&ivshm_ida, idev->index);
 err_free:
+	kfree(idev->vecs);
 	kfree(idev);
 	return ret;
 }
@@ -839,6 +1071,9 @@ static void ivshm_remove(struct pci_dev *pdev)
 	idev->alive = false;
 	idev->regs = NULL;
 	up_write(&idev->lock);
+	/* Waiters in read()/poll() see !alive: -ENODEV, EPOLLHUP. */
+	wake_up_interruptible_all(&idev->wait);
+	ivshm_teardown_irqs(idev);
 
 	/*
 	 * Revoke user mappings before devres unmaps and releases BAR2; a

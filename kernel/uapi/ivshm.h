@@ -3,8 +3,14 @@
  * ivshm: user-space interface of the ivshmem PCI driver (1af4:1110).
  *
  * /dev/ivshmN maps BAR2 (the shared region) with mmap(); the ioctls below
- * describe the device. This header is the single definition shared by the
- * kernel module and user space (lib/ includes it).
+ * describe the device and, on ivshmem-doorbell, ring a peer's MSI-X vector.
+ * On a device with IVSHM_INFO_F_DOORBELL, poll() and read() of /dev/ivshmN
+ * wait for this peer's interrupts: read() returns a __u64 counter (host
+ * byte order) of the interrupts of the vector(s) the file waits for
+ * (IVSHM_IOC_WAIT_VECTOR; all vectors by default), blocking until it
+ * differs from the value the file saw last, as uio does. This header is the
+ * single definition shared by the kernel module and user space (lib/
+ * includes it).
  */
 #ifndef IVSHM_UAPI_H
 #define IVSHM_UAPI_H
@@ -24,6 +30,11 @@
  * ivshm_info.info_version >= 1; older drivers leave both zero.
  */
 #define IVSHM_INFO_F_PAGES (1U << 1)
+/*
+ * The driver allocated the MSI-X vectors: poll()/read() wait for interrupts,
+ * IVSHM_IOC_RING rings peers. Older drivers never set it.
+ */
+#define IVSHM_INFO_F_DOORBELL (1U << 2)
 
 /* ivshm_info.info_version of this header. */
 #define IVSHM_INFO_VERSION 1
@@ -42,5 +53,22 @@ struct ivshm_info {
 /* 0xD7: no uapi header of Linux 6.1 uses this ioctl type. */
 #define IVSHM_IOCTL_BASE 0xD7
 #define IVSHM_IOC_INFO _IOR(IVSHM_IOCTL_BASE, 0x01, struct ivshm_info)
+
+/* Ring MSI-X vector @vector of peer @peer (its IVPosition). */
+struct ivshm_ring {
+	__u16 peer;
+	__u16 vector;
+	__u32 flags; /* zero */
+};
+#define IVSHM_IOC_RING _IOW(IVSHM_IOCTL_BASE, 0x02, struct ivshm_ring)
+
+/*
+ * Which of this peer's vectors poll()/read() of this open file wait for: a
+ * vector number, or IVSHM_ALL_VECTORS (the default at open). Setting it
+ * makes the file's last-seen counter the selection's current count, so the
+ * next read() waits for a new interrupt.
+ */
+#define IVSHM_ALL_VECTORS (-1)
+#define IVSHM_IOC_WAIT_VECTOR _IOW(IVSHM_IOCTL_BASE, 0x03, __s32)
 
 #endif /* IVSHM_UAPI_H */

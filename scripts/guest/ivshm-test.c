@@ -18,6 +18,14 @@
  *   ivshm-test gen SEED LEN             write LEN pseudo-random bytes to stdout
  *   ivshm-test append PATH              append stdin to PATH; print errno name
  *                                       and exit 1 on failure
+ *   ivshm-test ring DEV PEER VECTOR     IVSHM_IOC_RING once
+ *   ivshm-test pingpong DEV ME PEER OFF SECONDS
+ *                                       two doorbell guests: each marks itself
+ *                                       ready in the region at OFF, rings the
+ *                                       peer's vector 1 until the peer says it
+ *                                       got it, and waits for its own vector 1
+ *                                       with poll(); checks the counters of
+ *                                       all vectors / vector 1 / vector 0
  *
  * PATH may be /dev/ivshmN (size from the ioctl), a sysfs resource2 file or a
  * regular file (size from fstat). Exit status 0 means success.
@@ -26,6 +34,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <poll.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdint.h>
@@ -118,9 +127,10 @@ static int cmd_info(const char* dev) {
     return 1;
   }
   printf("bar2_size=%" PRIu64
-         " ivposition=%u revision=%u flags=%#x vectors=%u minor=%u msix=%d pages=%d info_version=%u\n",
+         " ivposition=%u revision=%u flags=%#x vectors=%u minor=%u msix=%d pages=%d doorbell=%d info_version=%u\n",
          (uint64_t)info.bar2_size, info.ivposition, info.revision, info.flags, info.vectors, info.minor,
-         !!(info.flags & IVSHM_INFO_F_MSIX), !!(info.flags & IVSHM_INFO_F_PAGES), info.info_version);
+         !!(info.flags & IVSHM_INFO_F_MSIX), !!(info.flags & IVSHM_INFO_F_PAGES),
+         !!(info.flags & IVSHM_INFO_F_DOORBELL), info.info_version);
   close(fd);
   return 0;
 }
@@ -152,10 +162,46 @@ static int cmd_selftest(const char* dev) {
   expect(ioctl(fd, IVSHM_IOC_INFO, &info) == 0, "IVSHM_IOC_INFO");
   expect(info.reserved[0] == 0 && info.reserved[3] == 0, "reserved fields are zero");
   expect(info.info_version == IVSHM_INFO_VERSION, "info_version is this header's IVSHM_INFO_VERSION");
-  expect(!(info.flags & ~(IVSHM_INFO_F_MSIX | IVSHM_INFO_F_PAGES)), "no unknown flags");
+  expect(!(info.flags & ~(IVSHM_INFO_F_MSIX | IVSHM_INFO_F_PAGES | IVSHM_INFO_F_DOORBELL)), "no unknown flags");
   expect(ioctl(fd, _IO(IVSHM_IOCTL_BASE, 0x7f)) < 0 && errno == ENOTTY, "unknown ioctl -> ENOTTY");
   expect(ioctl(fd, IVSHM_IOC_INFO, (void*)16) < 0 && errno == EFAULT, "bad ioctl pointer -> EFAULT");
-  expect(read(fd, junk, sizeof(junk)) < 0, "read() is refused");
+  if (!(info.flags & IVSHM_INFO_F_DOORBELL)) {
+    /* ivshmem-plain: no interrupts to wait for, no doorbell to ring. */
+    struct pollfd p = {fd, POLLIN, 0};
+    struct ivshm_ring r = {0, 0, 0};
+    int32_t v = IVSHM_ALL_VECTORS;
+
+    expect(read(fd, junk, sizeof(junk)) < 0 && errno == EINVAL, "plain: read() -> EINVAL");
+    expect(poll(&p, 1, 0) == 1 && (p.revents & POLLERR) && !(p.revents & POLLIN), "plain: poll() -> POLLERR");
+    expect(ioctl(fd, IVSHM_IOC_RING, &r) < 0 && errno == EOPNOTSUPP, "plain: IVSHM_IOC_RING -> EOPNOTSUPP");
+    expect(ioctl(fd, IVSHM_IOC_WAIT_VECTOR, &v) < 0 && errno == EOPNOTSUPP,
+           "plain: IVSHM_IOC_WAIT_VECTOR -> EOPNOTSUPP");
+  } else {
+    struct pollfd p = {fd, POLLIN, 0};
+    struct ivshm_ring r = {0, 0, 1};
+    int32_t v = (int32_t)info.vectors;
+    int nfd = open(dev, O_RDWR | O_NONBLOCK);
+    int rofd = open(dev, O_RDONLY);
+
+    expect(info.flags & IVSHM_INFO_F_MSIX, "doorbell: MSI-X flag too");
+    expect(read(fd, junk, 4) < 0 && errno == EINVAL, "doorbell: read() of 4 bytes -> EINVAL");
+    expect(nfd >= 0 && read(nfd, junk, 8) < 0 && errno == EAGAIN, "doorbell: O_NONBLOCK read() -> EAGAIN");
+    expect(poll(&p, 1, 0) == 0, "doorbell: poll() without an interrupt -> not ready");
+    expect(ioctl(fd, IVSHM_IOC_RING, &r) < 0 && errno == EINVAL, "doorbell: ring with flags -> EINVAL");
+    expect(ioctl(fd, IVSHM_IOC_RING, (void*)16) < 0 && errno == EFAULT, "doorbell: ring, bad pointer -> EFAULT");
+    r.flags = 0;
+    expect(rofd >= 0 && ioctl(rofd, IVSHM_IOC_RING, &r) < 0 && errno == EBADF,
+           "doorbell: ring on an O_RDONLY fd -> EBADF");
+    expect(ioctl(fd, IVSHM_IOC_WAIT_VECTOR, &v) < 0 && errno == EINVAL, "doorbell: wait for vector >= vectors -> EINVAL");
+    v = -2;
+    expect(ioctl(fd, IVSHM_IOC_WAIT_VECTOR, &v) < 0 && errno == EINVAL, "doorbell: wait for vector -2 -> EINVAL");
+    v = 0;
+    expect(ioctl(fd, IVSHM_IOC_WAIT_VECTOR, &v) == 0, "doorbell: wait for vector 0");
+    v = IVSHM_ALL_VECTORS;
+    expect(ioctl(fd, IVSHM_IOC_WAIT_VECTOR, &v) == 0, "doorbell: wait for all vectors");
+    if (nfd >= 0) close(nfd);
+    if (rofd >= 0) close(rofd);
+  }
 
   expect(mmap_errno(fd, size, PROT_READ | PROT_WRITE, MAP_SHARED, 0) == 0, "mmap whole BAR2");
   expect(mmap_errno(fd, (size_t)pg, PROT_READ, MAP_SHARED, (off_t)(size - (uint64_t)pg)) == 0, "mmap last page");
@@ -424,6 +470,98 @@ static int cmd_append(const char* path) {
   return 0;
 }
 
+static int cmd_ring(const char* dev, unsigned peer, unsigned vector) {
+  struct ivshm_ring r = {(uint16_t)peer, (uint16_t)vector, 0};
+  int fd = open(dev, O_RDWR);
+
+  if (fd < 0 || ioctl(fd, IVSHM_IOC_RING, &r) < 0) {
+    fprintf(stderr, "ring %s %u %u: %s\n", dev, peer, vector, strerror(errno));
+    return 1;
+  }
+  close(fd);
+  return 0;
+}
+
+static double now_s(void) {
+  struct timespec ts;
+
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Counter of a file opened for @vector, or -1 (errno EAGAIN: none new). */
+static int64_t read_counter(int fd) {
+  uint64_t c;
+
+  return read(fd, &c, sizeof(c)) == (ssize_t)sizeof(c) ? (int64_t)c : -1;
+}
+
+static int open_vector(const char* dev, int32_t vector) {
+  int fd = open(dev, O_RDWR | O_NONBLOCK);
+
+  if (fd >= 0 && vector != IVSHM_ALL_VECTORS && ioctl(fd, IVSHM_IOC_WAIT_VECTOR, &vector) < 0) {
+    fprintf(stderr, "IVSHM_IOC_WAIT_VECTOR %d: %s\n", vector, strerror(errno));
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+/*
+ * Per peer, a slot of two words at OFF + 64 * id: ready (1 once its files
+ * wait) and got (its vector-1 counter once it saw an interrupt).
+ */
+static int cmd_pingpong(const char* dev, unsigned me, unsigned peer, uint64_t off, unsigned seconds) {
+  int all = open_vector(dev, IVSHM_ALL_VECTORS), v1 = open_vector(dev, 1), v0 = open_vector(dev, 0);
+  volatile uint64_t *mine, *theirs;
+  struct ivshm_ring r = {(uint16_t)peer, 1, 0};
+  unsigned char* m;
+  uint64_t size;
+  int fd, rings = 0;
+  double t0 = now_s(), woke = 0, last_ring = 0;
+  int64_t c1 = -1;
+
+  if (all < 0 || v1 < 0 || v0 < 0) return 1;
+  m = map_region(dev, &fd, &size);
+  if (!m || range(size, off, 64 * 256) || me > 255 || peer > 255) return 1;
+  mine = (volatile uint64_t*)(m + off + 64 * me);
+  theirs = (volatile uint64_t*)(m + off + 64 * peer);
+  mine[1] = 0;
+  __atomic_store_n(&mine[0], 1, __ATOMIC_SEQ_CST);
+  while (now_s() - t0 < seconds && (c1 < 0 || !__atomic_load_n(&theirs[1], __ATOMIC_SEQ_CST))) {
+    struct pollfd p = {v1, POLLIN, 0};
+
+    if (__atomic_load_n(&theirs[0], __ATOMIC_SEQ_CST) && !__atomic_load_n(&theirs[1], __ATOMIC_SEQ_CST) &&
+        now_s() - last_ring > 0.2) {
+      if (ioctl(fd, IVSHM_IOC_RING, &r) < 0) {
+        fprintf(stderr, "ring: %s\n", strerror(errno));
+        return 1;
+      }
+      rings++;
+      last_ring = now_s();
+    }
+    if (poll(&p, 1, 100) == 1 && (p.revents & POLLIN) && c1 < 0) {
+      woke = now_s() - t0;
+      c1 = read_counter(v1);
+      __atomic_store_n(&mine[1], (uint64_t)(c1 > 0 ? c1 : 1), __ATOMIC_SEQ_CST);
+    }
+  }
+  {
+    int64_t ca = read_counter(all), c0 = read_counter(v0);
+    int e0 = errno;
+
+    printf("pingpong: me %u peer %u: rang %d time(s); woke %s after %.2f s; vector-1 counter %" PRId64
+           ", all-vectors counter %" PRId64 ", vector-0 read %s; peer got %" PRIu64 "\n",
+           me, peer, rings, c1 > 0 ? "" : "never", woke, c1, ca, c0 < 0 ? strerror(e0) : "an event",
+           (uint64_t)theirs[1]);
+    expect(c1 > 0, "poll() of a file waiting for vector 1 woke and read() returned a counter > 0");
+    expect(ca >= c1 && c1 > 0, "the all-vectors file counts the vector-1 interrupts too");
+    expect(c0 < 0 && e0 == EAGAIN, "the vector-0 file saw nothing (EAGAIN)");
+    expect(theirs[1] > 0, "the peer saw our ring");
+  }
+  return failures ? 1 : 0;
+}
+
 static uint64_t num(const char* s) { return strtoull(s, NULL, 0); }
 
 int main(int argc, char** argv) {
@@ -438,6 +576,9 @@ int main(int argc, char** argv) {
   if (!strcmp(cmd, "bench") && argc == 5) return cmd_bench(argv[2], num(argv[3]), (unsigned)num(argv[4]));
   if (!strcmp(cmd, "gen") && argc == 4) return cmd_gen(num(argv[2]), num(argv[3]));
   if (!strcmp(cmd, "append") && argc == 3) return cmd_append(argv[2]);
+  if (!strcmp(cmd, "ring") && argc == 5) return cmd_ring(argv[2], (unsigned)num(argv[3]), (unsigned)num(argv[4]));
+  if (!strcmp(cmd, "pingpong") && argc == 7)
+    return cmd_pingpong(argv[2], (unsigned)num(argv[3]), (unsigned)num(argv[4]), num(argv[5]), (unsigned)num(argv[6]));
   fprintf(stderr, "usage: see the comment at the top of ivshm-test.c\n");
   return 64;
 }

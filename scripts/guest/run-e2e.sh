@@ -150,10 +150,10 @@ run_doorbell() {
 	# Two guests at once: vm0 on its pinned socket (id 5), vm1 on the shared
 	# socket, where its QEMU's -name (as libvirt gives it) pins id 3.
 	pid0=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -chardev socket,path=$vm0sock,id=ivsrv $dev" \
-		guest_start vm0 "$INITRD" "$shm" doorbell "5,2,44" "$WORK/doorbell-vm0.log")
+		guest_start vm0 "$INITRD" "$shm" doorbell "5,2,44,3" "$WORK/doorbell-vm0.log")
 	PIDS+=("$pid0")
 	pid1=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -name guest=vm1,debug-threads=on -chardev socket,path=$sock,id=ivsrv $dev" \
-		guest_start vm1 "$INITRD" "$shm" doorbell "3,2,44" "$WORK/doorbell-vm1.log")
+		guest_start vm1 "$INITRD" "$shm" doorbell "3,2,44,5" "$WORK/doorbell-vm1.log")
 	PIDS+=("$pid1")
 	guest_finish "$pid0" "$WORK/doorbell-vm0.log" "$TIMEOUT" || rc=1
 	guest_finish "$pid1" "$WORK/doorbell-vm1.log" "$TIMEOUT" || rc=1
