@@ -49,7 +49,7 @@ bool Filesystem::wait_cache_current(Slot& slot, uint64_t generation) {
   std::unique_lock lock(slot.cache_mutex);
   if (slot.cache_generation != generation) {
     lock.unlock();
-    watcher_.kick();
+    changes_->kick();
     lock.lock();
     // Bounded: the watcher normally answers within a tick; should it be held
     // up, the caller goes on (its reads are refused until it answered).
@@ -86,7 +86,7 @@ int Filesystem::reset_own_partition() {
   if (!writer_) return EIO;
   if (auto r = writer_->reset(); !r) return r.error().code == Errc::not_owner ? EIO : errno_of(r.error());
   lock.unlock();
-  watcher_.kick();
+  changes_->kick();
   return 0;
 }
 
@@ -239,7 +239,7 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
       refuse = slot.cache_generation != generation || std::chrono::steady_clock::now() < slot.cache_ready_at;
     }
     if (!refuse) return false;
-    watcher_.kick();
+    changes_->kick();
     spdlog::debug("read of {} at {} of {} refused: a reset the kernel may not know yet", size, offset, slot.name);
     fuse_reply_err(req, ESTALE);
     return true;

@@ -21,9 +21,9 @@ Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<Partition
       page_cache_(options.page_cache),
       mountpoint_(options.mountpoint),
       ownership_(options.ownership),
-      writer_(std::move(writer)),
-      watcher_(options.poll, [this] { return tick(); }) {
+      writer_(std::move(writer)) {
   if (writer_) self_id_ = writer_->id();
+  changes_ = make_change_source(region_, self_id_, options);
   // The kernel pins the pages of a reply: a mapping without struct pages (a
   // PCI resource file, or a /dev/ivshmN whose driver says so, see driver.md)
   // fails there with EFAULT, so such reads go through a private buffer.
@@ -106,7 +106,7 @@ void raise_readahead(const std::string& mountpoint) {
 
 void Filesystem::start(fuse_session* fuse) {
   fuse_ = fuse;
-  watcher_.start();
+  changes_->start({[this] { return tick(); }, [this] { return waited_for(); }});
 }
 
 // The kernel sets the readahead from our INIT reply once it processed it,
@@ -116,7 +116,7 @@ void Filesystem::after_init() {
 }
 
 void Filesystem::stop() noexcept {
-  watcher_.stop();
+  changes_->stop();
   fail_parked(EINTR, false, 0);
 }
 

@@ -4,8 +4,9 @@
 // a static function-try-block that forwards to a member and turns any
 // exception into an errno, so nothing escapes into libfuse.
 //
-// Threads: libfuse's worker threads run the operations; the watcher thread
-// polls the control blocks and wakes poll handles and parked follow reads; the
+// Threads: libfuse's worker threads run the operations; the change source's
+// thread (polling or doorbells, change_source.hpp) looks at the control
+// blocks and wakes poll handles and parked follow reads; the
 // writer's own thread heartbeats the claim.
 //
 // The data path (getattr, read, write, poll, follow reads, watcher ticks)
@@ -29,10 +30,10 @@
 #include <unordered_set>
 #include <vector>
 
+#include "change_source.hpp"
 #include "ivshmfs/region.hpp"
 #include "ivshmfs/writer.hpp"
 #include "options.hpp"
-#include "watcher.hpp"
 
 namespace ivshmfs::fs {
 
@@ -112,8 +113,10 @@ class Filesystem {
   static void mark_interrupted(Handle& h) noexcept;
   void fail_parked(int error, bool only_slot, uint32_t index) noexcept;
 
-  // The watcher's tick and what it does on a change.
+  // The change source's look and what it does on a change.
   bool tick();
+  // Partition ids (bits) with a poll handle or a parked follow read.
+  uint64_t waited_for();
   [[nodiscard]] bool pending_invalidation() const noexcept;
   bool has_waiters();
   void partition_changed(Slot& slot);
@@ -161,7 +164,7 @@ class Filesystem {
   std::mutex park_mutex_;
   std::unordered_map<fuse_req_t, ParkedRead> parked_;
 
-  Watcher watcher_;
+  std::unique_ptr<ChangeSource> changes_;
 };
 
 }  // namespace ivshmfs::fs

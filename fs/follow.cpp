@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Waiting for data: poll, the follow/ view (reads that park until the owner
-// appends) and the watcher's tick that notices peers' changes.
+// appends) and the look (tick) with which the change source notices peers'
+// changes.
 #include "fs_internal.hpp"
 
 #include <poll.h>
@@ -33,7 +34,7 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
     h.poll = ph;
     slot.pollers.insert(&h);
   }
-  if (ph != nullptr) watcher_.kick();  // a waiter: poll peers quickly again
+  if (ph != nullptr) changes_->kick();  // a waiter: poll peers quickly again
   unsigned revents = 0;
   if (h.kind == NodeKind::follow) {
     if (follow_has_data(h)) revents |= POLLIN | POLLRDNORM;
@@ -139,7 +140,7 @@ void Filesystem::follow_read(fuse_req_t req, Handle& h, std::size_t size) {
     if (!follow_has_data(h)) {
       it->second.parked = true;
       lock.unlock();
-      watcher_.kick();  // a waiter: poll peers quickly again
+      changes_->kick();  // a waiter: poll peers quickly again
       return;
     }
     parked_.erase(it);  // data arrived meanwhile: serve it ourselves
@@ -228,6 +229,7 @@ bool Filesystem::tick() {
       // Our own appends are not news: own_partition_changed() woke their
       // waiters already. They do not keep the watcher polling fast.
       if (!own) peer_changed = true;
+      if (own && reset) changes_->committed();  // peers following us see the reset
       partition_changed(*slot);
       // The kernel knows the size of what it wrote through us, and the write
       // dropped the old last page itself: own appends need no refresh.
@@ -298,6 +300,19 @@ bool Filesystem::pending_invalidation() const noexcept {
   return false;
 }
 
+uint64_t Filesystem::waited_for() {
+  uint64_t mask = 0;
+  {
+    std::lock_guard lock(park_mutex_);
+    for (const auto& [req, parked] : parked_) mask |= uint64_t{1} << (slots_[parked.handle->index]->info.id % 64);
+  }
+  for (auto& slot : slots_) {
+    std::lock_guard lock(slot->poll_mutex);
+    if (!slot->pollers.empty()) mask |= uint64_t{1} << (slot->info.id % 64);
+  }
+  return mask;
+}
+
 bool Filesystem::has_waiters() {
   {
     std::lock_guard lock(park_mutex_);
@@ -345,6 +360,7 @@ void Filesystem::answer_parked(uint32_t index) {
 void Filesystem::own_partition_changed() noexcept {
   if (self_index_ == kNoPartition) return;
   Slot& slot = *slots_[self_index_];
+  changes_->committed();  // peers waiting for us: ring them
   try {
     partition_changed(slot);
   } catch (const std::exception& e) {

@@ -33,6 +33,7 @@ struct RawOptions {
   char* poll_max_ms = nullptr;
   int read_only = 0;
   int page_cache = 0;
+  int nodoorbell = 0;
   std::vector<std::string>* positional = nullptr;
 };
 
@@ -53,6 +54,7 @@ const fuse_opt kOptionSpecs[] = {
     IVSHMFS_OPT("poll_min_us=%s", poll_min_us, 0),
     IVSHMFS_OPT("poll_max_ms=%s", poll_max_ms, 0),
     IVSHMFS_OPT("page_cache", page_cache, 1),
+    IVSHMFS_OPT("nodoorbell", nodoorbell, 1),
     // Also FUSE's (the kernel mounts read-only): kept for it by keep_or_collect.
     FUSE_OPT_KEY("ro", kKeyReadOnly),
     FUSE_OPT_END,
@@ -113,6 +115,7 @@ bool convert(const RawOptions& raw, Options& options) {
   options.create = raw.create != 0;
   options.read_only = raw.read_only != 0;
   options.page_cache = raw.page_cache != 0;
+  options.doorbell = raw.nodoorbell == 0;
   if (raw.size != nullptr) {
     auto size = parse_size(raw.size);
     if (!size || *size == 0) return fail("size", raw.size, "a size such as 64M or 1G");
@@ -197,8 +200,10 @@ void print_help(const char* program) {
       "    device of this system is used.\n"
       "\n"
       "IVSHMFS OPTIONS\n"
-      "    -o id=N              this peer's partition (default: from the hostname,\n"
-      "                         vmN, vmN-suffix or N_suffix)\n"
+      "    -o id=N              this peer's partition (default: on an\n"
+      "                         ivshmem-doorbell device the IVPosition the\n"
+      "                         server gave, else from the hostname, vmN,\n"
+      "                         vmN-suffix or N_suffix)\n"
       "    -o create            create and format BACKEND if it is a missing or\n"
       "                         blank host file (its whole header area zero, as\n"
       "                         a new sparse file); anything else is never\n"
@@ -215,6 +220,10 @@ void print_help(const char* program) {
       "                         20 ms after a peer's change (default 50)\n"
       "    -o poll_max_ms=N     slowest polling, reached by doubling once idle\n"
       "                         (default 50)\n"
+      "    -o nodoorbell        poll even on a device with doorbells (by default\n"
+      "                         an ivshmem-doorbell device whose IVPosition is\n"
+      "                         the partition id wakes readers by interrupts\n"
+      "                         and polls nothing; see docs/filesystem.md)\n"
       "    -o ro                a read-only peer: opens and maps BACKEND\n"
       "                         read-only (a read-only file works), mounts\n"
       "                         read-only and claims no partition (every file\n"

@@ -42,6 +42,7 @@ struct Options {
   PollBounds poll;
   bool read_only = false;   // -o ro: claim nothing, every file 0444
   bool page_cache = false;  // -o page_cache: read-only opens through the page cache (experimental)
+  bool doorbell = true;     // -o nodoorbell clears it: poll even where doorbells work
   bool foreground = false;
   bool debug = false;
   bool singlethread = false;

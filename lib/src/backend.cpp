@@ -165,8 +165,13 @@ Result<std::unique_ptr<Backend>> BackendFactory::open(std::string_view path_view
     // of two, aligned to their size).
     const bool struct_pages =
         info.info_version >= 1 ? (info.flags & IVSHM_INFO_F_PAGES) != 0 : info.bar2_size >= (uint64_t{2} << 20);
-    backend->device_ = DeviceInfo{info.bar2_size, info.ivposition, info.revision, (info.flags & IVSHM_INFO_F_MSIX) != 0,
-                                  info.vectors,   struct_pages};
+    backend->device_ = DeviceInfo{info.bar2_size,
+                                  info.ivposition,
+                                  info.revision,
+                                  (info.flags & IVSHM_INFO_F_MSIX) != 0,
+                                  info.vectors,
+                                  struct_pages,
+                                  (info.flags & IVSHM_INFO_F_DOORBELL) != 0};
     size = info.bar2_size;
   } else if (S_ISREG(st.st_mode)) {
     backend->kind_ = is_pci_resource(path) ? BackendKind::pci_resource : BackendKind::host_file;
@@ -258,6 +263,29 @@ Result<void> Backend::ensure_backed(uint64_t offset, uint64_t length) const {
       return make_error(Errc::no_space, path_ + ": " + format_size(length) + " at offset " + std::to_string(offset) +
                                             " of the region cannot be backed (is its filesystem full?)");
     }
+  }
+  return {};
+}
+
+Result<int> Backend::open_doorbell(uint16_t vector) const {
+  if (!device_ || !device_->doorbell) return make_error(Errc::invalid_argument, path_ + ": no doorbell interrupts");
+  const int fd = ::open(path_.c_str(), O_RDWR | O_CLOEXEC | O_NONBLOCK);
+  if (fd < 0) return make_sys_error(path_ + ": open");
+  const int32_t v = vector;
+  if (::ioctl(fd, IVSHM_IOC_WAIT_VECTOR, &v) != 0) {
+    auto e = make_sys_error(path_ + ": IVSHM_IOC_WAIT_VECTOR " + std::to_string(vector));
+    ::close(fd);
+    return e;
+  }
+  return fd;
+}
+
+Result<void> Backend::ring(uint16_t peer, uint16_t vector) const {
+  if (!device_ || !device_->doorbell) return make_error(Errc::invalid_argument, path_ + ": no doorbell");
+  ivshm_ring r{peer, vector, 0};
+  if (::ioctl(fd_, IVSHM_IOC_RING, &r) != 0) {
+    return make_sys_error(path_ + ": IVSHM_IOC_RING peer " + std::to_string(peer) + " vector " +
+                          std::to_string(vector));
   }
   return {};
 }

@@ -503,6 +503,22 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
   return keeps_resetting(*this, id);
 }
 
+Result<void> Region::announce_waiting(uint32_t own_id, uint64_t mask) const {
+  const PartitionInfo* p = find(own_id);
+  if (p == nullptr) return no_partition(*this, own_id);
+  if (!backend_->writable()) return make_error(Errc::invalid_argument, backend_->path() + ": mapped read-only");
+  store_relaxed(control(*p)->waiting_for, mask);
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return {};
+}
+
+uint64_t Region::waiting_for(uint32_t id) const noexcept {
+  const PartitionInfo* p = find(id);
+  if (p == nullptr) return 0;
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  return load_relaxed(control(*p)->waiting_for);
+}
+
 Result<PartitionSnapshot> Region::snapshot(uint32_t id) const {
   const PartitionInfo* p = find(id);
   if (p == nullptr) return no_partition(*this, id);

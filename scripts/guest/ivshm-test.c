@@ -192,7 +192,8 @@ static int cmd_selftest(const char* dev) {
     r.flags = 0;
     expect(rofd >= 0 && ioctl(rofd, IVSHM_IOC_RING, &r) < 0 && errno == EBADF,
            "doorbell: ring on an O_RDONLY fd -> EBADF");
-    expect(ioctl(fd, IVSHM_IOC_WAIT_VECTOR, &v) < 0 && errno == EINVAL, "doorbell: wait for vector >= vectors -> EINVAL");
+    expect(ioctl(fd, IVSHM_IOC_WAIT_VECTOR, &v) < 0 && errno == EINVAL,
+           "doorbell: wait for vector >= vectors -> EINVAL");
     v = -2;
     expect(ioctl(fd, IVSHM_IOC_WAIT_VECTOR, &v) < 0 && errno == EINVAL, "doorbell: wait for vector -2 -> EINVAL");
     v = 0;

@@ -54,6 +54,8 @@ struct DeviceInfo {
   // BAR2 has struct pages, so the kernel can pin the mapping (a FUSE reply
   // written from it); false means such calls fail with EFAULT.
   bool struct_pages = false;
+  // The driver set up the MSI-X interrupts: open_doorbell() and ring() work.
+  bool doorbell = false;
 };
 
 // A move-only owner of an open backend and its mapping.
@@ -102,6 +104,14 @@ class Backend {
   bool notice_shrink() const noexcept;
   // The error for a lost mapping (EIO or ENOSPC); logged once per backend.
   [[nodiscard]] Error loss_error() const;
+
+  // Doorbells (a device whose DeviceInfo::doorbell is set; see driver.md).
+  // A new descriptor (close-on-exec, non-blocking, the caller closes it) that
+  // polls readable when this peer's MSI-X `vector` fired since it was last
+  // read (read() takes an 8-byte counter).
+  [[nodiscard]] Result<int> open_doorbell(uint16_t vector) const;
+  // Rings MSI-X `vector` of the peer whose IVPosition is `peer`.
+  [[nodiscard]] Result<void> ring(uint16_t peer, uint16_t vector) const;
 
  private:
   Backend();

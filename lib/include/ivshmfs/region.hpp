@@ -158,6 +158,15 @@ class Region {
   // read /proc to tell whether a local owner process still runs).
   Result<PartitionStat> stat(uint32_t id, const LivenessPolicy& policy = {}) const;
 
+  // Doorbells: the owner of partition `own_id` announces in its control
+  // block's waiting_for word which partition ids it has readers waiting for
+  // (bit i: id i), then a full fence: a head loaded after it is ordered after
+  // the announcement, so a writer that committed before missed nothing.
+  [[nodiscard]] Result<void> announce_waiting(uint32_t own_id, uint64_t mask) const;
+  // After a full fence (pairing with the one above, a commit loaded before it
+  // is ordered before): what the owner of partition `id` waits for; 0 when
+  // no partition has that id.
+  [[nodiscard]] uint64_t waiting_for(uint32_t id) const noexcept;
   // For the writer and for polling: the live control block of a partition.
   // The pointer is into shared memory; access it only atomically.
   [[nodiscard]] ivshmfs_control* control(const PartitionInfo& p) const noexcept;

@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "watcher.hpp"
+#include "polling_source.hpp"
 
 #include <sys/prctl.h>
 #include <time.h>
@@ -12,21 +12,22 @@
 
 namespace ivshmfs::fs {
 
-Watcher::Watcher(PollBounds bounds, Tick tick) : bounds_(bounds), tick_(std::move(tick)) {}
+PollingSource::PollingSource(PollBounds bounds) : bounds_(bounds) {}
 
-Watcher::~Watcher() { stop(); }
+PollingSource::~PollingSource() { stop(); }
 
-void Watcher::start() {
+void PollingSource::start(ChangeListener listener) {
+  listener_ = std::move(listener);
   thread_ = std::jthread([this](const std::stop_token& stop) { run(stop); });
 }
 
-void Watcher::stop() noexcept {
+void PollingSource::stop() noexcept {
   if (!thread_.joinable()) return;
   thread_.request_stop();
   thread_.join();
 }
 
-void Watcher::kick() noexcept {
+void PollingSource::kick() noexcept {
   {
     std::lock_guard lock(mutex_);
     kicked_ = true;
@@ -34,7 +35,7 @@ void Watcher::kick() noexcept {
   wake_.notify_one();
 }
 
-void Watcher::run(const std::stop_token& stop) {
+void PollingSource::run(const std::stop_token& stop) {
   using clock = std::chrono::steady_clock;
   ::prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);  // 1 us
   // Sleeps up to this long are nanosleeps; longer ones wait on the condition
@@ -45,7 +46,7 @@ void Watcher::run(const std::stop_token& stop) {
   while (!stop.stop_requested()) {
     bool changed = false;
     try {
-      changed = tick_();
+      changed = listener_.look();
     } catch (const std::exception& e) {
       spdlog::error("watcher: {}", e.what());
     }

@@ -1,0 +1,41 @@
+// SPDX-License-Identifier: MIT
+#include "change_source.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "doorbell_source.hpp"
+#include "polling_source.hpp"
+
+namespace ivshmfs::fs {
+
+std::unique_ptr<ChangeSource> make_change_source(const std::shared_ptr<Region>& region, std::optional<uint32_t> own_id,
+                                                 const Options& options) {
+  const auto& device = region->backend().device_info();
+  const char* why = nullptr;
+  if (!device || !device->has_msix) {
+    why = "no ivshmem-doorbell device";
+  } else if (!device->doorbell) {
+    why = "the driver set up no doorbell interrupts";
+  } else if (!options.doorbell) {
+    why = "-o nodoorbell";
+  } else if (!own_id) {
+    why = "a read-only peer cannot announce what it waits for";
+  } else if (*own_id != device->ivposition) {
+    why = "the partition id differs from the IVPosition, so peers would ring another VM";
+  }
+  if (why == nullptr) {
+    auto fd = region->backend().open_doorbell(0);
+    if (fd) {
+      spdlog::info("wake-ups: doorbells (MSI-X vector 0 of IVPosition {}); no polling, a fallback look every {} s",
+                   device->ivposition, DoorbellSource::kFallback.count() / 1000);
+      return std::make_unique<DoorbellSource>(region, *own_id, *fd);
+    }
+    spdlog::warn("doorbells: {}", fd.error().message);
+    why = "the doorbell could not be opened";
+  }
+  spdlog::info("wake-ups: polling peers' control blocks every {} us to {} ms ({})", options.poll.min.count(),
+               options.poll.max.count() / 1000, why);
+  return std::make_unique<PollingSource>(options.poll);
+}
+
+}  // namespace ivshmfs::fs
