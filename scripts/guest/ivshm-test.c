@@ -26,6 +26,18 @@
  *                                       got it, and waits for its own vector 1
  *                                       with poll(); checks the counters of
  *                                       all vectors / vector 1 / vector 0
+ *   ivshm-test echo FOLLOW OUT TAG      for each line "ping TAG-X" read from
+ *                                       FOLLOW (a follow/ file) append
+ *                                       "pong TAG-X" to OUT; stop after
+ *                                       "ping TAG end"
+ *   ivshm-test ping OUT FOLLOW TAG COUNT QUIET_MS
+ *                                       COUNT times: stay quiet QUIET_MS, then
+ *                                       append "ping TAG-i" to OUT and wait for
+ *                                       "pong TAG-i" on FOLLOW; prints the
+ *                                       one-way latency (round trip / 2):
+ *                                       "latency TAG n=.. p50_us=.. p99_us=.. max_us=.."
+ *                                       (one warm-up round trip first, not
+ *                                       counted); "ping TAG end" ends the echo
  *
  * PATH may be /dev/ivshmN (size from the ioctl), a sysfs resource2 file or a
  * regular file (size from fstat). Exit status 0 means success.
@@ -563,6 +575,126 @@ static int cmd_pingpong(const char* dev, unsigned me, unsigned peer, uint64_t of
   return failures ? 1 : 0;
 }
 
+/* Appends one line with a single write(), as an application would. */
+static int append_line(const char* path, const char* line) {
+  int fd = open(path, O_WRONLY | O_APPEND);
+  size_t len = strlen(line);
+  int ok;
+
+  if (fd < 0) {
+    fprintf(stderr, "open %s: %s\n", path, strerror(errno));
+    return -1;
+  }
+  ok = write(fd, line, len) == (ssize_t)len;
+  if (!ok) fprintf(stderr, "write %s: %s\n", path, strerror(errno));
+  close(fd);
+  return ok ? 0 : -1;
+}
+
+/* Line reader over a follow/ file (reads wait for data). */
+struct lines {
+  int fd;
+  char buf[8192];
+  size_t len;
+};
+
+static int next_line(struct lines* l, char* out, size_t cap) {
+  for (;;) {
+    char* nl = memchr(l->buf, '\n', l->len);
+    ssize_t n;
+
+    if (nl) {
+      size_t k = (size_t)(nl - l->buf);
+
+      if (k >= cap) k = cap - 1;
+      memcpy(out, l->buf, k);
+      out[k] = 0;
+      l->len -= (size_t)(nl - l->buf) + 1;
+      memmove(l->buf, nl + 1, l->len);
+      return 0;
+    }
+    if (l->len == sizeof(l->buf)) l->len = 0; /* an overlong line: drop it */
+    n = read(l->fd, l->buf + l->len, sizeof(l->buf) - l->len);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return -1;
+    l->len += (size_t)n;
+  }
+}
+
+static int cmd_echo(const char* follow, const char* out, const char* tag) {
+  struct lines l = {open(follow, O_RDONLY), {0}, 0};
+  char line[256], reply[300], mine[128], end[128];
+
+  if (l.fd < 0) {
+    fprintf(stderr, "open %s: %s\n", follow, strerror(errno));
+    return 1;
+  }
+  snprintf(mine, sizeof(mine), "ping %s-", tag);
+  snprintf(end, sizeof(end), "ping %s end", tag);
+  while (next_line(&l, line, sizeof(line)) == 0) {
+    if (!strcmp(line, end)) return 0;
+    if (strncmp(line, mine, strlen(mine)) != 0) continue;
+    snprintf(reply, sizeof(reply), "pong %s\n", line + 5);
+    if (append_line(out, reply) != 0) return 1;
+  }
+  fprintf(stderr, "echo: %s ended\n", follow);
+  return 1;
+}
+
+static int cmp_double(const void* a, const void* b) {
+  double x = *(const double*)a, y = *(const double*)b;
+
+  return x < y ? -1 : x > y;
+}
+
+/* One round trip: "ping TAG-i" out, wait for "pong TAG-i"; seconds or < 0. */
+static double round_trip(struct lines* l, const char* out, const char* tag, int i) {
+  char msg[128], want[128], line[256];
+  double t0;
+
+  snprintf(msg, sizeof(msg), "ping %s-%d\n", tag, i);
+  snprintf(want, sizeof(want), "pong %s-%d", tag, i);
+  t0 = now_s();
+  if (append_line(out, msg) != 0) return -1;
+  while (next_line(l, line, sizeof(line)) == 0) {
+    if (!strcmp(line, want)) return now_s() - t0;
+  }
+  return -1;
+}
+
+static int cmd_ping(const char* out, const char* follow, const char* tag, unsigned count, unsigned quiet_ms) {
+  struct lines l = {open(follow, O_RDONLY), {0}, 0};
+  double* lat = calloc(count ? count : 1, sizeof(double));
+  char end[128];
+  unsigned i;
+
+  if (l.fd < 0 || !lat) {
+    fprintf(stderr, "open %s: %s\n", follow, strerror(errno));
+    return 1;
+  }
+  if (round_trip(&l, out, tag, -1) < 0) return 1; /* warm-up: the echo may start late */
+  for (i = 0; i < count; i++) {
+    struct timespec q = {quiet_ms / 1000, (long)(quiet_ms % 1000) * 1000000L};
+    double rt;
+
+    nanosleep(&q, NULL);
+    rt = round_trip(&l, out, tag, (int)i);
+    if (rt < 0) {
+      fprintf(stderr, "ping: %s ended before pong %s-%u\n", follow, tag, i);
+      return 1;
+    }
+    lat[i] = rt / 2 * 1e6;
+  }
+  snprintf(end, sizeof(end), "ping %s end\n", tag);
+  if (append_line(out, end) != 0) return 1;
+  qsort(lat, count, sizeof(double), cmp_double);
+  printf("latency %s n=%u p50_us=%.0f p99_us=%.0f max_us=%.0f\n", tag, count, count ? lat[count / 2] : 0.0,
+         count ? lat[(count * 99) / 100 < count ? (count * 99) / 100 : count - 1] : 0.0,
+         count ? lat[count - 1] : 0.0);
+  free(lat);
+  return 0;
+}
+
 static uint64_t num(const char* s) { return strtoull(s, NULL, 0); }
 
 int main(int argc, char** argv) {
@@ -578,6 +710,9 @@ int main(int argc, char** argv) {
   if (!strcmp(cmd, "gen") && argc == 4) return cmd_gen(num(argv[2]), num(argv[3]));
   if (!strcmp(cmd, "append") && argc == 3) return cmd_append(argv[2]);
   if (!strcmp(cmd, "ring") && argc == 5) return cmd_ring(argv[2], (unsigned)num(argv[3]), (unsigned)num(argv[4]));
+  if (!strcmp(cmd, "echo") && argc == 5) return cmd_echo(argv[2], argv[3], argv[4]);
+  if (!strcmp(cmd, "ping") && argc == 7)
+    return cmd_ping(argv[2], argv[3], argv[4], (unsigned)num(argv[5]), (unsigned)num(argv[6]));
   if (!strcmp(cmd, "pingpong") && argc == 7)
     return cmd_pingpong(argv[2], (unsigned)num(argv[3]), (unsigned)num(argv[4]), num(argv[5]), (unsigned)num(argv[6]));
   fprintf(stderr, "usage: see the comment at the top of ivshm-test.c\n");

@@ -3,10 +3,15 @@
 # vector count, IVPosition = the id the server gave, the region readable.
 # With OTHER (the other guest's id, both running): the interrupt interface's
 # argument checks, each guest rings the other's vector 1 and wakes on its own,
-# and no interrupt arrives while idle.
-# Arguments: PEER_ID VECTORS SEED [OTHER]
+# and no interrupt arrives while idle. Then ivshmfs on the doorbell device in
+# both guests (ids from IVPosition): the guest with the higher id sends
+# PINGS messages, each after QUIET_MS of quiet, to a follow/ reader in the
+# other, which answers; first with doorbells, then with -o nodoorbell
+# (polling). Latencies are printed as IVSHM-BENCH lines; a parked follow/
+# reader gets no interrupt while nothing is written.
+# Arguments: PEER_ID VECTORS SEED [OTHER [PINGS QUIET_MS]]
 . /scenarios/common.sh
-ID=$1 VEC=$2 SEED=$3 OTHER=${4:-}
+ID=$1 VEC=$2 SEED=$3 OTHER=${4:-} PINGS=${5:-20} QUIET=${6:-300}
 DEV=/dev/ivshm1 SYS=/sys/class/misc/ivshm1
 check doorbell-devnode test -c $DEV
 INFO=$(ivshm-test info $DEV 2>&1)
@@ -42,4 +47,67 @@ if [ -n "$OTHER" ]; then
 	check doorbell-idle-no-interrupts test "$(irqs 0)/$(irqs 1)" = "$i0/$i1"
 fi
 dmesg | grep ivshm | sed 's/^/IVSHM-INFO dmesg: /'
+# ---- ivshmfs over the doorbell device ----
+MNT=/mnt/ivshm
+# fs_mount TAG [OPTIONS]: mount, with the daemon's start-up lines in /tmp/fs-TAG.log
+fs_mount() {
+	_tag=$1
+	shift
+	if ivshmfs "$@" $DEV $MNT > /tmp/fs-$_tag.log 2>&1 && wait_until 10 is_mounted $MNT; then
+		pass "fs-mount-$_tag"
+	else
+		fail "fs-mount-$_tag $(tail -n 3 /tmp/fs-$_tag.log | tr '\n' ' ')"
+		return 1
+	fi
+	sed "s/^/IVSHM-INFO fs-$_tag: /" /tmp/fs-$_tag.log
+}
+fs_umount() { umount $MNT || umount -l $MNT; }
+if [ -n "$OTHER" ] && command -v ivshmfs >/dev/null && command -v ivshmctl >/dev/null; then
+	mkdir -p $MNT
+	# The other guest may still look at its pingpong slot for 0.2 s.
+	sleep 1
+	if [ "$ID" -lt "$OTHER" ]; then
+		check fs-format ivshmctl format --force --partitions $((OTHER + 1)) $DEV
+	else
+		check fs-formatted wait_until 60 ivshmctl status $DEV
+	fi
+	for round in doorbell poll; do
+		opts=
+		[ $round = poll ] && opts="-o nodoorbell"
+		# shellcheck disable=SC2086
+		fs_mount $round $opts || break
+		check "fs-$round-id-from-ivposition" grep -q "peer id $ID (from IVPosition register)" /tmp/fs-$round.log
+		if [ $round = doorbell ]; then
+			check fs-doorbell-wakeups grep -q "wake-ups: doorbells" /tmp/fs-$round.log
+		else
+			check fs-poll-wakeups grep -q "wake-ups: polling .*-o nodoorbell" /tmp/fs-$round.log
+		fi
+		if [ "$ID" -lt "$OTHER" ]; then
+			check "fs-$round-echo" ivshm-test echo $MNT/follow/vm$OTHER $MNT/vm$ID $round
+		else
+			i0=$(irqs 0)
+			out=$(ivshm-test ping $MNT/vm$ID $MNT/follow/vm$OTHER $round "$PINGS" "$QUIET" 2>&1) &&
+				pass "fs-$round-ping" || fail "fs-$round-ping $out"
+			echo "$out" | sed "s/^/IVSHM-BENCH guest-guest /"
+			info "ivshm1-0 interrupts during the $round pings: $i0 -> $(irqs 0)"
+			if [ $round = doorbell ]; then
+				check fs-doorbell-interrupted test "$(irqs 0)" -gt "$i0"
+				# Idle: a follow/ reader parked on the other's partition, the
+				# other writes nothing: no interrupt arrives.
+				cat $MNT/follow/vm$OTHER > /dev/null &
+				CAT=$!
+				sleep 1
+				i0=$(irqs 0)
+				sleep 3
+				info "idle 3 s with a parked follow/ reader: ivshm1-0 $i0 -> $(irqs 0)"
+				check fs-idle-reader-no-interrupts test "$(irqs 0)" = "$i0"
+				kill $CAT 2>/dev/null
+				wait $CAT 2>/dev/null
+			fi
+		fi
+		fs_umount
+	done
+fi
+dmesg | grep -iE 'BUG:|Oops|WARNING:' | sed 's/^/IVSHM-INFO dmesg: /'
+check no-kernel-warnings sh -c "! dmesg | grep -qiE 'BUG:|Oops|WARNING:|general protection'"
 finish
