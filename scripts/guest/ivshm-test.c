@@ -19,6 +19,8 @@
  *   ivshm-test append PATH              append stdin to PATH; print errno name
  *                                       and exit 1 on failure
  *   ivshm-test ring DEV PEER VECTOR     IVSHM_IOC_RING once
+ *   ivshm-test waitread DEV             print "waiting", then one blocking
+ *                                       read(); print its result or errno name
  *   ivshm-test pingpong DEV ME PEER OFF SECONDS
  *                                       two doorbell guests: each marks itself
  *                                       ready in the region at OFF, rings the
@@ -495,6 +497,26 @@ static int cmd_ring(const char* dev, unsigned peer, unsigned vector) {
   return 0;
 }
 
+static int cmd_waitread(const char* dev) {
+  uint64_t c;
+  ssize_t n;
+  int fd = open(dev, O_RDONLY);
+
+  if (fd < 0) {
+    fprintf(stderr, "open %s: %s\n", dev, strerror(errno));
+    return 1;
+  }
+  printf("waiting\n");
+  fflush(stdout);
+  n = read(fd, &c, sizeof(c));
+  if (n < 0)
+    printf("%s\n", strerrorname_np(errno));
+  else
+    printf("counter %" PRIu64 "\n", c);
+  close(fd);
+  return 0;
+}
+
 static double now_s(void) {
   struct timespec ts;
 
@@ -709,6 +731,7 @@ int main(int argc, char** argv) {
   if (!strcmp(cmd, "bench") && argc == 5) return cmd_bench(argv[2], num(argv[3]), (unsigned)num(argv[4]));
   if (!strcmp(cmd, "gen") && argc == 4) return cmd_gen(num(argv[2]), num(argv[3]));
   if (!strcmp(cmd, "append") && argc == 3) return cmd_append(argv[2]);
+  if (!strcmp(cmd, "waitread") && argc == 3) return cmd_waitread(argv[2]);
   if (!strcmp(cmd, "ring") && argc == 5) return cmd_ring(argv[2], (unsigned)num(argv[3]), (unsigned)num(argv[4]));
   if (!strcmp(cmd, "echo") && argc == 5) return cmd_echo(argv[2], argv[3], argv[4]);
   if (!strcmp(cmd, "ping") && argc == 7)

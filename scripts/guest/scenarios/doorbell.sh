@@ -47,6 +47,26 @@ if [ -n "$OTHER" ]; then
 	check doorbell-idle-no-interrupts test "$(irqs 0)/$(irqs 1)" = "$i0/$i1"
 fi
 dmesg | grep ivshm | sed 's/^/IVSHM-INFO dmesg: /'
+# Alone (the restarted guest): a reader blocked in read() when the device is
+# unbound wakes with ENODEV; ringing ourselves wakes a reader.
+if [ -z "$OTHER" ]; then
+	ivshm-test waitread $DEV > /tmp/wr.out 2>&1 &
+	WR=$!
+	wait_until 10 grep -q waiting /tmp/wr.out
+	check doorbell-ring-self ivshm-test ring $DEV "$ID" 0
+	wait $WR
+	check doorbell-self-ring-wakes-reader grep -q '^counter [1-9]' /tmp/wr.out
+	ivshm-test waitread $DEV > /tmp/wr.out 2>&1 &
+	WR=$!
+	wait_until 10 grep -q waiting /tmp/wr.out
+	BDF=$(ivshm_bdf 1)
+	check doorbell-unbind-with-reader sh -c "echo $BDF > /sys/bus/pci/drivers/ivshm/unbind"
+	wait $WR
+	check doorbell-unbind-wakes-reader-enodev grep -q '^ENODEV' /tmp/wr.out
+	check doorbell-rebind sh -c "echo $BDF > /sys/bus/pci/drivers/ivshm/bind"
+	check doorbell-devnode-back wait_until 10 test -c $DEV
+	check doorbell-irqs-after-rebind sh -c "grep -q 'ivshm1-0\$' /proc/interrupts"
+fi
 # ---- ivshmfs over the doorbell device ----
 MNT=/mnt/ivshm
 # fs_mount TAG [OPTIONS]: mount, with the daemon's start-up lines in /tmp/fs-TAG.log
