@@ -523,5 +523,26 @@ TEST_F(ReadWriteTest, ReleasedWriterCannotWrite) {
   writer_->release();  // twice is harmless
 }
 
+// Doorbells: what an owner waits for is a word of its own control block,
+// seen by every peer; the region refuses it for a partition it lacks and on
+// a read-only mapping. A host file has no doorbell to open or ring.
+TEST_F(ReadWriteTest, WaitingForIsTheOwnersWordAndSeenByPeers) {
+  EXPECT_EQ(region_->waiting_for(1), 0u) << "a formatted region waits for nothing";
+  ASSERT_TRUE(region_->announce_waiting(1, (uint64_t{1} << 0) | (uint64_t{1} << 3)).ok());
+  auto reader = open_region(file_.path(), false);
+  ASSERT_NE(reader, nullptr);
+  EXPECT_EQ(reader->waiting_for(1), 0b1001u) << "another view of the region sees the announcement";
+  EXPECT_EQ(reader->waiting_for(0), 0u) << "other control blocks are untouched";
+  EXPECT_EQ(peek(region_->control(*region_->find(1))->waiting_for), 0b1001u) << "word 120 of the control block";
+  EXPECT_FALSE(reader->announce_waiting(1, 1).ok()) << "a read-only mapping cannot announce";
+  EXPECT_FALSE(region_->announce_waiting(kPartitions + 7, 1).ok()) << "no such partition";
+  EXPECT_EQ(region_->waiting_for(kPartitions + 7), 0u);
+  ASSERT_TRUE(region_->announce_waiting(1, 0).ok());
+  EXPECT_EQ(reader->waiting_for(1), 0u) << "cleared when nobody waits";
+  EXPECT_EQ(read_at(0, 16), "") << "announcing writes no data";
+  EXPECT_FALSE(region_->backend().open_doorbell(0).ok()) << "a host file has no doorbell";
+  EXPECT_FALSE(region_->backend().ring(0, 0).ok()) << "a host file has no doorbell";
+}
+
 }  // namespace
 }  // namespace ivshmfs::test

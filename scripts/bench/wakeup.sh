@@ -1,0 +1,91 @@
+#!/bin/bash
+# Wake-up latency of sporadic messages (issue 11): one small message after a
+# quiet period, many times; a reader on follow/ answers, and the one-way
+# latency (round trip / 2, so no clocks of two systems are compared) is
+# reported as p50/p99/max, in one run:
+#   host-host    two ivshmfs mounts of one /dev/shm file (polling: a host
+#                peer has no doorbell)
+#   guest-guest  two TCG guests with ivshmem-doorbell devices served by
+#                ivshm-server (scripts/guest/run-e2e.sh --mode doorbell),
+#                with doorbells and with -o nodoorbell (polling)
+#
+#   scripts/bench/wakeup.sh [--quick] BUILD_DIR
+#
+# --quick: 10 messages after 0.3 s of quiet; default: 50 after 1 s. Needs
+# root, /dev/fuse, BUILD_DIR/fs/ivshmfs, ivshmctl and server/ivshm-server;
+# the guest part needs what the guest harness needs (it installs it). Figures
+# are printed, never judged: the exit status is non-zero only when a part
+# fails to run.
+set -u -o pipefail
+
+quick=0
+build=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) quick=1 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -*) echo "wakeup.sh: unknown option $1" >&2; exit 2 ;;
+    *) build="$1" ;;
+  esac
+  shift
+done
+[ -n "$build" ] || { echo "usage: wakeup.sh [--quick] BUILD_DIR" >&2; exit 2; }
+build=$(realpath "$build")
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+if [ $quick = 1 ]; then count=10 quiet=300; else count=50 quiet=1000; fi
+
+work=$(mktemp -d)
+shm=/dev/shm/ivshmfs-wakeup-$$
+m0=$work/m0 m1=$work/m1
+echo_pid=""
+cleanup() {
+  [ -n "$echo_pid" ] && kill "$echo_pid" 2>/dev/null
+  for m in "$m0" "$m1"; do mountpoint -q "$m" && { umount "$m" || umount -l "$m"; }; done
+  rm -f "$shm"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+rc=0
+results=()
+cc -O2 -Wall -Wextra -I "$repo/kernel/uapi" -o "$work/ivshm-test" "$repo/scripts/guest/ivshm-test.c" ||
+  { echo "wakeup.sh: building ivshm-test failed" >&2; exit 1; }
+
+# ---- host <-> host ----
+mkdir -p "$m0" "$m1"
+truncate -s 4M "$shm"
+if "$build/tools/ivshmctl" format --partitions 2 "$shm" >/dev/null &&
+   "$build/fs/ivshmfs" -o id=0 "$shm" "$m0" 2>/dev/null && "$build/fs/ivshmfs" -o id=1 "$shm" "$m1" 2>/dev/null; then
+  "$work/ivshm-test" echo "$m1/follow/vm0" "$m1/vm1" hh &
+  echo_pid=$!
+  if line=$(timeout $((count * (quiet + 1000) / 1000 + 60)) "$work/ivshm-test" ping "$m0/vm0" "$m0/follow/vm1" hh "$count" "$quiet"); then
+    results+=("host-host polling: ${line#latency hh }")
+  else
+    echo "wakeup.sh: host-host run failed" >&2
+    rc=1
+  fi
+  wait "$echo_pid" 2>/dev/null
+  echo_pid=""
+else
+  echo "wakeup.sh: could not mount two views of $shm" >&2
+  rc=1
+fi
+results+=("host-host doorbells: not available (a host peer has no doorbell; see docs/benchmarks.md)")
+
+# ---- guest <-> guest ----
+glog=$work/guest.log
+if DOORBELL_PINGS=$count DOORBELL_QUIET_MS=$quiet GUEST_TIMEOUT=$((count * quiet * 3 / 1000 + 240)) \
+   "$repo/scripts/guest/run-e2e.sh" --mode doorbell "$build" >"$glog" 2>&1; then
+  while read -r _ _ tag rest; do
+    results+=("guest-guest ${tag/poll/polling}: $rest")
+  done < <(grep '^guest-guest latency ' "$glog")
+else
+  echo "wakeup.sh: the guest part failed; its log:" >&2
+  tail -n 40 "$glog" >&2
+  rc=1
+fi
+
+echo "one small message after ${quiet} ms of quiet, ${count} times; one-way latency (round trip / 2) in microseconds"
+for r in "${results[@]}"; do echo "  $r"; done
+exit $rc
