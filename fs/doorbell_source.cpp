@@ -114,6 +114,9 @@ std::chrono::nanoseconds DoorbellSource::ring_deferred() noexcept {
 }
 
 void DoorbellSource::announce(uint64_t mask) noexcept {
+  // A region formatted anew is no longer ours to write (the filesystem went
+  // stale): its control block may belong to a new owner.
+  if (!region_->check_format()) return;
   if (auto r = region_->announce_waiting(own_id_, mask); !r) {
     if (!announce_failed_logged_) spdlog::error("doorbells: announcing what we wait for: {}", r.error().message);
     announce_failed_logged_ = true;
