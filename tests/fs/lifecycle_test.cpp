@@ -191,6 +191,21 @@ TEST_F(Lifecycle, ThePeerIdComesFromTheHostnameWithoutDashOId) {
   EXPECT_NE(nameless.log().find("pass -o id=N"), std::string::npos) << nameless.log();
 }
 
+// A host file has no doorbell: the daemon polls, and says so and why, with
+// or without -o nodoorbell (doorbells are tested in guests: guest_doorbell).
+TEST_F(Lifecycle, OnAHostFileTheDaemonSaysItPolls) {
+  for (const std::vector<std::string>& more : {std::vector<std::string>{}, std::vector<std::string>{"nodoorbell"}}) {
+    Daemon d({region_.path(), dir_a_.path(), 0, more});
+    ASSERT_TRUE(d.start()) << d.log();
+    const std::string log = d.log();
+    const auto line = log.find("wake-ups: polling peers' control blocks every ");
+    EXPECT_NE(line, std::string::npos) << log;
+    EXPECT_NE(log.find("(no ivshmem-doorbell device)", line == std::string::npos ? 0 : line), std::string::npos) << log;
+    EXPECT_EQ(log.find("wake-ups: doorbells"), std::string::npos) << log;
+    d.stop();
+  }
+}
+
 TEST_F(Lifecycle, WithoutABackendTheMessageSaysWhatToPass) {
   if (find_default_backend()) GTEST_SKIP() << "skipped: this system has an ivshmem device";
   Daemon d({"", dir_a_.path(), 0, {}});
@@ -219,7 +234,7 @@ TEST_F(Lifecycle, HelpAndVersion) {
   EXPECT_EQ(run_program({IVSHMFS_PATH, "--help"}, log), 0);
   const std::string help = read_text(log);
   for (const char* option : {"id=N", "create", "size=SIZE", "partitions=N", "log=LEVEL",
-                             "uid=", "gid=", "umask=", "poll_min_us=", "poll_max_ms=", "allow_other"}) {
+                             "uid=", "gid=", "umask=", "poll_min_us=", "poll_max_ms=", "nodoorbell", "allow_other"}) {
     EXPECT_NE(help.find(option), std::string::npos) << option;
   }
   ::unlink(log.c_str());
