@@ -711,8 +711,7 @@ static int cmd_ping(const char* out, const char* follow, const char* tag, unsign
   if (append_line(out, end) != 0) return 1;
   qsort(lat, count, sizeof(double), cmp_double);
   printf("latency %s n=%u p50_us=%.0f p99_us=%.0f max_us=%.0f\n", tag, count, count ? lat[count / 2] : 0.0,
-         count ? lat[(count * 99) / 100 < count ? (count * 99) / 100 : count - 1] : 0.0,
-         count ? lat[count - 1] : 0.0);
+         count ? lat[(count * 99) / 100 < count ? (count * 99) / 100 : count - 1] : 0.0, count ? lat[count - 1] : 0.0);
   free(lat);
   return 0;
 }
