@@ -128,6 +128,7 @@ if [ -n "$OTHER" ] && command -v ivshmfs >/dev/null && command -v ivshmctl >/dev
 		fs_umount
 	done
 fi
-dmesg | grep -iE 'BUG:|Oops|WARNING:' | sed 's/^/IVSHM-INFO dmesg: /'
-check no-kernel-warnings sh -c "! dmesg | grep -qiE 'BUG:|Oops|WARNING:|general protection'"
+dmesg | grep -E 'BUG:|Oops|WARNING:|general protection' | sed 's/^/IVSHM-INFO dmesg: /'
+# Case-sensitive: "..MP-BIOS bug: 8254 timer ..." is a firmware note under TCG.
+check no-kernel-warnings sh -c "! dmesg | grep -qE 'BUG:|Oops|WARNING:|general protection'"
 finish
