@@ -146,5 +146,5 @@ else
 fi
 
 dmesg | grep -iE 'bug|oops|warning|ivshm' | sed 's/^/IVSHM-INFO dmesg: /'
-check no-kernel-warnings sh -c "! dmesg | grep -qiE 'BUG:|Oops|WARNING:|general protection'"
+check no-kernel-warnings sh -c "! dmesg | grep -qE 'BUG:|Oops|WARNING:|general protection'"
 finish
