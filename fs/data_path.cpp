@@ -194,8 +194,8 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!handle->writable && may_cache(node)) {
     // Pages cached before the backing file shrank would keep being served
     // from the kernel without a request reaching us: ask the file first.
-    if (region_->backend().notice_shrink()) {
-      fuse_reply_err(req, errno_of(region_->backend().loss_error()));
+    if (region_->notice_shrink()) {
+      fuse_reply_err(req, errno_of(region_->loss_error()));
       return;
     }
     handle->cached = true;
@@ -414,13 +414,12 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
   append.unlock();
   lock.unlock();
   if (n == 0) {  // nothing was published: the mapping lost its backing, or the claim was taken over
-    if (region_->backend().mapping_lost()) {
-      fuse_reply_err(req, errno_of(region_->backend().loss_error()));
+    if (region_->mapping_lost()) {
+      fuse_reply_err(req, errno_of(region_->loss_error()));
       return;
     }
     if (!lost_claim_logged_.exchange(true)) {
-      spdlog::error("{}: partition {}: the claim was taken over during a write", region_->backend().path(),
-                    self_id_.value_or(0));
+      spdlog::error("{}: partition {}: the claim was taken over during a write", region_->path(), self_id_.value_or(0));
     }
     fuse_reply_err(req, EIO);
     return;

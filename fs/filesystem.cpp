@@ -27,9 +27,10 @@ Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<Partition
   // The kernel pins the pages of a reply: a mapping without struct pages (a
   // PCI resource file, or a /dev/ivshmN whose driver says so, see driver.md)
   // fails there with EFAULT, so such reads go through a private buffer.
-  const Backend& backend = region_->backend();
-  copy_own_reads_ =
-      backend.kind() == BackendKind::pci_resource || (backend.device_info() && !backend.device_info()->struct_pages);
+  for (const Backend* backend : region_->backends()) {
+    copy_own_reads_ = copy_own_reads_ || backend->kind() == BackendKind::pci_resource ||
+                      (backend->device_info() && !backend->device_info()->struct_pages);
+  }
   for (const PartitionInfo& p : region_->partitions()) {
     auto slot = std::make_unique<Slot>();
     slot->info = p;

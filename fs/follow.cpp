@@ -198,7 +198,7 @@ bool Filesystem::tick() {
   constexpr auto kShrinkCheckEvery = std::chrono::milliseconds(100);
   if (const auto t = std::chrono::steady_clock::now(); t - last_shrink_check_ >= kShrinkCheckEvery) {
     last_shrink_check_ = t;
-    region_->backend().notice_shrink();
+    region_->notice_shrink();
   }
   if (auto r = region_->check_format(); !r) {
     go_stale(r.error().message);

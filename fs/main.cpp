@@ -42,6 +42,10 @@ Result<std::shared_ptr<Region>> open_region(const Options& options, const std::s
   open_options.create = options.create;
   open_options.create_size = options.create_size;
   open_options.create_partitions = options.partitions;
+  // A split region: only this peer's piece is opened read-write.
+  if (!options.read_only) {
+    if (auto identity = resolve_peer_id(options.id, nullptr)) open_options.own_id = identity->id;
+  }
   return Region::open_path(path, open_options);
 }
 
@@ -114,9 +118,15 @@ int serve(fuse_args& args, const Options& options, Detacher& detacher) {
     if (region.error().code == Errc::not_formatted) spdlog::error("format it with ivshmctl, or pass -o create");
     return 1;
   }
-  const Backend& backend = (*region)->backend();
-  spdlog::info("{}: {} region, {}, {} partitions, format id {:#018x}", path, to_string(backend.kind()),
-               format_size(backend.size()), (*region)->info().partition_count, (*region)->info().format_id);
+  const Backend& backend = *(*region)->backends().front();
+  if ((*region)->split()) {
+    spdlog::info("{}: split region of {} {} pieces, {}, {} partitions present, format id {:#018x}", path,
+                 (*region)->info().split_pieces, to_string(backend.kind()), format_size((*region)->info().region_size),
+                 (*region)->info().partition_count, (*region)->info().format_id);
+  } else {
+    spdlog::info("{}: {} region, {}, {} partitions, format id {:#018x}", path, to_string(backend.kind()),
+                 format_size(backend.size()), (*region)->info().partition_count, (*region)->info().format_id);
+  }
 
   std::unique_ptr<PartitionWriter> writer;
   if (options.read_only) {

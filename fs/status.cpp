@@ -26,7 +26,7 @@ std::string format_status(const Region& region, std::optional<uint32_t> self_id,
   std::string out = fmt::format(
       "region backend={} kind={} size={} version={} format_id={:#018x} format_time_ns={} partitions={} self={} "
       "state={}\n",
-      field(region.backend().path()), field(to_string(region.backend().kind())), info.region_size, info.version,
+      field(region.path()), field(to_string(region.backends().front()->kind())), info.region_size, info.version,
       info.format_id, info.format_time_ns, info.partition_count,
       self_id ? std::to_string(*self_id) : std::string("none"), stale ? "reformatted" : "ok");
   if (stale) return out;  // the partition table we hold no longer describes the region

@@ -2,6 +2,8 @@
 // ivshmctl: format, inspect, read, write and reset an ivshmfs region.
 #include <getopt.h>
 #include <unistd.h>
+#include <climits>
+#include <cstdlib>
 
 #include <cerrno>
 #include <cinttypes>
@@ -31,12 +33,15 @@ const char* const kUsage =
     "Usage: ivshmctl COMMAND [OPTIONS] [BACKEND] [ID]\n"
     "\n"
     "Administer an ivshmfs shared region. BACKEND is a host file (e.g. /dev/shm/ivshm),\n"
-    "an ivshm device (/dev/ivshm0) or a PCI resource file (.../resource2). Left out,\n"
+    "an ivshm device (/dev/ivshm0) or a PCI resource file (.../resource2), or the PREFIX\n"
+    "of a split region (one file per partition: PREFIX.vm0, PREFIX.vm1, ...). Left out,\n"
     "it is the first ivshmem device: /dev/ivshmN, else the first 1af4:1110 resource2.\n"
     "\n"
     "Commands:\n"
     "  format [--size SIZE] [--partitions N] [--force] BACKEND\n"
     "                         lay out a fresh region (every partition empty)\n"
+    "  format --split --size SIZE [--partitions N] [--force] PREFIX\n"
+    "                         lay out a split region: PREFIX.vm0 .. PREFIX.vm{N-1}\n"
     "  status [--json] BACKEND\n"
     "                         show the layout and every partition's owner and length\n"
     "  read BACKEND ID        write partition ID's committed bytes to stdout\n"
@@ -44,6 +49,8 @@ const char* const kUsage =
     "                         append stdin to partition ID\n"
     "  reset [--force] BACKEND ID\n"
     "                         truncate partition ID to zero bytes\n"
+    "  qemu-args [--libvirt] [--bridge] --peer K BACKEND\n"
+    "                         print the QEMU options attaching the region to VM K\n"
     "\n"
     "Run 'ivshmctl COMMAND --help' for a command's options.\n"
     "Exit status: 0 on success, 1 on error, 2 on a usage error.\n";
@@ -83,7 +90,11 @@ struct Args {
   std::vector<std::string> positional;
   std::optional<std::string> size;
   std::optional<std::string> partitions;
+  std::optional<std::string> peer;
   bool force = false;
+  bool split = false;
+  bool libvirt = false;
+  bool bridge = false;
   bool json = false;
   bool help = false;
 };
@@ -93,7 +104,7 @@ std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::str
   Args args;
   std::vector<option> longopts;
   for (const auto& name : allowed) {
-    const bool has_value = name == "size" || name == "partitions";
+    const bool has_value = name == "size" || name == "partitions" || name == "peer";
     longopts.push_back({name.c_str(), has_value ? required_argument : no_argument, nullptr, 0});
   }
   longopts.push_back({"help", no_argument, nullptr, 'h'});
@@ -117,14 +128,22 @@ std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::str
     if (name == "partitions") args.partitions = optarg;
     if (name == "force") args.force = true;
     if (name == "json") args.json = true;
+    if (name == "split") args.split = true;
+    if (name == "libvirt") args.libvirt = true;
+    if (name == "bridge") args.bridge = true;
+    if (name == "peer") args.peer = optarg;
   }
   for (int i = optind; i < argc; ++i) args.positional.emplace_back(argv[i]);
   return args;
 }
 
-Result<std::shared_ptr<Region>> open_region(const std::string& path, bool writable) {
+// `own` names the one partition to write: in a split region only its piece
+// is opened read-write.
+Result<std::shared_ptr<Region>> open_region(const std::string& path, bool writable,
+                                            std::optional<uint32_t> own = std::nullopt) {
   RegionOpenOptions options;
   options.writable = writable;
+  options.own_id = own;
   return Region::open_path(path, options);
 }
 
@@ -137,9 +156,45 @@ void show_progress(uint64_t done, uint64_t total) {
   if (done == total) std::fputc('\n', stderr);
 }
 
+int cmd_format_split(const Args& args, uint32_t partitions) {
+  const std::string& prefix = args.positional[0];
+  if (!args.size) return usage_error("format --split needs --size SIZE (the size of each piece, a power of two)");
+  auto size = parse_size(*args.size);
+  if (!size) return usage_error(size.error().message);
+  if ((*size & (*size - 1)) != 0 || *size < 2 * IVSHMFS_PAGE_SIZE) {
+    return usage_error("--size " + *args.size +
+                       " is not a power of two of at least 8K: each piece becomes a PCI BAR, " +
+                       "whose size is a power of two (e.g. --size 1M)");
+  }
+  if (auto r = Region::format_split(prefix, partitions, *size, args.force); !r) return fail(r.error());
+  auto region = open_region(prefix, false);
+  if (!region) return fail(region.error());
+  std::printf("formatted split region %s: %u pieces %s.vm0 .. %s.vm%u of %s, each one partition of %s\n",
+              prefix.c_str(), partitions, prefix.c_str(), prefix.c_str(), partitions - 1, format_size(*size).c_str(),
+              format_size((*region)->partitions().front().capacity).c_str());
+  return 0;
+}
+
 int cmd_format(const Args& args) {
   if (args.positional.size() != 1) return usage_error("format takes one BACKEND");
   const std::string& path = args.positional[0];
+  if (args.split) {
+    uint32_t partitions = 4;
+    if (args.partitions) {
+      auto n = parse_id(args.partitions->c_str());
+      if (!n || *n == 0 || *n > IVSHMFS_MAX_PARTITIONS) {
+        return usage_error("--partitions '" + *args.partitions + "' is not a number from 1 to " +
+                           std::to_string(IVSHMFS_MAX_PARTITIONS));
+      }
+      partitions = *n;
+    }
+    return cmd_format_split(args, partitions);
+  }
+  if (Region::is_split_prefix(path)) {
+    return fail(make_error(Errc::invalid_argument, path + ": is the prefix of a split region (" +
+                                                       split_piece_path(path, 0) +
+                                                       ", ...): format it again with --split"));
+  }
   FormatOptions format;
   format.force = args.force;
   if (args.partitions) {
@@ -226,28 +281,33 @@ int cmd_status(const Args& args) {
   if (args.json) {
     std::printf("{\"backend\":\"%s\",\"kind\":\"%s\",\"version\":%u,\"region_size\":%" PRIu64
                 ",\"format_id\":\"%016" PRIx64 "\",\"format_time_ns\":%" PRIu64
-                ",\"partition_count\":%u,\"partitions\":[",
-                json_escape(r.backend().path()).c_str(), to_string(r.backend().kind()), info.version, info.region_size,
-                info.format_id, info.format_time_ns, info.partition_count);
+                ",\"partition_count\":%u,\"split_pieces\":%u,\"partitions\":[",
+                json_escape(r.path()).c_str(), to_string(r.backends().front()->kind()), info.version, info.region_size,
+                info.format_id, info.format_time_ns, info.partition_count, info.split_pieces);
     for (std::size_t i = 0; i < stats.size(); ++i) {
       const PartitionStat& s = stats[i];
-      std::printf("%s{\"id\":%u,\"claimed\":%s,\"alive\":%s,\"owner_pid\":%" PRIu64
-                  ",\"owner_local\":%s,"
-                  "\"owner_since_ns\":%" PRIu64 ",\"owner_heartbeat_ns\":%" PRIu64 ",\"length\":%" PRIu64
-                  ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64 ",\"free\":%" PRIu64
-                  ",\"fenced\":%" PRIu64 ",\"head\":%" PRIu64 ",\"base\":%" PRIu64 ",\"mid_reset\":%s}",
-                  i == 0 ? "" : ",", s.id, s.claimed ? "true" : "false", s.alive ? "true" : "false",
-                  s.claimed ? s.owner_pid : 0, s.claimed && s.owner_local ? "true" : "false",
-                  s.claimed ? s.owner_since_ns : 0, s.claimed ? s.owner_heartbeat_ns : 0, s.length, s.capacity,
-                  s.generation, s.last_write_ns, s.free, s.fenced, s.head, s.base, mid_reset[i] ? "true" : "false");
+      std::printf(
+          "%s{\"id\":%u,\"claimed\":%s,\"alive\":%s,\"owner_pid\":%" PRIu64
+          ",\"owner_local\":%s,"
+          "\"owner_since_ns\":%" PRIu64 ",\"owner_heartbeat_ns\":%" PRIu64 ",\"length\":%" PRIu64
+          ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64 ",\"free\":%" PRIu64
+          ",\"fenced\":%" PRIu64 ",\"head\":%" PRIu64 ",\"base\":%" PRIu64 ",\"mid_reset\":%s,\"backend\":\"%s\"}",
+          i == 0 ? "" : ",", s.id, s.claimed ? "true" : "false", s.alive ? "true" : "false",
+          s.claimed ? s.owner_pid : 0, s.claimed && s.owner_local ? "true" : "false", s.claimed ? s.owner_since_ns : 0,
+          s.claimed ? s.owner_heartbeat_ns : 0, s.length, s.capacity, s.generation, s.last_write_ns, s.free, s.fenced,
+          s.head, s.base, mid_reset[i] ? "true" : "false", json_escape(r.backend(r.partitions()[i]).path()).c_str());
     }
     std::printf("]}\n");
     return 0;
   }
+  std::string kind = to_string(r.backends().front()->kind());
+  if (r.split()) {
+    kind = "split, " + std::to_string(r.backends().size()) + " of " + std::to_string(info.split_pieces) + " " + kind +
+           " pieces";
+  }
   std::printf("region %s (%s): layout v%u, %s, %u partitions, format id %016" PRIx64 ", formatted %s\n",
-              r.backend().path().c_str(), to_string(r.backend().kind()), info.version,
-              format_size(info.region_size).c_str(), info.partition_count, info.format_id,
-              iso_time(info.format_time_ns).c_str());
+              r.path().c_str(), kind.c_str(), info.version, format_size(info.region_size).c_str(), info.partition_count,
+              info.format_id, iso_time(info.format_time_ns).c_str());
   std::printf("%-4s %-22s %-5s %21s %10s  %s\n", "ID", "OWNER", "ALIVE", "LENGTH/CAPACITY", "GENERATION", "LAST WRITE");
   for (std::size_t i = 0; i < stats.size(); ++i) {
     const PartitionStat& s = stats[i];
@@ -311,7 +371,7 @@ int cmd_read(const Args& args) {
 }
 
 Result<std::unique_ptr<PartitionWriter>> claim_for_cli(const Args& args, uint32_t id) {
-  auto region = open_region(args.positional[0], true);
+  auto region = open_region(args.positional[0], true, id);
   if (!region) return std::move(region).error();
   ClaimOptions claim;
   claim.force = args.force;
@@ -362,6 +422,100 @@ int cmd_reset(const Args& args) {
   return 0;
 }
 
+// A value inside a QEMU option list: commas are doubled.
+std::string qemu_escape(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    out += c;
+    if (c == ',') out += ',';
+  }
+  return out;
+}
+
+std::string xml_escape(const std::string& value) {
+  std::string out;
+  for (char c : value) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '\'': out += "&apos;"; break;
+      case '"': out += "&quot;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+// Pieces placed on the machine's root bus before bridges are used: the root
+// bus has 32 slots, of which the machine's own devices take several.
+constexpr std::size_t kRootBusPieces = 16;
+// Slots 1..31 of each pci-bridge.
+constexpr std::size_t kBridgeSlots = 31;
+
+int cmd_qemu_args(const Args& args) {
+  if (args.positional.size() != 1) return usage_error("qemu-args takes one BACKEND");
+  if (!args.peer) return usage_error("qemu-args needs --peer K (the partition id of the VM)");
+  auto peer = parse_id(args.peer->c_str());
+  if (!peer) return usage_error("--peer '" + *args.peer + "' is not a partition id");
+  auto region = open_region(args.positional[0], false);
+  if (!region) return fail(region.error());
+  const Region& r = **region;
+  if (r.find(*peer) == nullptr) {
+    return fail(make_error(Errc::no_such_partition, r.path() + ": no partition " + std::to_string(*peer) +
+                                                        " (the region has " + std::to_string(r.info().partition_count) +
+                                                        ")"));
+  }
+  if (r.split() && r.info().partition_count != r.info().split_pieces) {
+    return fail(make_error(Errc::invalid_argument, r.path() + ": only " + std::to_string(r.info().partition_count) +
+                                                       " of its " + std::to_string(r.info().split_pieces) +
+                                                       " pieces exist: every VM needs every piece"));
+  }
+  std::vector<std::string> words;
+  const std::size_t count = r.partitions().size();
+  const bool bridged = args.bridge || (r.split() && count > kRootBusPieces);
+  const std::size_t bridges = bridged ? (count + kBridgeSlots - 1) / kBridgeSlots : 0;
+  for (std::size_t b = 0; b < bridges; ++b) {
+    words.emplace_back("-device");
+    words.push_back("pci-bridge,id=ivshmfs-bridge" + std::to_string(b) + ",chassis_nr=" + std::to_string(b + 1));
+  }
+  for (std::size_t i = 0; i < count; ++i) {
+    const PartitionInfo& p = r.partitions()[i];
+    const Backend& backend = r.backend(p);
+    if (backend.kind() != BackendKind::host_file) {
+      return fail(make_error(Errc::invalid_argument, backend.path() + ": is not a host file: qemu-args describes " +
+                                                         "the host's files of a region"));
+    }
+    char real[PATH_MAX];
+    const std::string path = ::realpath(backend.path().c_str(), real) != nullptr ? real : backend.path();
+    const std::string name = r.split() ? "ivshmfs-vm" + std::to_string(p.id) : "ivshmfs";
+    // A single-file region is shared read-write by every VM.
+    const bool own = !r.split() || p.id == *peer;
+    words.emplace_back("-object");
+    words.push_back("memory-backend-file,id=" + name + ",mem-path=" + qemu_escape(path) +
+                    ",size=" + std::to_string(backend.size()) + ",share=on" + (own ? "" : ",readonly=on"));
+    std::string device = "ivshmem-plain,id=" + name + "-dev,memdev=" + name;
+    if (bridged) {
+      device +=
+          ",bus=ivshmfs-bridge" + std::to_string(i / kBridgeSlots) + ",addr=" + std::to_string(i % kBridgeSlots + 1);
+    }
+    words.emplace_back("-device");
+    words.push_back(device);
+    if (!r.split()) break;
+  }
+  if (args.libvirt) {
+    std::printf(
+        "<!-- ivshmfs region %s, VM %u: inside <domain type='kvm' "
+        "xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'> -->\n<qemu:commandline>\n",
+        xml_escape(r.path()).c_str(), *peer);
+    for (const std::string& w : words) std::printf("  <qemu:arg value='%s'/>\n", xml_escape(w).c_str());
+    std::printf("</qemu:commandline>\n");
+    return 0;
+  }
+  for (std::size_t i = 0; i + 1 < words.size(); i += 2) std::printf("%s %s\n", words[i].c_str(), words[i + 1].c_str());
+  return 0;
+}
+
 struct Command {
   std::vector<std::string> options;
   std::size_t operands;  // BACKEND plus the rest
@@ -372,14 +526,20 @@ struct Command {
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table{
       {"format",
-       {{"size", "partitions", "force"},
+       {{"size", "partitions", "force", "split"},
         1,
-        "Usage: ivshmctl format [--size SIZE] [--partitions N] [--force] [BACKEND]\n\n"
+        "Usage: ivshmctl format [--size SIZE] [--partitions N] [--force] [BACKEND]\n"
+        "       ivshmctl format --split --size SIZE [--partitions N] [--force] PREFIX\n\n"
         "Lay out a fresh region: a new format id, N empty, unclaimed partitions of equal size.\n\n"
         "  --size SIZE       create a missing host file of SIZE bytes (K, M, G, T suffixes);\n"
         "                    for an existing backend it must match its size\n"
         "  --partitions N    number of partitions, 1..64 (default 4); ids are 0..N-1\n"
-        "  --force           format even if BACKEND already holds data (destroys it)\n",
+        "  --force           format even if BACKEND already holds data (destroys it)\n"
+        "  --split           a split region: one file per partition, PREFIX.vm0 .. PREFIX.vm{N-1},\n"
+        "                    each SIZE bytes (a power of two: each becomes a PCI BAR) and holding\n"
+        "                    one partition, so each VM can be given write access to its own only\n"
+        "                    (see 'ivshmctl qemu-args'); with --force, pieces numbered N or more\n"
+        "                    left by an older format are removed\n",
         cmd_format}},
       {"status",
        {{"json"},
@@ -414,6 +574,22 @@ const std::map<std::string, Command>& commands() {
         "Truncate partition ID to zero bytes; readers see the new generation.\n\n"
         "  --force           take the partition from its live owner, which stops writing\n",
         cmd_reset}},
+      {"qemu-args",
+       {{"peer", "libvirt", "bridge"},
+        1,
+        "Usage: ivshmctl qemu-args [--libvirt] [--bridge] --peer K BACKEND\n\n"
+        "Print the QEMU options that attach the region to VM K: for each piece of a split\n"
+        "region '-object memory-backend-file,...,share=on' and '-device ivshmem-plain,...',\n"
+        "read-write for VM K's own piece and readonly=on for every other piece, so QEMU\n"
+        "discards the VM's writes to its peers' partitions; for a single-file region the one\n"
+        "read-write device every VM shares. One option and its value per line, ready for\n"
+        "$(ivshmctl qemu-args ...) when the paths hold no spaces.\n\n"
+        "  --peer K          the VM's partition id\n"
+        "  --libvirt         print a <qemu:commandline> block for the libvirt domain XML instead\n"
+        "                    (libvirt's own <shmem> element has no read-only mode)\n"
+        "  --bridge          put the devices behind pci-bridge devices (31 per bridge);\n"
+        "                    done anyway for more than 16 pieces\n",
+        cmd_qemu_args}},
   };
   return table;
 }

@@ -91,6 +91,7 @@ int ivshmfs_open(const struct ivshmfs_open_options* options, ivshmfs_region** ou
     open_options.create = (options->flags & IVSHMFS_OPEN_CREATE) != 0;
     open_options.create_size = options->create_size;
     open_options.create_partitions = options->create_partitions == 0 ? 4 : options->create_partitions;
+    if (options->id >= 0) open_options.own_id = static_cast<uint32_t>(options->id);
     auto region = ivshmfs::Region::open_path(path, open_options);
     if (!region) return fail(region.error());
 
@@ -100,7 +101,7 @@ int ivshmfs_open(const struct ivshmfs_open_options* options, ivshmfs_region** ou
     if (write) {
       std::optional<uint32_t> explicit_id;
       if (options->id >= 0) explicit_id = static_cast<uint32_t>(options->id);
-      auto who = ivshmfs::resolve_peer_id(explicit_id, &handle->region->backend());
+      auto who = ivshmfs::resolve_peer_id(explicit_id, handle->region->backends().front());
       if (!who) return fail(who.error());
       ivshmfs::ClaimOptions claim;
       claim.force = (options->flags & IVSHMFS_OPEN_FORCE) != 0;

@@ -103,6 +103,12 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   const std::string& path = backend.path();
   if (!backend.writable()) return make_error(Errc::read_only, path + ": opened read-only, cannot format");
   const uint32_t count = options.partitions;
+  if (options.split_pieces != 0 && (count != 1 || options.split_pieces > IVSHMFS_MAX_PARTITIONS ||
+                                    options.piece_id >= options.split_pieces || options.format_id == 0)) {
+    return make_error(Errc::invalid_argument, path + ": a piece of a split region holds one partition, its id below " +
+                                                  "the piece count (1.." + std::to_string(IVSHMFS_MAX_PARTITIONS) +
+                                                  "), and a non-zero format id");
+  }
   if (count == 0 || count > IVSHMFS_MAX_PARTITIONS) {
     return make_error(Errc::invalid_argument, "partition count " + std::to_string(count) + " is out of range 1.." +
                                                   std::to_string(IVSHMFS_MAX_PARTITIONS));
@@ -143,16 +149,18 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   header->version = IVSHMFS_LAYOUT_VERSION;
   header->header_size = sizeof(ivshmfs_header);
   header->region_size = size;
-  store_relaxed(header->format_id, detail::random_nonzero());
+  const bool split = options.split_pieces != 0;
+  store_relaxed(header->format_id, split ? options.format_id : detail::random_nonzero());
   header->format_time_ns = wall_clock_ns();
   header->partition_count = count;
   header->page_size = IVSHMFS_PAGE_SIZE;
   header->control_offset = control_offset;
   header->data_offset = data_offset;
-  header->features = 0;
+  header->features = split ? IVSHMFS_FEATURE_SPLIT : 0;
+  header->split_pieces = options.split_pieces;
   auto* table = reinterpret_cast<ivshmfs_partition_entry*>(backend.bytes().data() + sizeof(ivshmfs_header));
   for (uint32_t i = 0; i < count; ++i) {
-    table[i].id = i;
+    table[i].id = split ? options.piece_id : i;
     table[i].flags = 0;
     table[i].control_offset = control_offset + uint64_t{i} * sizeof(ivshmfs_control);
     table[i].data_offset = data_offset + uint64_t{i} * per_partition;
@@ -162,13 +170,21 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   return {};
 }
 
-Region::Region(std::unique_ptr<Backend> backend) : backend_(std::move(backend)), base_(backend_->bytes().data()) {}
 Region::~Region() = default;
 
-Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
-  if (!backend) return make_error(Errc::invalid_argument, "no backend");
-  const std::string path = backend->path();
-  const std::span<std::byte> bytes = backend->bytes();
+namespace {
+
+// One backend's validated header and partition table, in private memory.
+struct ValidPiece {
+  ivshmfs_header header{};
+  std::vector<PartitionInfo> partitions;  // piece-relative offsets; index and piece not yet set
+};
+
+// Copies the header and partition table of one backend into private memory
+// once and validates every field. Never reads outside the mapping.
+Result<ValidPiece> validate_piece(const Backend& backend) {
+  const std::string& path = backend.path();
+  const std::span<std::byte> bytes = backend.bytes();
   const uint64_t size = bytes.size();
   // The smallest valid region is one page of metadata and one data page:
   // anything smaller cannot hold the layout, whatever its first bytes say.
@@ -223,6 +239,14 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
   }
   if ((h.features & IVSHMFS_FEATURE_SPLIT) == 0 && h.split_pieces != 0)
     return corrupt("split_pieces is " + std::to_string(h.split_pieces) + " in a region that is not split");
+  if ((h.features & IVSHMFS_FEATURE_SPLIT) != 0) {
+    if (h.split_pieces == 0 || h.split_pieces > IVSHMFS_MAX_PARTITIONS) {
+      return corrupt("split_pieces " + std::to_string(h.split_pieces) + " is out of range 1.." +
+                     std::to_string(IVSHMFS_MAX_PARTITIONS));
+    }
+    if (h.partition_count != 1)
+      return corrupt("a piece of a split region holds " + std::to_string(h.partition_count) + " partitions, not 1");
+  }
   if (h.reserved32 != 0) return corrupt("reserved32 is " + hex(h.reserved32) + ", not 0");
   for (std::size_t i = 0; i < std::size(h.reserved); ++i) {
     if (h.reserved[i] != 0)
@@ -253,9 +277,9 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
   std::vector<ivshmfs_partition_entry> table(count);
   std::memcpy(table.data(), bytes.data() + sizeof(ivshmfs_header), count * sizeof(ivshmfs_partition_entry));
 
-  auto region = std::shared_ptr<Region>(new Region(std::move(backend)));
-  region->info_ = RegionInfo{h.version, h.region_size, h.format_id, h.format_time_ns, h.partition_count, h.data_offset};
-  region->index_by_id_.fill(-1);
+  ValidPiece piece;
+  piece.header = h;
+  std::array<bool, IVSHMFS_MAX_PARTITIONS> used{};
   for (uint32_t i = 0; i < count; ++i) {
     const ivshmfs_partition_entry& e = table[i];
     auto bad = [&](const std::string& what) {
@@ -263,8 +287,11 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
                         path + ": corrupt partition table: entry " + std::to_string(i) + ": " + what);
     };
     if (e.id >= IVSHMFS_MAX_PARTITIONS) return bad("id " + std::to_string(e.id) + " is out of range");
-    if (region->index_by_id_[e.id] >= 0) return bad("id " + std::to_string(e.id) + " is used twice");
-    region->index_by_id_[e.id] = static_cast<int16_t>(i);
+    if (used[e.id]) return bad("id " + std::to_string(e.id) + " is used twice");
+    used[e.id] = true;
+    if ((h.features & IVSHMFS_FEATURE_SPLIT) != 0 && e.id >= h.split_pieces) {
+      return bad("id " + std::to_string(e.id) + " is not below the piece count " + std::to_string(h.split_pieces));
+    }
     if (e.flags != 0) return bad("unknown flags " + hex(e.flags));
     if (e.control_offset != h.control_offset + uint64_t{i} * sizeof(ivshmfs_control)) {
       return bad("control_offset " + hex(e.control_offset) + " is not control block " + std::to_string(i));
@@ -279,9 +306,9 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
     if (add_overflows(e.data_offset, e.capacity, &end) || end > size) {
       return bad("data area " + hex(e.data_offset) + "+" + hex(e.capacity) + " lies past the end of the region");
     }
-    region->partitions_.push_back(PartitionInfo{e.id, i, e.control_offset, e.data_offset, e.capacity});
+    piece.partitions.push_back(PartitionInfo{e.id, i, 0, e.control_offset, e.data_offset, e.capacity});
   }
-  std::vector<PartitionInfo> by_offset = region->partitions_;
+  std::vector<PartitionInfo> by_offset = piece.partitions;
   std::sort(by_offset.begin(), by_offset.end(),
             [](const PartitionInfo& a, const PartitionInfo& b) { return a.data_offset < b.data_offset; });
   for (std::size_t i = 1; i < by_offset.size(); ++i) {
@@ -291,10 +318,214 @@ Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
                                                            std::to_string(by_offset[i].id) + " overlap");
     }
   }
+  return piece;
+}
+
+}  // namespace
+
+Result<std::shared_ptr<Region>> Region::open(std::unique_ptr<Backend> backend) {
+  if (!backend) return make_error(Errc::invalid_argument, "no backend");
+  std::string name = backend->path();
+  std::vector<std::unique_ptr<Backend>> backends;
+  backends.push_back(std::move(backend));
+  return open_pieces(std::move(backends), std::move(name));
+}
+
+Result<std::shared_ptr<Region>> Region::open_pieces(std::vector<std::unique_ptr<Backend>> backends, std::string name) {
+  if (backends.empty()) return make_error(Errc::invalid_argument, name + ": no backend");
+  std::vector<ValidPiece> valid;
+  for (const auto& backend : backends) {
+    if (!backend) return make_error(Errc::invalid_argument, name + ": no backend");
+    auto piece = validate_piece(*backend);
+    if (!piece) return std::move(piece).error();
+    valid.push_back(std::move(piece).value());
+  }
+  const ivshmfs_header& first = valid.front().header;
+  const bool split = (first.features & IVSHMFS_FEATURE_SPLIT) != 0;
+  if (backends.size() > 1) {
+    for (std::size_t i = 0; i < valid.size(); ++i) {
+      const ivshmfs_header& h = valid[i].header;
+      const std::string& path = backends[i]->path();
+      if ((h.features & IVSHMFS_FEATURE_SPLIT) == 0) {
+        return make_error(Errc::invalid_argument,
+                          path + ": a whole region, not a piece of a split region: it cannot be opened with " +
+                              backends[i == 0 ? 1 : 0]->path());
+      }
+      if (h.format_id != first.format_id || h.version != first.version || h.split_pieces != first.split_pieces) {
+        return make_error(Errc::invalid_argument,
+                          path + ": a piece of another split region (format id " + hex(h.format_id) + ", " +
+                              std::to_string(h.split_pieces) + " pieces) than " + backends[0]->path() + " (format id " +
+                              hex(first.format_id) + ", " + std::to_string(first.split_pieces) +
+                              " pieces): pieces of two regions are never mixed; format them again together");
+      }
+    }
+  }
+
+  auto region = std::shared_ptr<Region>(new Region());
+  region->path_ = std::move(name);
+  region->index_by_id_.fill(-1);
+  uint64_t total = 0;
+  for (std::size_t i = 0; i < valid.size(); ++i) {
+    total += backends[i]->size();
+    for (PartitionInfo p : valid[i].partitions) {
+      if (region->index_by_id_[p.id] >= 0) {
+        return make_error(Errc::invalid_argument, backends[i]->path() + ": partition " + std::to_string(p.id) +
+                                                      " is in two of the pieces given: two copies of one piece");
+      }
+      p.piece = static_cast<uint32_t>(i);
+      p.index = static_cast<uint32_t>(region->partitions_.size());
+      region->index_by_id_[p.id] = static_cast<int16_t>(p.index);
+      region->partitions_.push_back(p);
+    }
+    Piece piece;
+    piece.base = backends[i]->bytes().data();
+    piece.backend = std::move(backends[i]);
+    region->pieces_.push_back(std::move(piece));
+  }
+  region->info_ = RegionInfo{first.version,
+                             total,
+                             first.format_id,
+                             first.format_time_ns,
+                             static_cast<uint32_t>(region->partitions_.size()),
+                             first.data_offset,
+                             split ? first.split_pieces : 0};
+  if (split && region->partitions_.size() < first.split_pieces) {
+    std::string missing;
+    for (uint32_t id = 0; id < first.split_pieces; ++id) {
+      if (region->index_by_id_[id] < 0) missing += (missing.empty() ? "" : ", ") + std::to_string(id);
+    }
+    spdlog::warn("{}: {} of {} pieces present; missing partition(s) {} are not shown", region->path_,
+                 region->partitions_.size(), first.split_pieces, missing);
+  }
   return region;
 }
 
+std::string split_piece_path(std::string_view prefix, uint32_t id) {
+  return std::string(prefix) + ".vm" + std::to_string(id);
+}
+
+namespace {
+
+// The pieces PREFIX.vmN that exist, by id.
+std::vector<std::pair<uint32_t, std::string>> existing_pieces(std::string_view prefix) {
+  std::vector<std::pair<uint32_t, std::string>> found;
+  for (uint32_t id = 0; id < IVSHMFS_MAX_PARTITIONS; ++id) {
+    std::string piece = split_piece_path(prefix, id);
+    struct stat st {};
+    if (::stat(piece.c_str(), &st) == 0) found.emplace_back(id, std::move(piece));
+  }
+  return found;
+}
+
+bool is_power_of_two(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+}  // namespace
+
+bool Region::is_split_prefix(std::string_view path) {
+  struct stat st {};
+  if (::stat(std::string(path).c_str(), &st) == 0) return false;
+  return !existing_pieces(path).empty();
+}
+
+Result<void> Region::format_split(std::string_view prefix, uint32_t partitions, uint64_t piece_size, bool force) {
+  const std::string name(prefix);
+  if (partitions == 0 || partitions > IVSHMFS_MAX_PARTITIONS) {
+    return make_error(Errc::invalid_argument, "partition count " + std::to_string(partitions) + " is out of range 1.." +
+                                                  std::to_string(IVSHMFS_MAX_PARTITIONS));
+  }
+  if (!is_power_of_two(piece_size) || piece_size < 2 * IVSHMFS_PAGE_SIZE) {
+    return make_error(Errc::invalid_argument,
+                      name + ": piece size " + std::to_string(piece_size) +
+                          " is not a power of two of at least 8K: each piece becomes a PCI BAR, whose size is a "
+                          "power of two (e.g. --size 1M)");
+  }
+  {
+    struct stat st {};
+    if (::stat(name.c_str(), &st) == 0) {
+      return make_error(Errc::invalid_argument, name + ": a file of that name exists: a split region's prefix " +
+                                                    "names no file of its own (its pieces are " +
+                                                    split_piece_path(name, 0) + ", ...)");
+    }
+  }
+  // First pass: open every piece and check it may be formatted, before any
+  // byte is written, so a refusal loses nothing.
+  std::vector<std::unique_ptr<Backend>> backends;
+  auto undo = [&] {
+    for (auto& b : backends) b->remove_if_created();
+  };
+  for (uint32_t id = 0; id < partitions; ++id) {
+    const std::string path = split_piece_path(name, id);
+    auto backend = Backend::open(path, BackendOptions{true, true, piece_size});
+    if (!backend) {
+      undo();
+      return std::move(backend).error();
+    }
+    if ((*backend)->size() != piece_size) {
+      undo();
+      return make_error(Errc::size_mismatch, path + ": exists with " + std::to_string((*backend)->size()) +
+                                                 " bytes, not " + std::to_string(piece_size) +
+                                                 "; remove it or format with its size");
+    }
+    if (!force && !(*backend)->created()) {
+      const uint64_t magic = load_acquire(reinterpret_cast<ivshmfs_header*>((*backend)->bytes().data())->magic);
+      const auto set = first_nonzero_metadata((*backend)->bytes());
+      if (magic != 0 || set) {
+        undo();
+        return make_error(Errc::already_formatted,
+                          path + ": already holds data; pass --force to format the split region anew");
+      }
+    }
+    backends.push_back(std::move(backend).value());
+  }
+  std::vector<std::string> stale;
+  for (const auto& [id, path] : existing_pieces(name)) {
+    if (id >= partitions) stale.push_back(path);
+  }
+  if (!stale.empty() && !force) {
+    undo();
+    return make_error(Errc::already_formatted, stale.front() + ": a piece of an older format with more pieces; " +
+                                                   "pass --force to remove it and format anew");
+  }
+  FormatOptions options;
+  options.partitions = 1;
+  options.force = true;
+  options.split_pieces = partitions;
+  options.format_id = detail::random_nonzero();
+  for (uint32_t id = 0; id < partitions; ++id) {
+    options.piece_id = id;
+    if (auto r = format(*backends[id], options); !r) {
+      undo();
+      return r;
+    }
+  }
+  for (const std::string& path : stale) {
+    if (::unlink(path.c_str()) != 0) return make_sys_error(path + ": cannot remove a stale piece");
+  }
+  return {};
+}
+
 Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const RegionOpenOptions& options) {
+  if (is_split_prefix(path)) {
+    std::vector<std::unique_ptr<Backend>> backends;
+    for (const auto& [id, piece] : existing_pieces(path)) {
+      const bool writable = options.writable && (!options.own_id || *options.own_id == id);
+      auto backend = Backend::open(piece, BackendOptions{writable, false, 0});
+      if (!backend) return std::move(backend).error();
+      // The file's name says which partition it holds: a renamed piece is
+      // refused rather than shown under another peer's name.
+      auto valid = validate_piece(**backend);
+      if (!valid) return std::move(valid).error();
+      if (valid->partitions.size() != 1 || valid->partitions.front().id != id) {
+        return make_error(Errc::invalid_argument,
+                          piece + ": holds partition " +
+                              (valid->partitions.size() == 1 ? std::to_string(valid->partitions.front().id)
+                                                             : std::string("table of a whole region")) +
+                              ", not " + std::to_string(id) + " as its name says: renamed pieces are refused");
+      }
+      backends.push_back(std::move(backend).value());
+    }
+    return open_pieces(std::move(backends), std::string(path));
+  }
   BackendOptions backend_options{options.writable || options.create, options.create, options.create_size};
   backend_options.progress = options.progress;
   auto backend = Backend::open(path, backend_options);
@@ -336,25 +567,52 @@ const PartitionInfo* Region::find(uint32_t id) const noexcept {
 }
 
 ivshmfs_control* Region::control(const PartitionInfo& p) const noexcept {
-  return reinterpret_cast<ivshmfs_control*>(base_ + p.control_offset);
+  return reinterpret_cast<ivshmfs_control*>(pieces_[p.piece].base + p.control_offset);
 }
 
-std::byte* Region::data(const PartitionInfo& p) const noexcept { return base_ + p.data_offset; }
+std::byte* Region::data(const PartitionInfo& p) const noexcept { return pieces_[p.piece].base + p.data_offset; }
+
+std::vector<const Backend*> Region::backends() const {
+  std::vector<const Backend*> out;
+  out.reserve(pieces_.size());
+  for (const Piece& piece : pieces_) out.push_back(piece.backend.get());
+  return out;
+}
+
+bool Region::mapping_lost() const noexcept {
+  return std::any_of(pieces_.begin(), pieces_.end(), [](const Piece& piece) { return piece.backend->mapping_lost(); });
+}
+
+bool Region::notice_shrink() const noexcept {
+  bool lost = false;
+  for (const Piece& piece : pieces_) lost = piece.backend->notice_shrink() || lost;
+  return lost;
+}
+
+Error Region::loss_error() const {
+  for (const Piece& piece : pieces_) {
+    if (piece.backend->mapping_lost()) return piece.backend->loss_error();
+  }
+  return make_error(Errc::io_error, path_ + ": I/O error");
+}
 
 Result<void> Region::check_format() const {
-  auto* header = reinterpret_cast<ivshmfs_header*>(base_);
-  const uint64_t magic = load_acquire(header->magic);
-  const uint64_t format_id = load_acquire(header->format_id);
-  if (backend_->mapping_lost()) return backend_->loss_error();
-  if (format_id != info_.format_id || magic == 0) {  // magic 0: a format is under way, or a wipe
-    return make_error(Errc::reformatted, backend_->path() + ": the region was formatted anew (format id " +
-                                             hex(info_.format_id) + " is now " + hex(format_id) + ")");
-  }
-  if (magic != IVSHMFS_MAGIC) {
-    // Same format id: nobody formatted it, someone damaged the magic.
-    return make_error(Errc::corrupt_header, backend_->path() + ": corrupt header: the magic is now " + hex(magic) +
-                                                " (expected " + hex(IVSHMFS_MAGIC) +
-                                                "), with the same format id: the header was damaged");
+  for (const Piece& piece : pieces_) {
+    auto* header = reinterpret_cast<ivshmfs_header*>(piece.base);
+    const uint64_t magic = load_acquire(header->magic);
+    const uint64_t format_id = load_acquire(header->format_id);
+    const std::string& path = piece.backend->path();
+    if (piece.backend->mapping_lost()) return piece.backend->loss_error();
+    if (format_id != info_.format_id || magic == 0) {  // magic 0: a format is under way, or a wipe
+      return make_error(Errc::reformatted, path + ": the region was formatted anew (format id " + hex(info_.format_id) +
+                                               " is now " + hex(format_id) + ")");
+    }
+    if (magic != IVSHMFS_MAGIC) {
+      // Same format id: nobody formatted it, someone damaged the magic.
+      return make_error(Errc::corrupt_header, path + ": corrupt header: the magic is now " + hex(magic) +
+                                                  " (expected " + hex(IVSHMFS_MAGIC) +
+                                                  "), with the same format id: the header was damaged");
+    }
   }
   return {};
 }
@@ -364,13 +622,13 @@ namespace {
 constexpr int kMaxReadAttempts = 10000;
 
 [[gnu::cold, gnu::noinline]] Error keeps_resetting(const Region& region, uint32_t id) {
-  return make_error(Errc::busy, region.backend().path() + ": partition " + std::to_string(id) +
+  return make_error(Errc::busy, region.path() + ": partition " + std::to_string(id) +
                                     " stays mid-reset (its generation stays odd: a reset is under way, or its owner "
                                     "was stopped in one; the owner finishes it, else try again later)");
 }
 
 [[gnu::cold, gnu::noinline]] Error no_partition(const Region& region, uint32_t id) {
-  return make_error(Errc::no_such_partition, region.backend().path() + ": no partition " + std::to_string(id) +
+  return make_error(Errc::no_such_partition, region.path() + ": no partition " + std::to_string(id) +
                                                  " (the region has " + std::to_string(region.info().partition_count) +
                                                  ")");
 }
@@ -455,8 +713,8 @@ Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) con
   ivshmfs_control* c = control(*p);
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
     const uint64_t gen = load_acquire(c->generation);
-    if (backend_->mapping_lost()) [[unlikely]]
-      return backend_->loss_error();
+    if (backend(*p).mapping_lost()) [[unlikely]]
+      return backend(*p).loss_error();
     if (gen % 2 != 0) {  // a reset is under way
       backoff(attempt);
       continue;
@@ -467,7 +725,7 @@ Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) con
     if (offset < m.hole_offset) n = static_cast<std::size_t>(std::min<uint64_t>(n, m.hole_offset - offset));
     return ReadView{{data(*p) + (n > 0 ? m.physical(offset) : 0), n}, gen};
   }
-  return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
+  return make_error(Errc::busy, path_ + ": partition " + std::to_string(id) + " stays mid-reset");
 }
 
 Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::byte> out, uint64_t* generation) const {
@@ -491,8 +749,8 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
       // Committed bytes never change within a generation, so an unchanged
       // generation proves the copy is all from one.
       std::atomic_thread_fence(std::memory_order_acquire);
-      if (backend_->mapping_lost()) [[unlikely]]
-        return backend_->loss_error();
+      if (backend(*p).mapping_lost()) [[unlikely]]
+        return backend(*p).loss_error();
       if (load_relaxed(c->generation) == gen) [[likely]] {
         if (generation != nullptr) *generation = gen;
         return n;
@@ -534,7 +792,7 @@ Result<PartitionSnapshot> Region::snapshot(uint32_t id) const {
     if (gen % 2 == 0 && load_relaxed(c->generation) == gen) return s;
     backoff(attempt);
   }
-  return make_error(Errc::busy, backend_->path() + ": partition " + std::to_string(id) + " stays mid-reset");
+  return make_error(Errc::busy, path_ + ": partition " + std::to_string(id) + " stays mid-reset");
 }
 
 Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) const {

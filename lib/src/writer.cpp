@@ -154,7 +154,7 @@ PartitionWriter::PartitionWriter(std::shared_ptr<Region> region, const Partition
       partition_(partition),
       control_(region_->control(partition)),
       data_(region_->data(partition)),
-      header_(reinterpret_cast<ivshmfs_header*>(region_->backend().bytes().data())),
+      header_(reinterpret_cast<ivshmfs_header*>(region_->backend(partition).bytes().data())),
       format_id_(region_->info().format_id),
       token_(token),
       identity_(local_process_identity()) {
@@ -179,13 +179,13 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
   if (!region) return make_error(Errc::invalid_argument, "no region");
   const PartitionInfo* p = region->find(id);
   if (p == nullptr) {
-    return make_error(Errc::no_such_partition, region->backend().path() + ": no partition " + std::to_string(id) +
+    return make_error(Errc::no_such_partition, region->path() + ": no partition " + std::to_string(id) +
                                                    " (the region has " +
                                                    std::to_string(region->info().partition_count) + ")");
   }
-  if (!region->backend().writable()) {
+  if (!region->backend(*p).writable()) {
     return make_error(Errc::read_only,
-                      region->backend().path() + ": mapped read-only, cannot write partition " + std::to_string(id));
+                      region->backend(*p).path() + ": mapped read-only, cannot write partition " + std::to_string(id));
   }
   ivshmfs_control* c = region->control(*p);
   const uint64_t token = detail::random_nonzero();
@@ -197,7 +197,7 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
       auto s = region->stat(id, options.liveness);
       if (!s) return std::move(s).error();
       if (s->alive && !options.force) {
-        return make_error(Errc::claimed, region->backend().path() + ": partition " + std::to_string(id) +
+        return make_error(Errc::claimed, region->backend(*p).path() + ": partition " + std::to_string(id) +
                                              " is owned by a live writer: " + describe_owner(*s));
       }
       // An owner not proven gone may be stopped in the middle of a copy.
@@ -207,13 +207,13 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
       const uint64_t head = s->head & ~IVSHMFS_HEAD_FENCE;
       if (fence && s->reserve_end > head && valid_hole(s->hole_offset, s->hole_length, p->capacity) &&
           s->hole_offset != std::min(head - std::min(head, s->base), p->capacity)) {
-        return make_error(Errc::claimed, second_hole(region->backend().path(), id));
+        return make_error(Errc::claimed, second_hole(region->backend(*p).path(), id));
       }
       if (s->alive) {
-        spdlog::warn("{}: taking partition {} from a live owner ({}) as forced", region->backend().path(), id,
+        spdlog::warn("{}: taking partition {} from a live owner ({}) as forced", region->backend(*p).path(), id,
                      describe_owner(*s));
       } else {
-        spdlog::info("{}: taking over partition {} from a {} owner ({})", region->backend().path(), id,
+        spdlog::info("{}: taking over partition {} from a {} owner ({})", region->backend(*p).path(), id,
                      s->owner_dead ? "vanished" : "stale", describe_owner(*s));
       }
     }
@@ -228,7 +228,7 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
   store_identity(c, self);
   store_relaxed(c->owner_since_ns, now);
   store_release(c->owner_heartbeat_ns, now);
-  if (auto settled = settle(c, *p, region->backend().path(), fence, announced, base); !settled) {
+  if (auto settled = settle(c, *p, region->backend(*p).path(), fence, announced, base); !settled) {
     uint64_t mine = token;
     compare_exchange(c->owner_token, mine, 0);
     return std::move(settled).error();
@@ -238,7 +238,7 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
   // Back and fault in the partition now: a sparse file on a full filesystem
   // fails here with ENOSPC (the writer's destructor releases the claim)
   // rather than with SIGBUS at some later append.
-  if (auto r = writer->region_->backend().ensure_backed(p->data_offset, p->capacity); !r) return std::move(r).error();
+  if (auto r = writer->region_->backend(*p).ensure_backed(p->data_offset, p->capacity); !r) return std::move(r).error();
   if (options.heartbeat_interval.count() > 0) {
     writer->heartbeat_thread_ =
         std::jthread([w = writer.get(), interval = options.heartbeat_interval](const std::stop_token& stop) {
@@ -266,7 +266,8 @@ bool PartitionWriter::owns() const noexcept { return token_ != 0 && token_held()
 
 namespace {
 Error lost_claim(const PartitionWriter& w) {
-  return make_error(Errc::not_owner, w.region()->backend().path() + ": partition " + std::to_string(w.id()) +
+  return make_error(Errc::not_owner, w.region()->backend(w.partition()).path() + ": partition " +
+                                         std::to_string(w.id()) +
                                          " is no longer owned by this writer (its claim was taken over)");
 }
 }  // namespace
@@ -285,12 +286,12 @@ Result<void> PartitionWriter::still_owner() const {
 // Out of line and cold: the append path only pays for the two loads above.
 [[gnu::cold, gnu::noinline]] Error PartitionWriter::refusal() const {
   if (reserved_) {
-    return make_error(Errc::busy, region_->backend().path() + ": partition " + std::to_string(id()) +
+    return make_error(Errc::busy, region_->backend(partition_).path() + ": partition " + std::to_string(id()) +
                                       ": a reservation is still open (one writer thread at a time)");
   }
   if (auto r = still_owner(); !r) return std::move(r).error();
-  return make_error(Errc::no_space, region_->backend().path() + ": partition " + std::to_string(id()) + " is full (" +
-                                        std::to_string(partition_.capacity) + " bytes)");
+  return make_error(Errc::no_space, region_->backend(partition_).path() + ": partition " + std::to_string(id()) +
+                                        " is full (" + std::to_string(partition_.capacity) + " bytes)");
 }
 
 PartitionWriter::Placement PartitionWriter::place(std::size_t want, bool contiguous) const noexcept {
@@ -365,7 +366,8 @@ PartitionWriter::Placement PartitionWriter::place(std::size_t want, bool contigu
 namespace {
 [[gnu::cold, gnu::noinline]] Error lost_publish(const PartitionWriter& w) {
   if (!w.owns()) return lost_claim(w);
-  return make_error(Errc::not_owner, w.region()->backend().path() + ": partition " + std::to_string(w.id()) +
+  return make_error(Errc::not_owner, w.region()->backend(w.partition()).path() + ": partition " +
+                                         std::to_string(w.id()) +
                                          ": its head was moved behind this writer's back (a peer wrote into "
                                          "the control block); nothing was published");
 }
@@ -387,7 +389,7 @@ Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
 
 std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
   if (writer_ == nullptr) return 0;
-  if (writer_->region_->backend().mapping_lost()) [[unlikely]]
+  if (writer_->region_->backend(writer_->partition_).mapping_lost()) [[unlikely]]
     n = 0;  // the bytes went to a private page, never to the region
   n = std::min(n, bytes_.size());
   if (n > 0 && !writer_->publish(writer_->base_ + length_ + n)) n = 0;
@@ -412,8 +414,8 @@ Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
   std::memcpy(data_ + pl.first_at, bytes.data(), pl.first);
   if (pl.second > 0) [[unlikely]]
     std::memcpy(data_ + pl.second_at, bytes.data() + pl.first, pl.second);
-  if (region_->backend().mapping_lost()) [[unlikely]]
-    return region_->backend().loss_error();
+  if (region_->backend(partition_).mapping_lost()) [[unlikely]]
+    return region_->backend(partition_).loss_error();
   IVSHMFS_FAILPOINT("writer.after-copy");
   if (!publish(end)) [[unlikely]]
     return lost_publish(*this);
@@ -442,7 +444,7 @@ Result<void> PartitionWriter::reset() {
   uint64_t expected = gen;
   if (gen % 2 != 0 || !detail::compare_exchange_seq_cst(control_->generation, expected, gen + 1)) {
     if (auto r = still_owner(); !r) return r;
-    return make_error(Errc::busy, region_->backend().path() + ": partition " + std::to_string(id()) +
+    return make_error(Errc::busy, region_->backend(partition_).path() + ": partition " + std::to_string(id()) +
                                       ": its generation changed under the reset; try again");
   }
   IVSHMFS_FAILPOINT("writer.reset-odd");
@@ -485,7 +487,8 @@ Result<void> PartitionWriter::heartbeat() {
   uint64_t gen = detail::load_seq_cst(control_->generation);
   if (gen % 2 != 0 && !resetting_.load(std::memory_order_seq_cst) && owns() &&
       compare_exchange(control_->generation, gen, gen + 1)) {
-    spdlog::warn("{}: partition {}: closed a reset a displaced owner left half done", region_->backend().path(), id());
+    spdlog::warn("{}: partition {}: closed a reset a displaced owner left half done",
+                 region_->backend(partition_).path(), id());
   }
   return {};
 }

@@ -56,7 +56,7 @@ TEST(MappingGuard, AReadOfATruncatedRegionFailsWithEioInsteadOfSigbus) {
   EXPECT_EQ(after.error().negative_errno(), -EIO) << after.error().message;
   EXPECT_NE(after.error().message.find("shrank"), std::string::npos) << after.error().message;
   EXPECT_NE(after.error().message.find(file.path()), std::string::npos) << after.error().message;
-  EXPECT_TRUE(region->backend().mapping_lost());
+  EXPECT_TRUE(region->mapping_lost());
   // Every later access says the same; nothing crashes.
   auto view = region->view(1, 0, 16);
   ASSERT_FALSE(view.ok());
@@ -377,7 +377,7 @@ TEST(ReadOnly, AReaderOpensAndMapsReadOnlyAndWorksOnAReadOnlyFile) {
   auto region = open_region(path, false);
   EXPECT_TRUE(region);
   if (region) {
-    EXPECT_FALSE(region->backend().writable());
+    EXPECT_FALSE(region->backends().front()->writable());
     std::vector<std::byte> out(64);
     auto n = region->read(1, 0, out);
     ASSERT_TRUE(n.ok()) << n.error().message;

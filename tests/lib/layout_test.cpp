@@ -138,7 +138,10 @@ std::vector<Corruption> corruptions() {
        Errc::corrupt_header,
        {"header_size 64", "not 128"}},
       // feature bits this build does not know, named
-      {"features bit 0", [](Image& m) { m.header.features = 1; }, Errc::unsupported_version, {"feature bits 0x1"}},
+      {"features bit 5",
+       [](Image& m) { m.header.features = 1U << 5; },
+       Errc::unsupported_version,
+       {"feature bits 0x20"}},
       {"features bit 63",
        [](Image& m) { m.header.features = uint64_t{1} << 63; },
        Errc::unsupported_version,
@@ -151,6 +154,25 @@ std::vector<Corruption> corruptions() {
        [](Image& m) { m.header.split_pieces = 3; },
        Errc::corrupt_header,
        {"split_pieces is 3"}},
+      // the split feature: a piece holds one partition, below the piece count
+      {"split with split_pieces 0",
+       [](Image& m) { m.header.features = IVSHMFS_FEATURE_SPLIT; },
+       Errc::corrupt_header,
+       {"split_pieces 0"}},
+      {"split with split_pieces 65",
+       [](Image& m) {
+         m.header.features = IVSHMFS_FEATURE_SPLIT;
+         m.header.split_pieces = 65;
+       },
+       Errc::corrupt_header,
+       {"split_pieces 65"}},
+      {"split piece holding several partitions",
+       [](Image& m) {
+         m.header.features = IVSHMFS_FEATURE_SPLIT;
+         m.header.split_pieces = 8;
+       },
+       Errc::corrupt_header,
+       {"holds", "partitions, not 1"}},
       {"header_size max", [](Image& m) { m.header.header_size = UINT32_MAX; }, Errc::corrupt_header, {"header_size"}},
       // region_size
       {"region_size zero", [](Image& m) { m.header.region_size = 0; }, Errc::size_mismatch, {"region", " 0 bytes"}},

@@ -16,8 +16,8 @@ namespace ivshmfs::test {
 namespace {
 
 constexpr uint32_t kPartitions = 4;
-constexpr uint64_t kCapacity = 64 * 1024;
-constexpr uint64_t kSize = IVSHMFS_PAGE_SIZE + kPartitions * kCapacity;
+constexpr uint64_t kPieceSize = 128 * 1024;
+constexpr uint64_t kCapacity = kPieceSize - IVSHMFS_PAGE_SIZE;  // in both modes
 
 ClaimOptions quiet_claim() {
   ClaimOptions options;
@@ -25,10 +25,10 @@ ClaimOptions quiet_claim() {
   return options;
 }
 
-class ReadWriteTest : public ::testing::Test {
+// Every test runs on a single-file region and on a split one.
+class ReadWriteTest : public ::testing::TestWithParam<Mode> {
  protected:
   void SetUp() override {
-    format_file(file_.path(), kSize, kPartitions);
     region_ = open_region(file_.path(), true);
     ASSERT_NE(region_, nullptr);
     auto writer = PartitionWriter::claim(region_, 1, quiet_claim());
@@ -47,12 +47,12 @@ class ReadWriteTest : public ::testing::Test {
     return as_string(std::span(buf).first(*n));
   }
 
-  TempFile file_{"rw"};
+  TestRegion file_{"rw", GetParam(), kPartitions, kPieceSize};
   std::shared_ptr<Region> region_;
   std::unique_ptr<PartitionWriter> writer_;
 };
 
-TEST_F(ReadWriteTest, AppendReturnsCountsAndReadsAtOffsets) {
+TEST_P(ReadWriteTest, AppendReturnsCountsAndReadsAtOffsets) {
   auto s0 = region_->stat(1);
   ASSERT_TRUE(s0.ok()) << s0.error().message;
   EXPECT_EQ(s0->length, 0u);
@@ -104,7 +104,7 @@ TEST_F(ReadWriteTest, AppendReturnsCountsAndReadsAtOffsets) {
   EXPECT_FALSE(region_->view(99, 0, 1).ok());
 }
 
-TEST_F(ReadWriteTest, BinaryDataWithZeroBytes) {
+TEST_P(ReadWriteTest, BinaryDataWithZeroBytes) {
   std::vector<std::byte> data(10000);
   std::mt19937 rng(7);
   for (std::size_t i = 0; i < data.size(); ++i) {
@@ -128,7 +128,7 @@ TEST_F(ReadWriteTest, BinaryDataWithZeroBytes) {
   EXPECT_TRUE(back == data) << "binary data came back different";
 }
 
-TEST_F(ReadWriteTest, ShortAppendWhenFullThenNoSpace) {
+TEST_P(ReadWriteTest, ShortAppendWhenFullThenNoSpace) {
   std::vector<std::byte> big(kCapacity - 10, std::byte{'a'});
   auto n = writer_->append(big);
   ASSERT_TRUE(n.ok()) << n.error().message;
@@ -156,7 +156,7 @@ TEST_F(ReadWriteTest, ShortAppendWhenFullThenNoSpace) {
   EXPECT_EQ(*n, tail.size());
 }
 
-TEST_F(ReadWriteTest, ResetEmptiesAndBumpsGeneration) {
+TEST_P(ReadWriteTest, ResetEmptiesAndBumpsGeneration) {
   ASSERT_TRUE(writer_->append(as_bytes("first generation")).ok());
   auto before = region_->stat(1);
   ASSERT_TRUE(before.ok());
@@ -201,7 +201,7 @@ TEST_F(ReadWriteTest, ResetEmptiesAndBumpsGeneration) {
   EXPECT_EQ(twice->generation, after->generation + 4);
 }
 
-TEST_F(ReadWriteTest, StatShowsTheOwner) {
+TEST_P(ReadWriteTest, StatShowsTheOwner) {
   auto s = region_->stat(1);
   ASSERT_TRUE(s.ok());
   EXPECT_TRUE(s->claimed);
@@ -218,7 +218,7 @@ TEST_F(ReadWriteTest, StatShowsTheOwner) {
 
 // Invariant 2: readers never write. A read-only mapping (a write would
 // fault) reads and stats, and the file's bytes stay exactly as they were.
-TEST_F(ReadWriteTest, ReadOnlyReadersNeverWrite) {
+TEST_P(ReadWriteTest, ReadOnlyReadersNeverWrite) {
   ASSERT_TRUE(writer_->append(as_bytes("data for readers")).ok());
   ASSERT_TRUE(writer_->reset().ok());
   ASSERT_TRUE(writer_->append(as_bytes("after a reset")).ok());
@@ -229,19 +229,19 @@ TEST_F(ReadWriteTest, ReadOnlyReadersNeverWrite) {
     holder.value()->release();
   }
   // Partition 3 is held by a forged remote owner whose heartbeat stopped long ago.
-  RawMap raw(file_.path());
-  poke(raw.control(3)->owner_token, 77);
-  poke(raw.control(3)->owner_host, 12345);
-  poke(raw.control(3)->owner_pid, 999999);
-  poke(raw.control(3)->owner_heartbeat_ns, 1);
+  RawPartition raw(file_, 3);
+  poke(raw.control()->owner_token, 77);
+  poke(raw.control()->owner_host, 12345);
+  poke(raw.control()->owner_pid, 999999);
+  poke(raw.control()->owner_heartbeat_ns, 1);
 
-  const uint64_t before = file_checksum(file_.path());
+  const uint64_t before = file_.checksum();
   {
     RegionOpenOptions ro;
     ro.writable = false;
     auto reader = Region::open_path(file_.path(), ro);
     ASSERT_TRUE(reader.ok()) << reader.error().message;
-    ASSERT_FALSE((*reader)->backend().writable());
+    for (const Backend* b : (*reader)->backends()) ASSERT_FALSE(b->writable()) << b->path();
     EXPECT_EQ(read_at(0, 100, reader->get()), "after a reset");
     EXPECT_EQ(read_at(6, 5, reader->get()), "a res");
     for (uint32_t id = 0; id < kPartitions; ++id) {
@@ -262,20 +262,20 @@ TEST_F(ReadWriteTest, ReadOnlyReadersNeverWrite) {
     ASSERT_FALSE(claim.ok());
     EXPECT_EQ(claim.error().code, Errc::read_only) << claim.error().message;
     // And formatting it too.
-    auto format = Region::format((*reader)->backend(), FormatOptions{4, true});
+    auto format = Region::format((*reader)->backend((*reader)->partitions().front()), FormatOptions{4, true});
     ASSERT_FALSE(format.ok());
     EXPECT_EQ(format.error().code, Errc::read_only);
   }
-  EXPECT_EQ(file_checksum(file_.path()), before) << "a reader changed the region's bytes";
+  EXPECT_EQ(file_.checksum(), before) << "a reader changed the region's bytes";
 }
 
 // Invariant 1: positions from shared memory are clamped to the partition.
-TEST_F(ReadWriteTest, HostileHeadIsClamped) {
+TEST_P(ReadWriteTest, HostileHeadIsClamped) {
   ASSERT_TRUE(writer_->append(as_bytes("abc")).ok());
-  RawMap raw(file_.path());
+  RawPartition raw(file_, 1);
   for (uint64_t hostile : {kCapacity + 1, kCapacity + 12345, UINT64_MAX / 2, UINT64_MAX}) {
     SCOPED_TRACE(hostile);
-    poke(raw.control(1)->head, hostile);
+    poke(raw.control()->head, hostile);
     auto reader = open_region(file_.path(), false);
     ASSERT_NE(reader, nullptr);
     auto s = reader->stat(1);
@@ -312,16 +312,15 @@ TEST_F(ReadWriteTest, HostileHeadIsClamped) {
 // outside the partition (the region is mapped between PROT_NONE guard pages
 // and the neighbouring partitions hold a marker that must never show up),
 // never reports more than the capacity, and a read agrees with stat.
-TEST_F(ReadWriteTest, HostilePositionsNeverReadOutsideThePartition) {
+TEST_P(ReadWriteTest, HostilePositionsNeverReadOutsideThePartition) {
   const std::string fill(kCapacity, 'p');
   ASSERT_TRUE(writer_->append(as_bytes(fill)).ok());
-  RawMap raw(file_.path());
+  RawPartition raw(file_, 1);
   // Partitions 0 and 2 hold a marker that partition 1 must never show.
-  for (uint32_t other : {0u, 2u}) {
-    std::memset(raw.data() + raw.table()[other].data_offset, 'X', kCapacity);
-  }
+  for (uint32_t other : {0u, 2u}) std::memset(RawPartition(file_, other).data(), 'X', kCapacity);
+  // In a split region, the piece of partition 1 alone lies between the guards.
   GuardPages guards;
-  auto guarded = open_guarded(file_.path(), BackendOptions{false, false, 0}, guards);
+  auto guarded = open_guarded(file_.file_of(1), BackendOptions{false, false, 0}, guards);
   ASSERT_TRUE(guarded.ok()) << guarded.error().message;
   auto reader = Region::open(std::move(guarded).value());
   ASSERT_TRUE(reader.ok()) << reader.error().message;
@@ -346,7 +345,7 @@ TEST_F(ReadWriteTest, HostilePositionsNeverReadOutsideThePartition) {
       for (int k = 0; k < 6; ++k) {
         const uint64_t hole_offset = values[rng() % values.size()] + (k % 2);
         const uint64_t hole_length = values[rng() % values.size()];
-        ivshmfs_control* c = raw.control(1);
+        ivshmfs_control* c = raw.control();
         poke(c->head, head);
         poke(c->base, base);
         poke(c->hole_offset, hole_offset);
@@ -379,11 +378,11 @@ TEST_F(ReadWriteTest, HostilePositionsNeverReadOutsideThePartition) {
 
 // A reset that never finishes (odd generation, e.g. a crashed or hostile
 // peer) makes readers give up with Errc::busy instead of spinning forever.
-TEST_F(ReadWriteTest, StuckResetGivesBusy) {
+TEST_P(ReadWriteTest, StuckResetGivesBusy) {
   ASSERT_TRUE(writer_->append(as_bytes("abc")).ok());
-  RawMap raw(file_.path());
-  const uint64_t gen = peek(raw.control(1)->generation);
-  poke(raw.control(1)->generation, gen + 1);
+  RawPartition raw(file_, 1);
+  const uint64_t gen = peek(raw.control()->generation);
+  poke(raw.control()->generation, gen + 1);
   std::vector<std::byte> buf(10);
   auto n = region_->read(1, 0, buf);
   ASSERT_FALSE(n.ok());
@@ -401,11 +400,11 @@ TEST_F(ReadWriteTest, StuckResetGivesBusy) {
   auto v = region_->view(1, 0, 10);
   ASSERT_FALSE(v.ok());
   EXPECT_EQ(v.error().code, Errc::busy);
-  poke(raw.control(1)->generation, gen);
+  poke(raw.control()->generation, gen);
   EXPECT_EQ(read_at(0, 10), "abc") << "reads work again once the generation is even";
 }
 
-TEST_F(ReadWriteTest, ReserveThenCommit) {
+TEST_P(ReadWriteTest, ReserveThenCommit) {
   ASSERT_TRUE(writer_->append(as_bytes("head:")).ok());
   {
     auto r = writer_->reserve(10);
@@ -444,7 +443,7 @@ TEST_F(ReadWriteTest, ReserveThenCommit) {
   EXPECT_EQ(s->length, kCapacity);
 }
 
-TEST_F(ReadWriteTest, OneReservationAtATime) {
+TEST_P(ReadWriteTest, OneReservationAtATime) {
   auto r = writer_->reserve(4);
   ASSERT_TRUE(r.ok());
   auto again = writer_->reserve(1);
@@ -467,7 +466,7 @@ TEST_F(ReadWriteTest, OneReservationAtATime) {
 // The fast paths make no system call: a child process in seccomp's strict
 // mode (any system call but read, write, exit and sigreturn kills it) appends,
 // reserves, commits, reads, views and snapshots, then reports through a pipe.
-TEST_F(ReadWriteTest, AppendAndReadMakeNoSystemCalls) {
+TEST_P(ReadWriteTest, AppendAndReadMakeNoSystemCalls) {
   int fds[2];
   ASSERT_EQ(::pipe(fds), 0);
   const pid_t child = ::fork();
@@ -510,7 +509,7 @@ TEST_F(ReadWriteTest, AppendAndReadMakeNoSystemCalls) {
   EXPECT_EQ(s->length, 512u * 64u + 16u);
 }
 
-TEST_F(ReadWriteTest, ReleasedWriterCannotWrite) {
+TEST_P(ReadWriteTest, ReleasedWriterCannotWrite) {
   writer_->release();
   EXPECT_FALSE(writer_->owns());
   auto n = writer_->append(as_bytes("x"));
@@ -526,7 +525,7 @@ TEST_F(ReadWriteTest, ReleasedWriterCannotWrite) {
 // Doorbells: what an owner waits for is a word of its own control block,
 // seen by every peer; the region refuses it for a partition it lacks and on
 // a read-only mapping. A host file has no doorbell to open or ring.
-TEST_F(ReadWriteTest, WaitingForIsTheOwnersWordAndSeenByPeers) {
+TEST_P(ReadWriteTest, WaitingForIsTheOwnersWordAndSeenByPeers) {
   EXPECT_EQ(region_->waiting_for(1), 0u) << "a formatted region waits for nothing";
   ASSERT_TRUE(region_->announce_waiting(1, (uint64_t{1} << 0) | (uint64_t{1} << 3)).ok());
   auto reader = open_region(file_.path(), false);
@@ -540,9 +539,11 @@ TEST_F(ReadWriteTest, WaitingForIsTheOwnersWordAndSeenByPeers) {
   ASSERT_TRUE(region_->announce_waiting(1, 0).ok());
   EXPECT_EQ(reader->waiting_for(1), 0u) << "cleared when nobody waits";
   EXPECT_EQ(read_at(0, 16), "") << "announcing writes no data";
-  EXPECT_FALSE(region_->backend().open_doorbell(0).ok()) << "a host file has no doorbell";
-  EXPECT_FALSE(region_->backend().ring(0, 0).ok()) << "a host file has no doorbell";
+  EXPECT_FALSE(region_->backend(*region_->find(1)).open_doorbell(0).ok()) << "a host file has no doorbell";
+  EXPECT_FALSE(region_->backend(*region_->find(1)).ring(0, 0).ok()) << "a host file has no doorbell";
 }
+
+IVSHMFS_BOTH_MODES(ReadWriteTest);
 
 }  // namespace
 }  // namespace ivshmfs::test

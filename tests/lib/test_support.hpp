@@ -310,6 +310,80 @@ inline uint64_t file_checksum(const std::string& path) {
   return hash;
 }
 
+// The two ways to lay out a region; tests that hold for both are
+// parameterised over them (TEST_P ... INSTANTIATE_TEST_SUITE_P(Modes, ...)).
+enum class Mode { shared, split };
+inline std::string mode_name(const ::testing::TestParamInfo<Mode>& info) {
+  return info.param == Mode::shared ? "Shared" : "Split";
+}
+#define IVSHMFS_BOTH_MODES(suite) \
+  INSTANTIATE_TEST_SUITE_P(Modes, suite, ::testing::Values(Mode::shared, Mode::split), mode_name)
+
+// A formatted scratch region in /dev/shm, in either mode, with the same
+// capacity per partition in both: a shared file of one metadata page plus
+// `partitions` data areas, or pieces of `piece_size` (a power of two) each.
+// Removed on destruction.
+class TestRegion {
+ public:
+  TestRegion(const std::string& tag, Mode mode, uint32_t partitions, uint64_t piece_size)
+      : mode_(mode), partitions_(partitions), prefix_(tag + "-" + (mode == Mode::split ? "split" : "shared")) {
+    remove();
+    if (mode == Mode::shared) {
+      format_file(prefix_.path(), IVSHMFS_PAGE_SIZE + partitions * (piece_size - IVSHMFS_PAGE_SIZE), partitions);
+    } else {
+      auto r = Region::format_split(prefix_.path(), partitions, piece_size, false);
+      EXPECT_TRUE(r.ok()) << r.error().message;
+    }
+  }
+  ~TestRegion() { remove(); }
+  TestRegion(const TestRegion&) = delete;
+  TestRegion& operator=(const TestRegion&) = delete;
+
+  // What Region::open_path and the programs take: the file, or the prefix.
+  [[nodiscard]] const std::string& path() const { return prefix_.path(); }
+  [[nodiscard]] Mode mode() const { return mode_; }
+  // The file holding partition `id`, and the partition's index in its table.
+  [[nodiscard]] std::string file_of(uint32_t id) const {
+    return mode_ == Mode::split ? split_piece_path(path(), id) : path();
+  }
+  [[nodiscard]] uint32_t index_in_file(uint32_t id) const { return mode_ == Mode::split ? 0 : id; }
+  [[nodiscard]] std::vector<std::string> files() const {
+    if (mode_ == Mode::shared) return {path()};
+    std::vector<std::string> out;
+    for (uint32_t id = 0; id < partitions_; ++id) out.push_back(split_piece_path(path(), id));
+    return out;
+  }
+  // Checksum over every file of the region.
+  [[nodiscard]] uint64_t checksum() const {
+    uint64_t hash = 0;
+    for (const auto& f : files()) hash = hash * 31 + file_checksum(f);
+    return hash;
+  }
+
+ private:
+  void remove() {
+    ::unlink(prefix_.path().c_str());
+    for (uint32_t id = 0; id < IVSHMFS_MAX_PARTITIONS; ++id) ::unlink(split_piece_path(prefix_.path(), id).c_str());
+  }
+  Mode mode_;
+  uint32_t partitions_;
+  TempFile prefix_;  // a unique name, and the shared file itself
+};
+
+// Raw access to one partition's control block and data, behind the
+// library's back, in whichever file holds it.
+class RawPartition {
+ public:
+  RawPartition(const TestRegion& region, uint32_t id) : map_(region.file_of(id)), index_(region.index_in_file(id)) {}
+  [[nodiscard]] ivshmfs_control* control() const { return map_.control(index_); }
+  [[nodiscard]] std::byte* data() const { return map_.data() + map_.table()[index_].data_offset; }
+  [[nodiscard]] RawMap& map() { return map_; }
+
+ private:
+  RawMap map_;
+  uint32_t index_;
+};
+
 inline std::span<const std::byte> as_bytes(const std::string& s) { return std::as_bytes(std::span(s)); }
 inline std::string as_string(std::span<const std::byte> b) {
   return std::string(reinterpret_cast<const char*>(b.data()), b.size());

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -24,7 +25,16 @@ namespace ivshmfs {
 struct FormatOptions {
   uint32_t partitions = 4;  // 1 .. IVSHMFS_MAX_PARTITIONS; ids 0 .. partitions-1
   bool force = false;       // overwrite a region that already holds a valid header
+  // Non-zero: format the backend as piece `piece_id` of a split region of
+  // `split_pieces` pieces whose identity is `format_id` (see
+  // Region::format_split); `partitions` must then be 1.
+  uint32_t split_pieces = 0;
+  uint32_t piece_id = 0;
+  uint64_t format_id = 0;
 };
+
+// The file of piece `id` of the split region `prefix`: PREFIX.vmID.
+std::string split_piece_path(std::string_view prefix, uint32_t id);
 
 // How to open a region by path (see Region::open_path).
 struct RegionOpenOptions {
@@ -34,12 +44,19 @@ struct RegionOpenOptions {
   uint32_t create_partitions = 4;
   // Called while a created file is being allocated: (bytes done, bytes in all).
   std::function<void(uint64_t, uint64_t)> progress{};
+  // Split regions: the partition this peer owns. With `writable`, only its
+  // piece is opened read-write and every other piece O_RDONLY/PROT_READ;
+  // without an own id, `writable` opens every piece read-write (the host's
+  // administration). Ignored for a single-file region.
+  std::optional<uint32_t> own_id{};
 };
 
 // One row of the (validated) partition table.
 struct PartitionInfo {
   uint32_t id = 0;
-  uint32_t index = 0;  // position in the table
+  uint32_t index = 0;  // position in the table (in the region's partitions())
+  uint32_t piece = 0;  // the backend it lives in (always 0 in a single-file region)
+  // Offsets are from the start of its piece.
   uint64_t control_offset = 0;
   uint64_t data_offset = 0;
   uint64_t capacity = 0;
@@ -47,11 +64,12 @@ struct PartitionInfo {
 
 struct RegionInfo {
   uint32_t version = 0;
-  uint64_t region_size = 0;
+  uint64_t region_size = 0;  // bytes of all pieces together
   uint64_t format_id = 0;
   uint64_t format_time_ns = 0;
-  uint32_t partition_count = 0;
+  uint32_t partition_count = 0;  // partitions this peer opened (a split region may miss pieces)
   uint64_t data_offset = 0;
+  uint32_t split_pieces = 0;  // 0: one backend holds the region; else pieces at format
 };
 
 // When an owner counts as alive.
@@ -119,13 +137,31 @@ class Region {
   // Validates the header and partition table (copied once into private
   // memory) and returns the region. Never reads outside the mapping.
   static Result<std::shared_ptr<Region>> open(std::unique_ptr<Backend> backend);
+  // Opens the pieces of one split region (each validated as open() does):
+  // all must carry IVSHMFS_FEATURE_SPLIT, the same format id, version and
+  // piece count, and distinct partition ids. `name` names the region in
+  // messages (the prefix on the host). Pieces missing from the list are
+  // logged; the region has the partitions of the pieces given.
+  static Result<std::shared_ptr<Region>> open_pieces(std::vector<std::unique_ptr<Backend>> backends, std::string name);
+  // Formats a split region: creates (or reuses, with `force`) the files
+  // PREFIX.vm0 .. PREFIX.vm{partitions-1}, each `piece_size` bytes (a power
+  // of two: a PCI BAR), each one piece with the same new format id. Refuses
+  // before writing anything when a piece holds data and `force` is not set,
+  // or when a piece of another size exists; with `force`, pieces numbered
+  // past `partitions` (from an older format) are removed.
+  static Result<void> format_split(std::string_view prefix, uint32_t partitions, uint64_t piece_size, bool force);
+  // Whether `path` names a split region: no file at `path`, but PREFIX.vmN
+  // pieces.
+  static bool is_split_prefix(std::string_view path);
   // Opens the backend at `path` and then the region. With `create`, a missing
   // host file is created and a blank region (its whole header area zero, as
   // in a new sparse file) is formatted; a region holding anything else is
   // never overwritten: a missing magic with other bytes set, a bad magic or
   // another version is reported. A file created here is removed again if
   // formatting fails. Without `writable` the backend is opened and mapped
-  // read-only (also after a create, which needs write access).
+  // read-only (also after a create, which needs write access). A path with
+  // no file of its own but PREFIX.vmN files is a split region: its pieces
+  // are opened (see RegionOpenOptions::own_id).
   static Result<std::shared_ptr<Region>> open_path(std::string_view path, const RegionOpenOptions& options);
 
   Region(const Region&) = delete;
@@ -136,7 +172,19 @@ class Region {
   [[nodiscard]] const std::vector<PartitionInfo>& partitions() const noexcept { return partitions_; }
   // nullptr when no partition has this id.
   [[nodiscard]] const PartitionInfo* find(uint32_t id) const noexcept;
-  [[nodiscard]] Backend& backend() const noexcept { return *backend_; }
+  // The region's name: its backend's path, or a split region's prefix.
+  [[nodiscard]] const std::string& path() const noexcept { return path_; }
+  [[nodiscard]] bool split() const noexcept { return info_.split_pieces != 0; }
+  // The backend holding partition p.
+  [[nodiscard]] Backend& backend(const PartitionInfo& p) const noexcept { return *pieces_[p.piece].backend; }
+  // Every backend of the region, in partition order (one for a single-file region).
+  [[nodiscard]] std::vector<const Backend*> backends() const;
+  // True once any piece's mapping lost its backing (see Backend::mapping_lost).
+  [[nodiscard]] bool mapping_lost() const noexcept;
+  // Backend::notice_shrink on every piece; true when any mapping is lost.
+  bool notice_shrink() const noexcept;
+  // The loss error of the first piece whose mapping is lost (EIO when none is).
+  [[nodiscard]] Error loss_error() const;
 
   // Errc::reformatted once the region was formatted anew (or wiped) after open.
   [[nodiscard]] Result<void> check_format() const;
@@ -173,10 +221,14 @@ class Region {
   [[nodiscard]] std::byte* data(const PartitionInfo& p) const noexcept;
 
  private:
-  explicit Region(std::unique_ptr<Backend> backend);
+  struct Piece {
+    std::unique_ptr<Backend> backend;
+    std::byte* base = nullptr;  // backend->bytes().data(), one indirection less on every access
+  };
+  Region() = default;
 
-  std::unique_ptr<Backend> backend_;
-  std::byte* base_;  // backend_->bytes().data(), one indirection less on every access
+  std::string path_;
+  std::vector<Piece> pieces_;
   RegionInfo info_;
   std::vector<PartitionInfo> partitions_;
   std::array<int16_t, IVSHMFS_MAX_PARTITIONS> index_by_id_{};  // -1: no such id

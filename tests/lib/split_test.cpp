@@ -1,0 +1,217 @@
+// SPDX-License-Identifier: MIT
+// Split regions: format_split's files and refusals, grouping pieces by
+// format id, renamed, mixed and missing pieces, and a peer that opens only
+// its own piece read-write. What holds in both modes is tested by the
+// parameterised suites (ReadWriteTest, ClaimTest, ...).
+#include <sys/stat.h>
+
+#include <filesystem>
+
+#include "test_support.hpp"
+
+namespace ivshmfs::test {
+namespace {
+
+constexpr uint32_t kPieces = 3;
+constexpr uint64_t kPieceSize = 64 * 1024;
+
+ClaimOptions quiet_claim() {
+  ClaimOptions options;
+  options.heartbeat_interval = std::chrono::milliseconds(0);
+  return options;
+}
+
+class SplitTest : public ::testing::Test {
+ protected:
+  TestRegion region_{"split", Mode::split, kPieces, kPieceSize};
+};
+
+TEST_F(SplitTest, FormatWritesOnePieceFilePerPartition) {
+  uint64_t format_id = 0;
+  for (uint32_t id = 0; id < kPieces; ++id) {
+    SCOPED_TRACE(id);
+    const std::string file = split_piece_path(region_.path(), id);
+    EXPECT_EQ(file, region_.path() + ".vm" + std::to_string(id));
+    struct stat st {};
+    ASSERT_EQ(::stat(file.c_str(), &st), 0) << file << ": " << std::strerror(errno);
+    EXPECT_EQ(static_cast<uint64_t>(st.st_size), kPieceSize) << "each piece has the size asked for (a power of two)";
+    RawMap raw(file);
+    EXPECT_EQ(raw.header()->magic, IVSHMFS_MAGIC);
+    EXPECT_EQ(raw.header()->features, IVSHMFS_FEATURE_SPLIT);
+    EXPECT_EQ(raw.header()->split_pieces, kPieces);
+    EXPECT_EQ(raw.header()->partition_count, 1u);
+    EXPECT_EQ(raw.table()[0].id, id) << "a piece's one entry carries its partition id";
+    EXPECT_EQ(raw.table()[0].capacity, kPieceSize - IVSHMFS_PAGE_SIZE);
+    if (id == 0) format_id = raw.header()->format_id;
+    EXPECT_EQ(raw.header()->format_id, format_id) << "every piece carries the region's one format id";
+  }
+  EXPECT_NE(format_id, 0u);
+  struct stat st {};
+  EXPECT_NE(::stat(region_.path().c_str(), &st), 0) << "the prefix itself is no file";
+  EXPECT_FALSE(std::filesystem::exists(split_piece_path(region_.path(), kPieces)));
+
+  auto region = open_region(region_.path(), false);
+  ASSERT_NE(region, nullptr);
+  EXPECT_TRUE(region->split());
+  EXPECT_EQ(region->path(), region_.path());
+  EXPECT_EQ(region->info().split_pieces, kPieces);
+  EXPECT_EQ(region->info().partition_count, kPieces);
+  EXPECT_EQ(region->info().format_id, format_id);
+  EXPECT_EQ(region->info().region_size, kPieces * kPieceSize);
+  ASSERT_EQ(region->backends().size(), kPieces);
+  for (const PartitionInfo& p : region->partitions()) {
+    EXPECT_EQ(region->backend(p).path(), split_piece_path(region_.path(), p.id));
+    EXPECT_EQ(p.piece, p.id);
+  }
+}
+
+TEST_F(SplitTest, PieceSizeMustBeAPowerOfTwo) {
+  TempFile name{"split-size"};
+  for (uint64_t size : {uint64_t{96 * 1024}, uint64_t{4096}, uint64_t{0}, uint64_t{65537}}) {
+    SCOPED_TRACE(size);
+    auto r = Region::format_split(name.path(), 2, size, false);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().code, Errc::invalid_argument);
+    EXPECT_NE(r.error().message.find("power of two"), std::string::npos) << r.error().message;
+    EXPECT_FALSE(std::filesystem::exists(split_piece_path(name.path(), 0))) << "a refusal creates no file";
+  }
+}
+
+TEST_F(SplitTest, FormatRefusesDataWithoutForceAndRemovesStalePiecesWithIt) {
+  {
+    auto region = open_region(region_.path(), true);
+    ASSERT_NE(region, nullptr);
+    auto w = PartitionWriter::claim(region, 2, quiet_claim());
+    ASSERT_TRUE(w.ok()) << w.error().message;
+    ASSERT_TRUE((*w)->append(as_bytes("keep me")).ok());
+  }
+  const uint64_t before = region_.checksum();
+  auto refused = Region::format_split(region_.path(), 2, kPieceSize, false);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.error().code, Errc::already_formatted) << refused.error().message;
+  EXPECT_EQ(region_.checksum(), before) << "a refused format changed a piece";
+
+  auto other_size = Region::format_split(region_.path(), kPieces, 2 * kPieceSize, true);
+  ASSERT_FALSE(other_size.ok());
+  EXPECT_EQ(other_size.error().code, Errc::size_mismatch) << other_size.error().message;
+  EXPECT_EQ(region_.checksum(), before);
+
+  auto forced = Region::format_split(region_.path(), 2, kPieceSize, true);
+  ASSERT_TRUE(forced.ok()) << forced.error().message;
+  EXPECT_FALSE(std::filesystem::exists(split_piece_path(region_.path(), 2)))
+      << "a piece beyond the new count would be an old region's piece";
+  auto region = open_region(region_.path(), false);
+  ASSERT_NE(region, nullptr);
+  EXPECT_EQ(region->info().partition_count, 2u);
+  EXPECT_EQ(region->info().split_pieces, 2u);
+}
+
+TEST_F(SplitTest, PiecesOfTwoRegionsAreNeverMixed) {
+  TestRegion other{"split-other", Mode::split, kPieces, kPieceSize};
+  // Piece 1 of the other region takes the place of ours.
+  std::filesystem::copy_file(other.file_of(1), region_.file_of(1), std::filesystem::copy_options::overwrite_existing);
+  RegionOpenOptions options;
+  auto region = Region::open_path(region_.path(), options);
+  ASSERT_FALSE(region.ok());
+  EXPECT_NE(region.error().message.find("another split region"), std::string::npos) << region.error().message;
+  EXPECT_NE(region.error().message.find(region_.file_of(1)), std::string::npos) << region.error().message;
+}
+
+TEST_F(SplitTest, ARenamedPieceIsRefused) {
+  std::filesystem::rename(region_.file_of(2), split_piece_path(region_.path(), 5));
+  auto region = Region::open_path(region_.path(), RegionOpenOptions{});
+  ::unlink(split_piece_path(region_.path(), 5).c_str());
+  ASSERT_FALSE(region.ok());
+  EXPECT_NE(region.error().message.find("holds partition 2, not 5"), std::string::npos) << region.error().message;
+}
+
+TEST_F(SplitTest, AWholeRegionIsNoPiece) {
+  // A single-file region named like a piece is not grouped with pieces.
+  format_file(region_.file_of(1), 4 * kPieceSize, 2);
+  auto region = Region::open_path(region_.path(), RegionOpenOptions{});
+  ASSERT_FALSE(region.ok());
+  EXPECT_NE(region.error().message.find(region_.file_of(1)), std::string::npos) << region.error().message;
+}
+
+TEST_F(SplitTest, AMissingPieceLeavesTheOthersUsable) {
+  ASSERT_EQ(::unlink(region_.file_of(1).c_str()), 0);
+  auto region = open_region(region_.path(), true);
+  ASSERT_NE(region, nullptr);
+  EXPECT_EQ(region->info().split_pieces, kPieces);
+  EXPECT_EQ(region->info().partition_count, kPieces - 1);
+  EXPECT_EQ(region->find(1), nullptr);
+  ASSERT_NE(region->find(2), nullptr);
+  auto w = PartitionWriter::claim(region, 2, quiet_claim());
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  ASSERT_TRUE((*w)->append(as_bytes("still here")).ok());
+  EXPECT_EQ(read_all(*region, 2), "still here");
+  auto missing = region->stat(1);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_EQ(missing.error().code, Errc::no_such_partition);
+}
+
+TEST_F(SplitTest, APeerOpensOnlyItsOwnPieceReadWrite) {
+  RegionOpenOptions options;
+  options.writable = true;
+  options.own_id = 1;
+  auto region = Region::open_path(region_.path(), options);
+  ASSERT_TRUE(region.ok()) << region.error().message;
+  for (const PartitionInfo& p : (*region)->partitions()) {
+    EXPECT_EQ((*region)->backend(p).writable(), p.id == 1) << "piece of partition " << p.id;
+  }
+  auto other = PartitionWriter::claim(*region, 0, quiet_claim());
+  ASSERT_FALSE(other.ok());
+  EXPECT_EQ(other.error().code, Errc::read_only) << other.error().message;
+  EXPECT_NE(other.error().message.find(region_.file_of(0)), std::string::npos) << other.error().message;
+  auto own = PartitionWriter::claim(*region, 1, quiet_claim());
+  ASSERT_TRUE(own.ok()) << own.error().message;
+  ASSERT_TRUE((*own)->append(as_bytes("mine")).ok());
+  // Another peer reads it through its own read-only mapping of the piece.
+  auto reader = open_region(region_.path(), false);
+  ASSERT_NE(reader, nullptr);
+  EXPECT_EQ(read_all(*reader, 1), "mine");
+  // The other pieces' files were opened O_RDONLY: their modes allow that alone.
+  ASSERT_EQ(::chmod(region_.file_of(2).c_str(), 0444), 0);
+  options.own_id = 0;
+  auto ro_peer = Region::open_path(region_.path(), options);
+  EXPECT_TRUE(ro_peer.ok()) << (ro_peer.ok() ? "" : ro_peer.error().message);
+}
+
+TEST_F(SplitTest, ReformattingOnePieceIsNoticed) {
+  auto region = open_region(region_.path(), false);
+  ASSERT_NE(region, nullptr);
+  ASSERT_TRUE(region->check_format().ok());
+  format_file(region_.file_of(2), kPieceSize, 1);
+  auto check = region->check_format();
+  ASSERT_FALSE(check.ok());
+  EXPECT_EQ(check.error().code, Errc::reformatted);
+  EXPECT_NE(check.error().message.find(region_.file_of(2)), std::string::npos) << check.error().message;
+}
+
+TEST_F(SplitTest, APieceWithAnIdPastThePieceCountIsCorrupt) {
+  RawMap raw(region_.file_of(2));
+  raw.table()[0].id = kPieces;
+  auto region = Region::open_path(region_.file_of(2), RegionOpenOptions{});
+  ASSERT_FALSE(region.ok());
+  EXPECT_EQ(region.error().code, Errc::corrupt_partition_table) << region.error().message;
+  EXPECT_NE(region.error().message.find("piece count"), std::string::npos) << region.error().message;
+}
+
+TEST_F(SplitTest, OnePieceOpensAlone) {
+  // A guest that was given one piece only (or a tool pointed at one file).
+  auto region = open_region(region_.file_of(2), false);
+  ASSERT_NE(region, nullptr);
+  EXPECT_TRUE(region->split());
+  ASSERT_EQ(region->partitions().size(), 1u);
+  EXPECT_EQ(region->partitions().front().id, 2u);
+}
+
+TEST_F(SplitTest, APrefixThatIsAFileIsRefused) {
+  TempFile file{"split-prefix", 4096};
+  auto r = Region::format_split(file.path(), 2, kPieceSize, true);
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.error().message.find("a file of that name exists"), std::string::npos) << r.error().message;
+}
+
+}  // namespace
+}  // namespace ivshmfs::test
