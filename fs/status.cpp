@@ -25,10 +25,10 @@ std::string format_status(const Region& region, std::optional<uint32_t> self_id,
   const RegionInfo& info = region.info();
   std::string out = fmt::format(
       "region backend={} kind={} size={} version={} format_id={:#018x} format_time_ns={} partitions={} self={} "
-      "state={}\n",
+      "state={} split_pieces={}\n",
       field(region.path()), field(to_string(region.backends().front()->kind())), info.region_size, info.version,
       info.format_id, info.format_time_ns, info.partition_count,
-      self_id ? std::to_string(*self_id) : std::string("none"), stale ? "reformatted" : "ok");
+      self_id ? std::to_string(*self_id) : std::string("none"), stale ? "reformatted" : "ok", info.split_pieces);
   if (stale) return out;  // the partition table we hold no longer describes the region
   for (const PartitionInfo& p : region.partitions()) {
     auto s = region.stat(p.id);

@@ -496,8 +496,9 @@ int cmd_qemu_args(const Args& args) {
                     ",size=" + std::to_string(backend.size()) + ",share=on" + (own ? "" : ",readonly=on"));
     std::string device = "ivshmem-plain,id=" + name + "-dev,memdev=" + name;
     if (bridged) {
-      device +=
-          ",bus=ivshmfs-bridge" + std::to_string(i / kBridgeSlots) + ",addr=" + std::to_string(i % kBridgeSlots + 1);
+      char slot[16];  // QEMU reads a PCI address as hexadecimal slot[.function]
+      std::snprintf(slot, sizeof slot, "0x%zx", i % kBridgeSlots + 1);
+      device += ",bus=ivshmfs-bridge" + std::to_string(i / kBridgeSlots) + ",addr=" + slot;
     }
     words.emplace_back("-device");
     words.push_back(device);

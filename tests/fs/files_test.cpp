@@ -210,9 +210,7 @@ TEST_F(TwoPeers, AFullPartitionGivesAShortWriteThenENOSPC) {
 TEST_F(TwoPeers, AWriteAcrossAFencedRangeIsCommittedWhole) {
   a_.reset();  // unmount vm0 and release its claim
   {
-    auto backend = Backend::open(region_.path(), BackendOptions{true, false, 0});
-    ASSERT_TRUE(backend) << backend.error().message;
-    auto region = Region::open(std::move(*backend));
+    auto region = Region::open_path(region_.path(), RegionOpenOptions{true});
     ASSERT_TRUE(region) << region.error().message;
     const PartitionInfo* p = (*region)->find(0);
     ASSERT_NE(p, nullptr);
@@ -289,6 +287,7 @@ TEST_F(TwoPeers, StatusFileDescribesRegionAndEveryPartition) {
   ASSERT_EQ(lines.size(), 3U) << status;
   EXPECT_EQ(lines[0].rfind("region ", 0), 0U) << lines[0];
   EXPECT_NE(lines[0].find(" backend=" + region_.path() + " "), std::string::npos) << lines[0];
+  EXPECT_NE(lines[0].find(split_mode() ? " split_pieces=2" : " split_pieces=0"), std::string::npos) << lines[0];
   EXPECT_NE(lines[0].find(" partitions=2 self=0 state=ok"), std::string::npos) << lines[0];
   EXPECT_EQ(lines[1].rfind(
                 "partition id=0 file=vm0 self=1 claimed=1 alive=1 owner_pid=" + std::to_string(a_->pid()) + " ", 0),

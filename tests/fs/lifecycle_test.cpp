@@ -313,7 +313,9 @@ TEST_F(Lifecycle, ABackendTruncatedUnderRunningDaemonsGivesEioAndTheyStayUp) {
   append(b.file("vm1"), std::string(20000, 'b'));
   ASSERT_EQ(read_all(a.file("vm1")).size(), 20000U);
 
-  ASSERT_EQ(::truncate(region_.path().c_str(), IVSHMFS_PAGE_SIZE), 0) << std::strerror(errno);
+  for (const std::string& file : region_.files()) {
+    ASSERT_EQ(::truncate(file.c_str(), IVSHMFS_PAGE_SIZE), 0) << file << ": " << std::strerror(errno);
+  }
 
   // A read of a peer's partition (copied) and of the own one (straight from
   // the mapping), and an append: each fails with EIO, none kills the daemon.
@@ -360,9 +362,7 @@ TEST_F(Lifecycle, APartitionLeftMidResetIsReportedAndReadsFailWithEagain) {
   ASSERT_TRUE(d.start()) << d.log();
   append(d.file("vm0"), "still fine");
   {
-    auto backend = Backend::open(region_.path(), BackendOptions{true, false, 0});
-    ASSERT_TRUE(backend.ok()) << backend.error().message;
-    auto region = Region::open(std::move(*backend));
+    auto region = Region::open_path(region_.path(), RegionOpenOptions{true});
     ASSERT_TRUE(region.ok()) << region.error().message;
     const PartitionInfo* p = (*region)->find(1);
     ASSERT_NE(p, nullptr);

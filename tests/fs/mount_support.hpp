@@ -16,12 +16,14 @@
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <functional>
 #include <optional>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -144,21 +146,50 @@ inline void unmount(const std::string& dir) {
   if (is_mounted(dir)) ::umount2(dir.c_str(), MNT_DETACH);
 }
 
-// A region file in /dev/shm, formatted by the library, removed at the end.
+// The fixture knob that runs every mount test on both layouts: with
+// IVSHMFS_TEST_SPLIT=1 in the environment (ctest registers the suite twice,
+// the second time as fs.split.*), RegionFile makes a split region.
+inline bool split_mode() {
+  const char* v = std::getenv("IVSHMFS_TEST_SPLIT");
+  return v != nullptr && std::string_view(v) == "1";
+}
+
+// A region in /dev/shm, formatted by the library, removed at the end: one
+// file, or (split_mode()) the pieces PATH.vm0, PATH.vm1, ... each of
+// size/partitions rounded up to a power of two.
 class RegionFile {
  public:
   explicit RegionFile(uint64_t size = 1 << 20, uint32_t partitions = 2) : path_("/dev/shm/" + unique_name("region")) {
-    ::unlink(path_.c_str());
+    remove();
     format(size, partitions, false);
   }
-  ~RegionFile() { ::unlink(path_.c_str()); }
+  ~RegionFile() { remove(); }
   RegionFile(const RegionFile&) = delete;
   RegionFile& operator=(const RegionFile&) = delete;
 
+  // What the daemon and ivshmctl take: the file, or the split region's prefix.
   [[nodiscard]] const std::string& path() const { return path_; }
+
+  // The files holding the region: the one file, or every piece.
+  [[nodiscard]] std::vector<std::string> files() const {
+    if (!split_mode()) return {path_};
+    std::vector<std::string> out;
+    for (uint32_t id = 0; id < IVSHMFS_MAX_PARTITIONS; ++id) {
+      std::string piece = split_piece_path(path_, id);
+      if (::access(piece.c_str(), F_OK) == 0) out.push_back(std::move(piece));
+    }
+    return out;
+  }
 
   // Formats anew (force), as another host tool would underneath a mount.
   void format(uint64_t size, uint32_t partitions, bool force) {
+    if (split_mode()) {
+      uint64_t piece = 2 * IVSHMFS_PAGE_SIZE;
+      while (piece < size / partitions) piece *= 2;
+      auto r = Region::format_split(path_, partitions, piece, force);
+      ASSERT_TRUE(r) << r.error().message;
+      return;
+    }
     auto backend = Backend::open(path_, BackendOptions{true, true, size});
     ASSERT_TRUE(backend) << backend.error().message;
     auto r = Region::format(**backend, FormatOptions{partitions, force});
@@ -167,10 +198,7 @@ class RegionFile {
 
   // A fresh read-only look at partition `id`, straight through the library.
   [[nodiscard]] PartitionStat stat(uint32_t id) const {
-    auto backend = Backend::open(path_, BackendOptions{false, false, 0});
-    EXPECT_TRUE(backend) << backend.error().message;
-    if (!backend) return {};
-    auto region = Region::open(std::move(*backend));
+    auto region = Region::open_path(path_, RegionOpenOptions{});
     EXPECT_TRUE(region) << region.error().message;
     if (!region) return {};
     auto s = (*region)->stat(id);
@@ -179,6 +207,10 @@ class RegionFile {
   }
 
  private:
+  void remove() const {
+    ::unlink(path_.c_str());
+    for (uint32_t id = 0; id < IVSHMFS_MAX_PARTITIONS; ++id) ::unlink(split_piece_path(path_, id).c_str());
+  }
   std::string path_;
 };
 
