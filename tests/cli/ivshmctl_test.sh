@@ -3,13 +3,18 @@
 # JSON), write/read round trips with binary data, reset, refusal while a live
 # writer owns a partition and --force, error messages and exit codes, --help.
 #
-#   tests/cli/ivshmctl_test.sh PATH/TO/ivshmctl
+#   tests/cli/ivshmctl_test.sh PATH/TO/ivshmctl [shared|split]
+#
+# With "split" the regions of the status, write/read, reset, full-partition,
+# wrong-id and live-owner checks are split regions (PREFIX.vmN pieces), and
+# split-only checks replace the single-file format checks.
 #
 # Prints each check and ends with "N passed, M failed"; exits non-zero if any
 # check failed.
 set -u
 
-ctl=${1:?usage: $0 PATH/TO/ivshmctl}
+ctl=${1:?usage: $0 PATH/TO/ivshmctl [shared|split]}
+mode=${2:-shared}
 [ -x "$ctl" ] || {
   echo "not executable: $ctl"
   echo "0 passed, 1 failed"
@@ -93,11 +98,24 @@ except Exception as e:
 
 sha() { sha256sum "$1" | cut -d' ' -f1; }
 
+# format_region BYTES PARTITIONS PATH: a fresh region of BYTES in all, one
+# file, or in split mode PARTITIONS pieces of BYTES/PARTITIONS rounded up to
+# a power of two (the capacities come out the same).
+format_region() {
+  if [ "$mode" = split ]; then
+    local piece=8192
+    while [ $((piece * $2)) -lt "$1" ]; do piece=$((piece * 2)); done
+    run format --split --size "$piece" --partitions "$2" "$3"
+  else
+    run format --size "$1" --partitions "$2" "$3"
+  fi
+}
+
 echo "== help and usage"
 run --help
 expect_status 0 "ivshmctl --help"
 expect_out "Usage: ivshmctl COMMAND" "ivshmctl --help"
-for cmd in format status read write reset; do
+for cmd in format status read write reset qemu-args; do
   run "$cmd" --help
   expect_status 0 "ivshmctl $cmd --help"
   expect_out "Usage: ivshmctl $cmd" "ivshmctl $cmd --help"
@@ -119,6 +137,7 @@ expect_err "--bogus" "unknown option"
 run read --force "$file" 0
 expect_status 2 "an option another command has (read --force)"
 
+if [ "$mode" = shared ]; then
 echo "== format"
 next_file
 f=$file
@@ -173,10 +192,102 @@ run format --partitions 8 "$blank"
 expect_status 0 "format of an existing blank file without --size"
 expect_out "8 partitions" "format --partitions 8"
 
+fi
+
+if [ "$mode" = split ]; then
+  echo "== format --split"
+  next_file
+  f=$file
+  for bad in 96K 4K 0 1000; do
+    run format --split --size "$bad" --partitions 3 "$f"
+    expect_status 2 "format --split --size $bad"
+    expect_err "power of two" "format --split --size $bad says a piece is a power of two"
+  done
+  run format --split --partitions 3 "$f"
+  expect_status 2 "format --split without --size"
+  expect_err "--size" "format --split without --size says what to pass"
+  [ ! -e "$f.vm0" ] && pass "no piece created by refused formats" || fail "a refused format created $f.vm0"
+  run format --split --size 64K --partitions 3 "$f"
+  expect_status 0 "format --split --size 64K --partitions 3"
+  expect_out "3 pieces" "format --split says how many pieces"
+  for id in 0 1 2; do
+    expect_eq "$(stat -c %s "$f.vm$id" 2>&1)" 65536 "piece $f.vm$id is 64 KiB"
+  done
+  [ ! -e "$f" ] && pass "the prefix itself is no file" || fail "format --split created $f"
+  run status --json "$f"
+  expect_eq "$(json_field "$out" 'j["split_pieces"]')" 3 "JSON split_pieces"
+  expect_eq "$(json_field "$out" '[p["backend"] for p in j["partitions"]]')" "['$f.vm0', '$f.vm1', '$f.vm2']" \
+    "JSON names each partition's piece"
+  run status "$f"
+  expect_out "split, 3 of 3" "status says the region is split"
+  printf 'keep' | "$ctl" write "$f" 2
+  sum_before=$(cat "$f".vm* | sha256sum)
+  run format --split --size 64K --partitions 2 "$f"
+  expect_status 1 "format --split of a region holding data, without --force"
+  expect_err "--force" "the refusal says how to proceed"
+  expect_eq "$(cat "$f".vm* | sha256sum)" "$sum_before" "a refused format --split changes no piece"
+  run format "$f"
+  expect_status 1 "a single-file format of a split prefix"
+  expect_err "--split" "the refusal says to use --split"
+  run format --split --force --size 64K --partitions 2 "$f"
+  expect_status 0 "format --split --force with fewer pieces"
+  [ ! -e "$f.vm2" ] && pass "--force removed the piece of the older format" || fail "$f.vm2 is left over"
+  next_file
+  other=$file
+  run format --split --size 64K --partitions 2 "$other"
+  cp "$other.vm1" "$f.vm1"
+  run status "$f"
+  expect_status 1 "status of pieces from two regions"
+  expect_err "another split region" "mixed pieces are refused"
+
+  echo "== qemu-args"
+  next_file
+  q=$file
+  run format --split --size 64K --partitions 6 "$q"
+  run qemu-args --peer 2 "$q"
+  expect_status 0 "qemu-args --peer 2 on 6 pieces"
+  expect_eq "$(grep -c '^-object memory-backend-file,' "$out")" 6 "one memory backend per piece"
+  expect_eq "$(grep -c '^-device ivshmem-plain,' "$out")" 6 "one ivshmem-plain device per piece"
+  expect_eq "$(grep -c 'readonly=on' "$out")" 5 "every piece but the own one is readonly=on"
+  own_line="-object memory-backend-file,id=ivshmfs-vm2,mem-path=$q.vm2,size=65536,share=on"
+  if grep -qxF -- "$own_line" "$out"; then pass "the own piece is read-write"; else
+    fail "the own piece is read-write: no line '$own_line'" "$(cat "$out")"
+  fi
+  run qemu-args --peer 2 --libvirt "$q"
+  expect_status 0 "qemu-args --libvirt"
+  expect_out "<qemu:commandline>" "libvirt form"
+  expect_eq "$(grep -c "<qemu:arg value='-device'/>" "$out")" 6 "libvirt form has every device"
+  run qemu-args --peer 2 --bridge "$q"
+  expect_out "-device pci-bridge,id=ivshmfs-bridge0,chassis_nr=1" "--bridge adds a pci-bridge"
+  expect_out "bus=ivshmfs-bridge0,addr=0x6" "--bridge places the sixth piece in slot 6 of the bridge"
+  run qemu-args "$q"
+  expect_status 2 "qemu-args without --peer"
+  run qemu-args --peer 6 "$q"
+  expect_status 1 "qemu-args --peer of no partition"
+  expect_err "no partition 6" "qemu-args names the missing partition"
+  if command -v qemu-system-x86_64 >/dev/null; then
+    # QEMU itself accepts them: 6 pieces on the root bus, and behind a bridge.
+    for extra in "" --bridge; do
+      # shellcheck disable=SC2046
+      qtree=$(printf 'info qtree\nquit\n' | timeout 120 qemu-system-x86_64 -accel tcg -S -display none -nodefaults \
+        -monitor stdio $("$ctl" qemu-args --peer 2 $extra "$q") 2>&1)
+      expect_eq "$(grep -c 'dev: ivshmem-plain' <<<"$qtree")" 6 "QEMU starts with the 6 devices of qemu-args $extra"
+    done
+  else
+    pass "skipped: QEMU is not installed, its acceptance of qemu-args is not checked"
+  fi
+  next_file
+  single=$file
+  run format --size 64K "$single"
+  run qemu-args --peer 1 "$single"
+  expect_status 0 "qemu-args on a single-file region"
+  expect_eq "$(grep -c '^-device ivshmem-plain' "$out")" 1 "one device for a single-file region"
+  expect_eq "$(grep -c 'readonly' "$out")" 0 "a single-file region is shared read-write"
+fi
 echo "== status"
 next_file
 f=$file
-run format --size 1M --partitions 4 "$f"
+format_region 1048576 4 "$f"
 expect_status 0 "format for status"
 run status "$f"
 expect_status 0 "status"
@@ -250,7 +361,7 @@ fi
 echo "== a full partition"
 next_file
 tiny=$file
-run format --size 20K --partitions 4 "$tiny"
+format_region 20480 4 "$tiny"
 expect_status 0 "format a region with 4 KiB partitions"
 head -c 5000 /dev/urandom >"$tmp/5000"
 run write "$tiny" 0 <"$tmp/5000"
@@ -283,6 +394,7 @@ run read "$f" 1 2
 expect_status 2 "read with an extra argument"
 run status
 expect_status 2 "status without a backend"
+if [ "$mode" = shared ]; then
 next_file
 missing=$file
 for cmd in "status $missing" "read $missing 0" "write $missing 0" "reset $missing 0"; do
@@ -325,10 +437,12 @@ run status /dev/null
 expect_status 1 "status of a character device that is not an ivshm device"
 expect_err "/dev/null" "the device error names it"
 
+fi
+
 echo "== a live owner"
 next_file
 f=$file
-run format --size 1M "$f"
+format_region 1048576 4 "$f"
 fifo="$tmp/fifo"
 mkfifo "$fifo"
 exec 3<>"$fifo" # keeps the fifo open, so the writer below waits for data
