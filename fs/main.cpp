@@ -99,20 +99,28 @@ std::unique_ptr<fuse_loop_config, LoopConfigDeleter> loop_config(const Options& 
 int serve(fuse_args& args, const Options& options, Detacher& detacher) {
   if (!mountpoint_usable(options.mountpoint)) return 1;
   std::string path;
+  Result<std::shared_ptr<Region>> region = make_error(Errc::invalid_argument, "no region");
+  std::optional<uint32_t> discovered_id;  // the own piece of a split region, found by its probe
   if (options.backend) {
     path = *options.backend;
-  } else if (auto found = find_default_backend()) {
-    path = *found;
-    spdlog::info("no BACKEND given: using {}", path);
+    region = open_region(options, path);
   } else {
-    spdlog::error(
-        "no BACKEND given and no ivshmem device found (no /dev/ivshmN, no PCI device 1af4:1110): "
-        "pass a host file, e.g. 'ivshmfs -o create,size=64M /dev/shm/ivshm {}', or /dev/ivshm0",
-        options.mountpoint);
-    return 1;
+    // Inside a guest: every ivshmem device; the pieces of a split region are
+    // grouped, a single-file region is the first device.
+    std::optional<uint32_t> own_id;
+    if (!options.read_only) {
+      if (auto identity = resolve_peer_id(options.id, nullptr)) own_id = identity->id;
+    }
+    region = Region::discover(own_id, !options.read_only, &discovered_id);
+    if (!region) {
+      spdlog::error(
+          "no BACKEND given: {}; pass a host file, e.g. 'ivshmfs -o create,size=64M /dev/shm/ivshm {}', or "
+          "/dev/ivshm0",
+          region.error().message, options.mountpoint);
+      return 1;
+    }
+    path = (*region)->path();
   }
-
-  auto region = open_region(options, path);
   if (!region) {
     spdlog::error("{}", region.error().message);
     if (region.error().code == Errc::not_formatted) spdlog::error("format it with ivshmctl, or pass -o create");
@@ -137,7 +145,9 @@ int serve(fuse_args& args, const Options& options, Detacher& detacher) {
     else
       spdlog::info("read-only (-o ro): no partition claimed");
   } else {
-    auto identity = resolve_peer_id(options.id, &backend);
+    auto identity = discovered_id && !options.id
+                        ? Result<PeerIdentity>(PeerIdentity{*discovered_id, "the only writable piece"})
+                        : resolve_peer_id(options.id, &backend);
     if (!identity) {
       spdlog::error("{}; pass -o id=N", identity.error().message);
       return 1;

@@ -336,6 +336,39 @@ Result<void> ensure_standard_descriptors() noexcept {
   return {};
 }
 
+std::vector<std::string> find_all_backends() {
+  std::vector<std::pair<unsigned long, std::string>> devices;
+  if (DIR* dir = ::opendir("/dev")) {
+    const std::string_view prefix = IVSHM_DEVICE_PREFIX;
+    while (dirent* entry = ::readdir(dir)) {
+      const std::string_view name = entry->d_name;
+      if (name.size() <= prefix.size() || name.substr(0, prefix.size()) != prefix) continue;
+      const std::string digits(name.substr(prefix.size()));
+      if (digits.find_first_not_of("0123456789") != std::string::npos) continue;
+      devices.emplace_back(std::stoul(digits), "/dev/" + std::string(name));
+    }
+    ::closedir(dir);
+  }
+  std::sort(devices.begin(), devices.end());
+  std::vector<std::string> found;
+  for (auto& [n, path] : devices) found.push_back(std::move(path));
+  if (!found.empty()) return found;
+  const std::string root = "/sys/bus/pci/devices";
+  DIR* dir = ::opendir(root.c_str());
+  if (dir == nullptr) return found;
+  while (dirent* entry = ::readdir(dir)) {
+    if (entry->d_name[0] == '.') continue;
+    std::string base = root + "/" + entry->d_name;
+    std::string vendor, device;
+    std::ifstream(base + "/vendor") >> vendor;
+    std::ifstream(base + "/device") >> device;
+    if (vendor == "0x1af4" && device == "0x1110") found.push_back(base + "/resource2");
+  }
+  ::closedir(dir);
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
 std::optional<std::string> find_default_backend() {
   for (int n = 0; n < 16; ++n) {
     std::string dev = "/dev/" IVSHM_DEVICE_PREFIX + std::to_string(n);

@@ -504,6 +504,140 @@ Result<void> Region::format_split(std::string_view prefix, uint32_t partitions, 
   return {};
 }
 
+namespace {
+
+// Whether stores to a piece's mapping stick: the guest's view of a BAR that
+// QEMU backs read-only is writable, but the stores are discarded. The probe
+// uses the control block's reserved0 word (ignored by readers, never written
+// otherwise): a non-zero value stored and read back, then zero again.
+bool probe_writable(const Backend& backend, const PartitionInfo& p) {
+  auto* c = reinterpret_cast<ivshmfs_control*>(backend.bytes().data() + p.control_offset);
+  const uint64_t probe = detail::random_nonzero();
+  uint64_t expected = 0;
+  if (!detail::compare_exchange(c->reserved0, expected, probe)) {
+    // Left non-zero by a probe that was interrupted: take it back.
+    detail::compare_exchange(c->reserved0, expected, 0);
+    expected = 0;
+    if (!detail::compare_exchange(c->reserved0, expected, probe)) return false;
+  }
+  std::atomic_thread_fence(std::memory_order_seq_cst);
+  const bool stuck = detail::load_seq_cst(c->reserved0) == probe;
+  if (stuck) store_release(c->reserved0, 0);
+  return stuck;
+}
+
+std::string readonly_hint(const std::string& device, uint32_t id) {
+  return device + " (partition " + std::to_string(id) +
+         ", this VM's own piece) discards writes: QEMU backs it read-only; remove readonly=on from the "
+         "memory-backend-file of its piece (PREFIX.vm" +
+         std::to_string(id) + ") in this VM's QEMU options ('ivshmctl qemu-args --peer " + std::to_string(id) +
+         " PREFIX' prints them)";
+}
+
+}  // namespace
+
+Result<std::shared_ptr<Region>> Region::discover(std::optional<uint32_t> own_id, bool writable,
+                                                 std::optional<uint32_t>* chosen) {
+  const std::vector<std::string> devices = find_all_backends();
+  if (devices.empty()) {
+    return make_error(Errc::invalid_argument, "no ivshmem device found (no /dev/ivshmN, no PCI device 1af4:1110)");
+  }
+  struct Found {
+    std::string path;
+    uint64_t format_id;
+    uint32_t id;
+  };
+  std::vector<Found> pieces;
+  for (const std::string& path : devices) {
+    auto backend = Backend::open(path, BackendOptions{false, false, 0});
+    if (!backend) {
+      spdlog::warn("{}", backend.error().message);
+      continue;
+    }
+    auto valid = validate_piece(**backend);
+    if (!valid) {
+      spdlog::info("{}: not a piece of a split region: {}", path, valid.error().message);
+      continue;
+    }
+    if ((valid->header.features & IVSHMFS_FEATURE_SPLIT) == 0) continue;
+    pieces.push_back(Found{path, valid->header.format_id, valid->partitions.front().id});
+  }
+  if (pieces.empty()) {
+    // No split region: the single-file region of the first device, as before.
+    RegionOpenOptions options;
+    options.writable = writable;
+    spdlog::info("no BACKEND given: using {}", devices.front());
+    return open_path(devices.front(), options);
+  }
+  for (const Found& f : pieces) {
+    if (f.format_id != pieces.front().format_id) {
+      return make_error(Errc::invalid_argument,
+                        "the ivshmem devices hold pieces of two split regions: " + pieces.front().path +
+                            " (format id " + hex(pieces.front().format_id) + ") and " + f.path + " (format id " +
+                            hex(f.format_id) +
+                            "); give this VM the pieces of one region only ('ivshmctl qemu-args' on the host)");
+    }
+  }
+  std::string list;
+  for (const Found& f : pieces) list += (list.empty() ? "" : ", ") + f.path + "=vm" + std::to_string(f.id);
+  spdlog::info("split region {}: pieces {}", hex(pieces.front().format_id), list);
+
+  std::optional<uint32_t> own;
+  if (writable) {
+    if (own_id) {
+      own = own_id;
+      auto it = std::find_if(pieces.begin(), pieces.end(), [&](const Found& f) { return f.id == *own_id; });
+      if (it == pieces.end()) {
+        return make_error(Errc::no_such_partition,
+                          "no ivshmem device holds partition " + std::to_string(*own_id) + " (this VM's own piece; " +
+                              "found " + list + "): add '-object memory-backend-file,...,mem-path=PREFIX.vm" +
+                              std::to_string(*own_id) + ",share=on' and its '-device ivshmem-plain' to its QEMU " +
+                              "options, or pass the right -o id=");
+      }
+      auto backend = Backend::open(it->path, BackendOptions{true, false, 0});
+      if (!backend) return std::move(backend).error();
+      auto valid = validate_piece(**backend);
+      if (!valid) return std::move(valid).error();
+      if (!probe_writable(**backend, valid->partitions.front())) {
+        return make_error(Errc::read_only, readonly_hint(it->path, *own_id));
+      }
+    } else {
+      std::vector<const Found*> writable_pieces;
+      for (const Found& f : pieces) {
+        auto backend = Backend::open(f.path, BackendOptions{true, false, 0});
+        if (!backend) continue;
+        auto valid = validate_piece(**backend);
+        if (valid && probe_writable(**backend, valid->partitions.front())) writable_pieces.push_back(&f);
+      }
+      if (writable_pieces.empty()) {
+        return make_error(Errc::read_only,
+                          "no ivshmem device of the split region takes writes (" + list +
+                              "): QEMU backs every piece read-only; remove readonly=on from the memory-backend-file "
+                              "of this VM's own piece, or mount read-only (-o ro)");
+      }
+      if (writable_pieces.size() > 1) {
+        std::string names;
+        for (const Found* f : writable_pieces) names += (names.empty() ? "" : ", ") + f->path;
+        return make_error(Errc::invalid_argument,
+                          "several pieces take writes (" + names +
+                              "): QEMU gives this VM write access to other VMs' pieces; add readonly=on to "
+                              "the memory-backend-file of every piece but its own ('ivshmctl qemu-args'), or "
+                              "pass -o id=K");
+      }
+      own = writable_pieces.front()->id;
+      if (chosen != nullptr) *chosen = own;
+      spdlog::info("own piece: {} (partition {}), the only one that takes writes", writable_pieces.front()->path, *own);
+    }
+  }
+  std::vector<std::unique_ptr<Backend>> backends;
+  for (const Found& f : pieces) {
+    auto backend = Backend::open(f.path, BackendOptions{own && f.id == *own, false, 0});
+    if (!backend) return std::move(backend).error();
+    backends.push_back(std::move(backend).value());
+  }
+  return open_pieces(std::move(backends), "split:" + hex(pieces.front().format_id));
+}
+
 Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const RegionOpenOptions& options) {
   if (is_split_prefix(path)) {
     std::vector<std::unique_ptr<Backend>> backends;

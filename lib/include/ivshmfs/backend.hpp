@@ -14,6 +14,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "ivshmfs/error.hpp"
 
@@ -135,5 +136,8 @@ class Backend {
 // The backend to use inside a guest when none is named: the first /dev/ivshmN,
 // else the resource2 file of the first ivshmem PCI device (1af4:1110).
 std::optional<std::string> find_default_backend();
+// Every ivshmem backend of this system: each /dev/ivshmN (by N), else the
+// resource2 file of each ivshmem PCI device; empty when there is none.
+std::vector<std::string> find_all_backends();
 
 }  // namespace ivshmfs

@@ -106,7 +106,7 @@ struct ivshmfs_control {
   uint64_t reserve_end;   /* 32: no owner copies at or past this absolute position; only grows */
   uint64_t hole_offset;   /* 40: data-area offset of the fenced hole (if hole_length != 0) */
   uint64_t hole_length;   /* 48: bytes of the hole: never shown, never published over */
-  uint64_t reserved0;     /* 56: zero */
+  uint64_t reserved0;     /* 56: zero; a split piece's write probe sets it briefly (docs/layout.md) */
   /* cache line 1: ownership */
   uint64_t owner_token;        /* 64: 0 = unclaimed; else a random claim token */
   uint64_t owner_heartbeat_ns; /* 72: CLOCK_REALTIME, refreshed by the live owner */

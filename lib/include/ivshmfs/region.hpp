@@ -150,6 +150,18 @@ class Region {
   // or when a piece of another size exists; with `force`, pieces numbered
   // past `partitions` (from an older format) are removed.
   static Result<void> format_split(std::string_view prefix, uint32_t partitions, uint64_t piece_size, bool force);
+  // Inside a guest, with no backend named: every ivshmem device
+  // (find_all_backends()). When none holds a piece of a split region, the
+  // first device is opened as a single-file region. Otherwise the pieces are
+  // grouped by format id (devices of two split regions are refused, naming
+  // them) and opened as one region: with `writable`, the own piece read-write
+  // and every other piece read-only (PROT_READ, whatever the device allows).
+  // The own piece is `own_id`, else the only piece whose probe write reads
+  // back; either way the probe must read back, or the error names the device
+  // and the QEMU option at fault (readonly=on on its memory-backend-file).
+  // `chosen` (if not null) receives the own id when the probe found it.
+  static Result<std::shared_ptr<Region>> discover(std::optional<uint32_t> own_id, bool writable,
+                                                  std::optional<uint32_t>* chosen = nullptr);
   // Whether `path` names a split region: no file at `path`, but PREFIX.vmN
   // pieces.
   static bool is_split_prefix(std::string_view path);
