@@ -104,6 +104,12 @@ int serve(fuse_args& args, const Options& options, Detacher& detacher) {
   if (options.backend) {
     path = *options.backend;
     region = open_region(options, path);
+  } else if (find_all_backends().empty()) {
+    spdlog::error(
+        "no BACKEND given and no ivshmem device found (no /dev/ivshmN, no PCI device 1af4:1110): "
+        "pass a host file, e.g. 'ivshmfs -o create,size=64M /dev/shm/ivshm {}', or /dev/ivshm0",
+        options.mountpoint);
+    return 1;
   } else {
     // Inside a guest: every ivshmem device; the pieces of a split region are
     // grouped, a single-file region is the first device.
@@ -113,10 +119,7 @@ int serve(fuse_args& args, const Options& options, Detacher& detacher) {
     }
     region = Region::discover(own_id, !options.read_only, &discovered_id);
     if (!region) {
-      spdlog::error(
-          "no BACKEND given: {}; pass a host file, e.g. 'ivshmfs -o create,size=64M /dev/shm/ivshm {}', or "
-          "/dev/ivshm0",
-          region.error().message, options.mountpoint);
+      spdlog::error("no BACKEND given: {}", region.error().message);
       return 1;
     }
     path = (*region)->path();
