@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <random>
 #include <sstream>
@@ -378,6 +379,7 @@ Result<std::shared_ptr<Region>> Region::open_pieces(std::vector<std::unique_ptr<
       region->partitions_.push_back(p);
     }
     Piece piece;
+    piece.damaged = std::make_unique<std::atomic<bool>>(false);
     piece.base = backends[i]->bytes().data();
     piece.backend = std::move(backends[i]);
     region->pieces_.push_back(std::move(piece));
@@ -569,6 +571,25 @@ Result<std::shared_ptr<Region>> Region::discover(std::optional<uint32_t> own_id,
     spdlog::info("no BACKEND given: using {}", devices.front());
     return open_path(devices.front(), options);
   }
+  // Known own piece: its region's pieces are ours, any other is left out (a
+  // peer VM can rewrite its own piece's identity, but not make this VM's
+  // region unusable).
+  if (own_id && writable) {
+    auto own = std::find_if(pieces.begin(), pieces.end(), [&](const Found& f) { return f.id == *own_id; });
+    if (own != pieces.end()) {
+      const uint64_t identity = own->format_id;
+      std::vector<Found> kept;
+      for (Found& f : pieces) {
+        if (f.format_id == identity) {
+          kept.push_back(std::move(f));
+        } else {
+          spdlog::warn("{}: a piece of another split region (format id {}, this VM's is {}); left out", f.path,
+                       hex(f.format_id), hex(identity));
+        }
+      }
+      pieces = std::move(kept);
+    }
+  }
   for (const Found& f : pieces) {
     if (f.format_id != pieces.front().format_id) {
       return make_error(Errc::invalid_argument,
@@ -640,15 +661,29 @@ Result<std::shared_ptr<Region>> Region::discover(std::optional<uint32_t> own_id,
 
 Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const RegionOpenOptions& options) {
   if (is_split_prefix(path)) {
-    std::vector<std::unique_ptr<Backend>> backends;
+    // Every piece is another VM's to damage, its own alone excepted: a piece
+    // that does not validate, or that carries another region's identity, is
+    // left out (its partition is not shown) rather than refusing the whole
+    // region; the own piece must be sound.
+    struct Candidate {
+      uint32_t id;
+      std::unique_ptr<Backend> backend;
+      uint64_t format_id;
+    };
+    std::vector<Candidate> candidates;
     for (const auto& [id, piece] : existing_pieces(path)) {
-      const bool writable = options.writable && (!options.own_id || *options.own_id == id);
+      const bool own = options.own_id && *options.own_id == id;
+      const bool writable = options.writable && (!options.own_id || own);
       auto backend = Backend::open(piece, BackendOptions{writable, false, 0});
       if (!backend) return std::move(backend).error();
+      auto valid = validate_piece(**backend);
+      if (!valid) {
+        if (own) return std::move(valid).error();
+        spdlog::warn("{}; its partition is left out", valid.error().message);
+        continue;
+      }
       // The file's name says which partition it holds: a renamed piece is
       // refused rather than shown under another peer's name.
-      auto valid = validate_piece(**backend);
-      if (!valid) return std::move(valid).error();
       if (valid->partitions.size() != 1 || valid->partitions.front().id != id) {
         return make_error(Errc::invalid_argument,
                           piece + ": holds partition " +
@@ -656,7 +691,46 @@ Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const R
                                                              : std::string("table of a whole region")) +
                               ", not " + std::to_string(id) + " as its name says: renamed pieces are refused");
       }
-      backends.push_back(std::move(backend).value());
+      candidates.push_back(Candidate{id, std::move(backend).value(), valid->header.format_id});
+    }
+    if (candidates.empty()) {
+      return make_error(Errc::corrupt_header, std::string(path) + ": no piece of the split region is sound");
+    }
+    // The region's identity: the own piece's, else the one most pieces carry.
+    std::map<uint64_t, std::size_t> votes;
+    for (const Candidate& c : candidates) ++votes[c.format_id];
+    uint64_t identity = 0;
+    std::size_t best = 0;
+    bool tie = false;
+    for (const auto& [format_id, n] : votes) {
+      if (n > best) {
+        identity = format_id;
+        best = n;
+        tie = false;
+      } else if (n == best) {
+        tie = true;
+      }
+    }
+    bool own_found = false;
+    for (const Candidate& c : candidates) {
+      if (options.own_id && c.id == *options.own_id) {
+        identity = c.format_id;
+        own_found = true;
+      }
+    }
+    if (tie && !own_found) {
+      return make_error(Errc::invalid_argument,
+                        std::string(path) + ": as many pieces of another split region (format id " + hex(identity) +
+                            ") as of any other: pieces of two regions are never mixed; format them again together");
+    }
+    std::vector<std::unique_ptr<Backend>> backends;
+    for (Candidate& c : candidates) {
+      if (c.format_id != identity) {
+        spdlog::warn("{}: a piece of another split region (format id {}, this region's is {}); left out",
+                     c.backend->path(), hex(c.format_id), hex(identity));
+        continue;
+      }
+      backends.push_back(std::move(c.backend));
     }
     return open_pieces(std::move(backends), std::string(path));
   }
@@ -723,6 +797,25 @@ bool Region::notice_shrink() const noexcept {
   return lost;
 }
 
+Result<void> Region::check_piece(const Piece& piece) const {
+  auto* header = reinterpret_cast<ivshmfs_header*>(piece.base);
+  const uint64_t magic = load_acquire(header->magic);
+  const uint64_t format_id = load_acquire(header->format_id);
+  const std::string& path = piece.backend->path();
+  if (piece.backend->mapping_lost()) return piece.backend->loss_error();
+  if (format_id != info_.format_id || magic == 0) {  // magic 0: a format is under way, or a wipe
+    return make_error(Errc::reformatted, path + ": the region was formatted anew (format id " + hex(info_.format_id) +
+                                             " is now " + hex(format_id) + ")");
+  }
+  if (magic != IVSHMFS_MAGIC) {
+    // Same format id: nobody formatted it, someone damaged the magic.
+    return make_error(Errc::corrupt_header, path + ": corrupt header: the magic is now " + hex(magic) + " (expected " +
+                                                hex(IVSHMFS_MAGIC) +
+                                                "), with the same format id: the header was damaged");
+  }
+  return {};
+}
+
 Error Region::loss_error() const {
   for (const Piece& piece : pieces_) {
     if (piece.backend->mapping_lost()) return piece.backend->loss_error();
@@ -731,23 +824,26 @@ Error Region::loss_error() const {
 }
 
 Result<void> Region::check_format() const {
+  // In a split region, a piece this peer cannot write is another VM's: its
+  // header formatted anew or damaged (by that VM) costs that partition only,
+  // which is logged once; reads of it stay clamped to its mapping. The own
+  // piece, or every piece at once (a new format), ends the region.
+  const bool tolerate = split() && pieces_.size() > 1;
+  std::size_t changed = 0;
+  std::optional<Error> first;
   for (const Piece& piece : pieces_) {
-    auto* header = reinterpret_cast<ivshmfs_header*>(piece.base);
-    const uint64_t magic = load_acquire(header->magic);
-    const uint64_t format_id = load_acquire(header->format_id);
-    const std::string& path = piece.backend->path();
-    if (piece.backend->mapping_lost()) return piece.backend->loss_error();
-    if (format_id != info_.format_id || magic == 0) {  // magic 0: a format is under way, or a wipe
-      return make_error(Errc::reformatted, path + ": the region was formatted anew (format id " + hex(info_.format_id) +
-                                               " is now " + hex(format_id) + ")");
+    auto r = check_piece(piece);
+    if (r) continue;
+    ++changed;
+    if (!tolerate || piece.backend->writable() || r.error().code == Errc::io_error || piece.backend->mapping_lost()) {
+      return r;
     }
-    if (magic != IVSHMFS_MAGIC) {
-      // Same format id: nobody formatted it, someone damaged the magic.
-      return make_error(Errc::corrupt_header, path + ": corrupt header: the magic is now " + hex(magic) +
-                                                  " (expected " + hex(IVSHMFS_MAGIC) +
-                                                  "), with the same format id: the header was damaged");
+    if (!first) first = r.error();
+    if (!piece.damaged->exchange(true)) {
+      spdlog::warn("{}; its partition is no longer trusted, the other partitions are served on", r.error().message);
     }
   }
+  if (changed == pieces_.size() && first) return *first;
   return {};
 }
 

@@ -108,13 +108,55 @@ TEST_F(SplitTest, FormatRefusesDataWithoutForceAndRemovesStalePiecesWithIt) {
 
 TEST_F(SplitTest, PiecesOfTwoRegionsAreNeverMixed) {
   TestRegion other{"split-other", Mode::split, kPieces, kPieceSize};
-  // Piece 1 of the other region takes the place of ours.
+  // Piece 1 of the other region takes the place of ours: it is left out, the
+  // region the other pieces agree on opens without it.
   std::filesystem::copy_file(other.file_of(1), region_.file_of(1), std::filesystem::copy_options::overwrite_existing);
-  RegionOpenOptions options;
-  auto region = Region::open_path(region_.path(), options);
-  ASSERT_FALSE(region.ok());
-  EXPECT_NE(region.error().message.find("another split region"), std::string::npos) << region.error().message;
-  EXPECT_NE(region.error().message.find(region_.file_of(1)), std::string::npos) << region.error().message;
+  auto region = open_region(region_.path(), false);
+  ASSERT_NE(region, nullptr);
+  EXPECT_EQ(region->find(1), nullptr) << "a piece of another region was shown";
+  EXPECT_EQ(region->info().partition_count, kPieces - 1);
+  // The owner of that piece keeps its region's identity (its own piece wins).
+  RegionOpenOptions own;
+  own.writable = true;
+  own.own_id = 1;
+  auto as_owner = Region::open_path(region_.path(), own);
+  ASSERT_TRUE(as_owner.ok()) << as_owner.error().message;
+  EXPECT_EQ((*as_owner)->partitions().size(), 1u) << "vm1 sees the pieces of its own region only";
+  // As many pieces of each region, and no own piece to decide: refused.
+  std::filesystem::remove(region_.file_of(2));
+  auto mixed = Region::open_path(region_.path(), RegionOpenOptions{});
+  ASSERT_FALSE(mixed.ok());
+  EXPECT_NE(mixed.error().message.find("two regions are never mixed"), std::string::npos) << mixed.error().message;
+}
+
+TEST_F(SplitTest, ACorruptPeerPieceCostsOnlyItsPartition) {
+  RegionOpenOptions as_vm0;
+  as_vm0.writable = true;
+  as_vm0.own_id = 0;
+  auto owner = Region::open_path(region_.path(), as_vm0);
+  ASSERT_TRUE(owner.ok()) << owner.error().message;
+  auto w = PartitionWriter::claim(*owner, 0, quiet_claim());
+  ASSERT_TRUE(w.ok()) << w.error().message;
+  ASSERT_TRUE((*w)->append(as_bytes("vm0 data")).ok());
+  // vm2 scribbles over its own piece's header.
+  {
+    RawMap raw(region_.file_of(2));
+    std::memset(raw.data(), 0x5a, IVSHMFS_PAGE_SIZE);
+  }
+  EXPECT_TRUE((*owner)->check_format().ok()) << "another VM's damaged piece ended the region for vm0";
+  EXPECT_TRUE((*w)->append(as_bytes(", more")).ok());
+  EXPECT_EQ(read_all(**owner, 0), "vm0 data, more");
+  // Opened afresh, the damaged piece is left out.
+  auto fresh = open_region(region_.path(), false);
+  ASSERT_NE(fresh, nullptr);
+  EXPECT_EQ(fresh->find(2), nullptr);
+  EXPECT_EQ(read_all(*fresh, 0), "vm0 data, more");
+  // The own piece damaged ends it.
+  {
+    RawMap raw(region_.file_of(0));
+    std::memset(raw.data(), 0x5a, 8);
+  }
+  EXPECT_FALSE((*owner)->check_format().ok());
 }
 
 TEST_F(SplitTest, ARenamedPieceIsRefused) {
@@ -177,15 +219,19 @@ TEST_F(SplitTest, APeerOpensOnlyItsOwnPieceReadWrite) {
   EXPECT_TRUE(ro_peer.ok()) << (ro_peer.ok() ? "" : ro_peer.error().message);
 }
 
-TEST_F(SplitTest, ReformattingOnePieceIsNoticed) {
+TEST_F(SplitTest, ReformattingThePiecesIsNoticed) {
   auto region = open_region(region_.path(), false);
   ASSERT_NE(region, nullptr);
   ASSERT_TRUE(region->check_format().ok());
+  // One piece formatted anew: another VM's business, that partition only.
   format_file(region_.file_of(2), kPieceSize, 1);
+  EXPECT_TRUE(region->check_format().ok()) << "one peer's piece ended the whole region";
+  // The whole region formatted anew: every piece changed.
+  ASSERT_TRUE(Region::format_split(region_.path(), kPieces, kPieceSize, true).ok());
   auto check = region->check_format();
   ASSERT_FALSE(check.ok());
   EXPECT_EQ(check.error().code, Errc::reformatted);
-  EXPECT_NE(check.error().message.find(region_.file_of(2)), std::string::npos) << check.error().message;
+  EXPECT_NE(check.error().message.find(region_.path()), std::string::npos) << check.error().message;
 }
 
 TEST_F(SplitTest, APieceWithAnIdPastThePieceCountIsCorrupt) {

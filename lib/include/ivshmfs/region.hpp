@@ -5,6 +5,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -199,6 +200,9 @@ class Region {
   [[nodiscard]] Error loss_error() const;
 
   // Errc::reformatted once the region was formatted anew (or wiped) after open.
+  // In a split region, another VM's piece (one this peer maps read-only)
+  // formatted anew or damaged costs only its partition (logged once); the
+  // own piece, or all pieces, end the region.
   [[nodiscard]] Result<void> check_format() const;
 
   // Copies committed bytes of partition `id` from `offset` into `out`; returns
@@ -235,8 +239,10 @@ class Region {
  private:
   struct Piece {
     std::unique_ptr<Backend> backend;
-    std::byte* base = nullptr;  // backend->bytes().data(), one indirection less on every access
+    std::byte* base = nullptr;                   // backend->bytes().data(), one indirection less on every access
+    std::unique_ptr<std::atomic<bool>> damaged;  // its header changed (logged once)
   };
+  [[nodiscard]] Result<void> check_piece(const Piece& piece) const;
   Region() = default;
 
   std::string path_;
