@@ -10,7 +10,10 @@ namespace ivshmfs::fs {
 
 std::unique_ptr<ChangeSource> make_change_source(const std::shared_ptr<Region>& region, std::optional<uint32_t> own_id,
                                                  const Options& options) {
-  const auto& device = region->backend().device_info();
+  // The doorbell is the own partition's device (in a split region, its piece's).
+  const PartitionInfo* own = own_id ? region->find(*own_id) : nullptr;
+  const Backend& backend = own != nullptr ? region->backend(*own) : *region->backends().front();
+  const auto& device = backend.device_info();
   const char* why = nullptr;
   if (!device || !device->has_msix) {
     why = "no ivshmem-doorbell device";
@@ -24,7 +27,7 @@ std::unique_ptr<ChangeSource> make_change_source(const std::shared_ptr<Region>& 
     why = "the partition id differs from the IVPosition, so peers would ring another VM";
   }
   if (why == nullptr) {
-    auto fd = region->backend().open_doorbell(0);
+    auto fd = backend.open_doorbell(0);
     if (fd) {
       spdlog::info("wake-ups: doorbells (MSI-X vector 0 of IVPosition {}); no polling, a fallback look every {} s",
                    device->ivposition, DoorbellSource::kFallback.count() / 1000);

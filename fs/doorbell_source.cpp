@@ -67,7 +67,8 @@ void DoorbellSource::wake() noexcept {
 void DoorbellSource::kick() noexcept { wake(); }
 
 void DoorbellSource::ring(uint32_t peer) noexcept {
-  if (auto r = region_->backend().ring(static_cast<uint16_t>(peer), kVector); !r) {
+  // Rung through the own partition's device.
+  if (auto r = region_->backend(*region_->find(own_id_)).ring(static_cast<uint16_t>(peer), kVector); !r) {
     spdlog::warn("doorbells: {}", r.error().message);
     return;
   }

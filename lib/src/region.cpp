@@ -994,7 +994,7 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
 Result<void> Region::announce_waiting(uint32_t own_id, uint64_t mask) const {
   const PartitionInfo* p = find(own_id);
   if (p == nullptr) return no_partition(*this, own_id);
-  if (!backend_->writable()) return make_error(Errc::invalid_argument, backend_->path() + ": mapped read-only");
+  if (!backend(*p).writable()) return make_error(Errc::invalid_argument, backend(*p).path() + ": mapped read-only");
   store_relaxed(control(*p)->waiting_for, mask);
   std::atomic_thread_fence(std::memory_order_seq_cst);
   return {};
