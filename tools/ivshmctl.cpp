@@ -161,7 +161,7 @@ int cmd_format_split(const Args& args, uint32_t partitions) {
   if (!args.size) return usage_error("format --split needs --size SIZE (the size of each piece, a power of two)");
   auto size = parse_size(*args.size);
   if (!size) return usage_error(size.error().message);
-  if ((*size & (*size - 1)) != 0 || *size < 2 * IVSHMFS_PAGE_SIZE) {
+  if ((*size & (*size - 1)) != 0 || *size < uint64_t{2} * IVSHMFS_PAGE_SIZE) {
     return usage_error("--size " + *args.size +
                        " is not a power of two of at least 8K: each piece becomes a PCI BAR, " +
                        "whose size is a power of two (e.g. --size 1M)");

@@ -351,6 +351,7 @@ std::vector<std::string> find_all_backends() {
   }
   std::sort(devices.begin(), devices.end());
   std::vector<std::string> found;
+  found.reserve(devices.size());
   for (auto& [n, path] : devices) found.push_back(std::move(path));
   if (!found.empty()) return found;
   const std::string root = "/sys/bus/pci/devices";

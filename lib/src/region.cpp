@@ -435,7 +435,7 @@ Result<void> Region::format_split(std::string_view prefix, uint32_t partitions, 
     return make_error(Errc::invalid_argument, "partition count " + std::to_string(partitions) + " is out of range 1.." +
                                                   std::to_string(IVSHMFS_MAX_PARTITIONS));
   }
-  if (!is_power_of_two(piece_size) || piece_size < 2 * IVSHMFS_PAGE_SIZE) {
+  if (!is_power_of_two(piece_size) || piece_size < uint64_t{2} * IVSHMFS_PAGE_SIZE) {
     return make_error(Errc::invalid_argument,
                       name + ": piece size " + std::to_string(piece_size) +
                           " is not a power of two of at least 8K: each piece becomes a PCI BAR, whose size is a "
