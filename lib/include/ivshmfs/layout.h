@@ -53,7 +53,7 @@ extern "C" {
  */
 #define IVSHMFS_FEATURE_SPLIT (UINT64_C(1) << 0)
 #define IVSHMFS_FEATURE_RING (UINT64_C(1) << 1)
-#define IVSHMFS_FEATURES_KNOWN UINT64_C(0)
+#define IVSHMFS_FEATURES_KNOWN IVSHMFS_FEATURE_RING
 
 /* Partition entry flags (partition_entry.flags). */
 #define IVSHMFS_PARTITION_RING (UINT32_C(1) << 0)
