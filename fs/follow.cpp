@@ -47,7 +47,7 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
     std::lock_guard lock(h.mutex);
     // Reads through the page cache reach us only for what the kernel lacks:
     // what any open file fetched counts as read.
-    uint64_t read_to = h.position;
+    uint64_t read_to = h.position + h.shift;  // a ring's descriptor may read ahead of its offset
     if (h.cached) read_to = std::max(read_to, slot.fetched_end.load(std::memory_order_relaxed));
     if (s->length > read_to || s->generation != h.generation) revents |= POLLIN | POLLRDNORM;
     if (h.writable && (slot.info.ring || s->length < slot.info.capacity)) revents |= POLLOUT | POLLWRNORM;

@@ -88,7 +88,12 @@ Result<void> settle(ivshmfs_control* c, const PartitionInfo& p, const std::strin
   uint64_t head = load_acquire(c->head);
   uint64_t fenced_at = 0;
   bool fencing = false;
+  // A ring is never fenced (the claim refused an owner that may be copying):
+  // a fence bit on its head was stored by a hostile peer; drop it.
+  while (p.ring && (head & IVSHMFS_HEAD_FENCE) != 0 && !compare_exchange(c->head, head, head & ~IVSHMFS_HEAD_FENCE)) {
+  }
   for (;;) {
+    if (p.ring) break;
     if ((head & IVSHMFS_HEAD_FENCE) != 0) {  // a taker died mid-fence: finish its fence
       fenced_at = head & ~IVSHMFS_HEAD_FENCE;
       fencing = true;

@@ -276,6 +276,28 @@ TEST_F(Ring, ATakeoverFromAnOwnerStoppedMidAppendIsRefusedNotFenced) {
   EXPECT_EQ(first_wrong(1000 + 2 * kRing, out.data(), *n), -1);
 }
 
+TEST_F(Ring, AFenceBitAPeerStoredOnARingsHeadIsDroppedAtTheClaim) {
+  write_stream(0, 5000);
+  RawMap raw(file_.path());
+  ivshmfs_control* c = raw.control(0);
+  const uint64_t head = peek(c->head);
+  poke(c->head, head | IVSHMFS_HEAD_FENCE);
+  auto other = open_region(file_.path(), true);
+  ClaimOptions forced = quiet_claim();
+  forced.force = true;
+  auto taken = PartitionWriter::claim(other, 0, forced);
+  ASSERT_TRUE(taken.ok()) << taken.error().message;
+  EXPECT_EQ(peek(c->head), head) << "the head keeps its value, without the bit";
+  EXPECT_EQ(peek(c->hole_length), 0u) << "a ring is never fenced";
+  auto more = stream_bytes(5000, 100);
+  ASSERT_TRUE((*taken)->append(more).ok());
+  std::vector<std::byte> out(5100);
+  auto n = other->read(0, 0, out);
+  ASSERT_TRUE(n.ok()) << n.error().message;
+  EXPECT_EQ(*n, 5100u);
+  EXPECT_EQ(first_wrong(0, out.data(), *n), -1);
+}
+
 TEST(RingStream, HundredRingsPastThreeReadersCheckingEveryByte) {
   TempFile file("ringstream", -1);
   format_ring(file.path(), 4 * kRing, 1, {{0, kRing, true}});
