@@ -38,6 +38,8 @@ bool Filesystem::may_cache(Node node) const noexcept {
   // over) cached reads still return wrong bytes; until that is understood,
   // every file is read with direct I/O unless -o page_cache asks otherwise.
   if (!page_cache_ || node.kind != NodeKind::partition) return false;
+  // A ring's bytes change without a reset: never cached.
+  if (slots_[node.index]->info.ring) return false;
   // Dropping the own file's last page happens inside the write request and
   // waits for reads other threads serve: not with a single thread.
   if (node.index == self_index_) return !single_thread_;
@@ -219,8 +221,68 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   }
 }
 
+// A ring's file (docs/filesystem.md, "Ring partitions"): offsets count the
+// bytes written since the reset. The first read of an open file that starts
+// below the oldest retained byte starts there; a descriptor its writer lapped
+// later fails one read with EPIPE (or, with -o overrun=skip, skips silently,
+// counted), and goes on at the oldest retained byte: its reads then run
+// `shift` bytes ahead of the kernel's file offset, until it seeks.
+void Filesystem::read_ring(fuse_req_t req, Handle& h, std::size_t size, off_t off) {
+  Slot& slot = *slots_[h.index];
+  const uint32_t id = slot.info.id;
+  const auto offset = static_cast<uint64_t>(std::max<off_t>(off, 0));
+  auto out = scratch(size);
+  int error = 0;
+  std::size_t n = 0;
+  {
+    std::lock_guard lock(h.mutex);
+    // A read where the last one ended continues the stream; any other offset
+    // (a seek, or the first read) means what it says.
+    if (!h.read_once || offset != h.position) h.shift = 0;
+    for (int attempt = 0;; ++attempt) {
+      const uint64_t stream = offset + h.shift;
+      uint64_t generation = 0;
+      auto got = region_->read(id, stream, out, &generation);
+      if (got) {
+        if (generation != h.generation && h.read_once) h.shift = 0;  // a reset: offsets start anew
+        h.generation = generation;
+        n = *got;
+        break;
+      }
+      auto s = got.error().code == Errc::overrun && attempt < 1000 ? region_->snapshot(id)
+                                                                   : Result<PartitionSnapshot>(got.error());
+      if (!s) {
+        error = errno_of(s.error());
+        break;
+      }
+      if (s->retained_from <= stream) continue;  // the writer moved on meanwhile: look again
+      const uint64_t lost = s->retained_from - stream;
+      h.shift += lost;
+      if (!h.read_once) continue;  // a new reader starts at the oldest retained byte
+      if (overrun_skip_) {
+        slot.skipped.fetch_add(lost, std::memory_order_relaxed);
+        continue;
+      }
+      error = EPIPE;  // once: the read after it, at the same offset, goes on at the oldest byte
+      spdlog::debug("{}: a reader at {} was lapped by {} bytes", slot.name, stream, lost);
+      break;
+    }
+    h.read_once = true;
+    h.position = offset + n;
+  }
+  if (error != 0) {
+    fuse_reply_err(req, error);
+    return;
+  }
+  fuse_reply_buf(req, reinterpret_cast<const char*>(out.data()), n);
+}
+
 void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off) {
   Slot& slot = *slots_[h.index];
+  if (slot.info.ring) {
+    read_ring(req, h, size, off);
+    return;
+  }
   const uint32_t id = slot.info.id;
   const auto offset = static_cast<uint64_t>(std::max<off_t>(off, 0));
   // What goes into the page cache must be of the generation the cache holds

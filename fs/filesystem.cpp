@@ -19,6 +19,7 @@ Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<Partition
     : region_(std::move(region)),
       single_thread_(options.singlethread),
       page_cache_(options.page_cache),
+      overrun_skip_(options.overrun_skip),
       mountpoint_(options.mountpoint),
       ownership_(options.ownership),
       writer_(std::move(writer)) {

@@ -104,6 +104,7 @@ class Filesystem {
   void sync_cache(Node node);
   void invalidate_own_tail(uint64_t old_length) noexcept;
   void read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off);
+  void read_ring(fuse_req_t req, Handle& h, std::size_t size, off_t off);
 
   // The follow view: answers now if data is there, else parks the request.
   void follow_read(fuse_req_t req, Handle& h, std::size_t size);
@@ -135,6 +136,7 @@ class Filesystem {
   bool copy_own_reads_ = false;         // the mapping cannot be handed to the kernel
   bool single_thread_ = false;          // -s: no request may wait on another
   bool page_cache_ = false;             // -o page_cache (experimental)
+  bool overrun_skip_ = false;           // -o overrun=skip
   std::string mountpoint_;
   std::once_flag readahead_once_;
   // A read-only open of the own file used the page cache: own appends must

@@ -47,10 +47,10 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
     std::lock_guard lock(h.mutex);
     // Reads through the page cache reach us only for what the kernel lacks:
     // what any open file fetched counts as read.
-    uint64_t read_to = h.position;
+    uint64_t read_to = h.position + h.shift;  // a ring's descriptor may read ahead of its offset
     if (h.cached) read_to = std::max(read_to, slot.fetched_end.load(std::memory_order_relaxed));
     if (s->length > read_to || s->generation != h.generation) revents |= POLLIN | POLLRDNORM;
-    if (h.writable && s->length < slot.info.capacity) revents |= POLLOUT | POLLWRNORM;
+    if (h.writable && (slot.info.ring || s->length < slot.info.capacity)) revents |= POLLOUT | POLLWRNORM;
   }
   fuse_reply_poll(req, revents);
 }
@@ -96,11 +96,27 @@ bool Filesystem::try_serve_follow(fuse_req_t req, Handle& h, std::size_t size) {
         auto out = scratch(size);
         uint64_t generation = 0;
         auto n = region_->read(id, h.position, out, &generation);
+        if (!n && n.error().code == Errc::overrun && s->retained_from > h.position) {
+          // A ring lapped this reader (see read_ring in data_path.cpp): a
+          // new one starts at the oldest retained byte, a lapped one is told
+          // once (EPIPE) or, with -o overrun=skip, skips silently.
+          const uint64_t lost = s->retained_from - h.position;
+          h.position = s->retained_from;
+          if (!h.read_once) continue;
+          if (overrun_skip_) {
+            slots_[h.index]->skipped.fetch_add(lost, std::memory_order_relaxed);
+            continue;
+          }
+          error = EPIPE;
+          break;
+        }
+        if (!n && n.error().code == Errc::overrun) continue;  // lapped after the snapshot: look again
         if (!n) {
           error = errno_of(n.error());
           break;
         }
         if (generation != h.generation) continue;  // a reset raced the stat
+        h.read_once = true;
         h.position += *n;
         bytes = out.first(*n);
         break;

@@ -99,7 +99,12 @@ struct Filesystem::Handle {
   // Follow files: the cursor, independent of the kernel's file offset.
   uint64_t position = 0;
   uint64_t generation = 0;
-  bool eof_once = false;            // follow files: a wait was interrupted (see follow.cpp)
+  bool eof_once = false;  // follow files: a wait was interrupted (see follow.cpp)
+  // Rings (data_path.cpp, follow.cpp): whether a read was answered yet, and
+  // for partition files how far past the kernel's file offset this
+  // descriptor reads since its writer lapped it (stream = offset + shift).
+  bool read_once = false;
+  uint64_t shift = 0;
   fuse_pollhandle* poll = nullptr;  // guarded by the slot's poll_mutex
 };
 
@@ -109,6 +114,8 @@ struct Filesystem::Slot {
   std::string name;
   std::atomic<uint64_t> lookups{0};
   std::atomic<uint64_t> follow_lookups{0};
+  // A ring: bytes readers of this mount skipped silently (-o overrun=skip).
+  std::atomic<uint64_t> skipped{0};
   // The watcher's last view; only the watcher thread touches these.
   uint64_t seen_length = 0;
   uint64_t seen_generation = 0;

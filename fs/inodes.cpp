@@ -229,7 +229,8 @@ void Filesystem::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, std:
     fuse_reply_err(req, errno_of(s.error()));
     return;
   }
-  for (const auto& [key, value] : partition_xattrs(*s, node.index == self_index_)) {
+  const uint64_t skipped = slots_[node.index]->skipped.load(std::memory_order_relaxed);
+  for (const auto& [key, value] : partition_xattrs(*s, node.index == self_index_, skipped)) {
     if (key != name) continue;
     reply_xattr(req, size, value);
     return;
@@ -242,7 +243,7 @@ void Filesystem::listxattr(fuse_req_t req, fuse_ino_t ino, std::size_t size) {
   std::string names;
   if (node.kind == NodeKind::partition || node.kind == NodeKind::follow) {
     PartitionStat empty;
-    for (const auto& entry : partition_xattrs(empty, false)) {
+    for (const auto& entry : partition_xattrs(empty, false, 0)) {
       names += entry.first;
       names.push_back('\0');
     }

@@ -34,6 +34,7 @@ struct RawOptions {
   int read_only = 0;
   int page_cache = 0;
   int nodoorbell = 0;
+  char* overrun = nullptr;
   std::vector<std::string>* positional = nullptr;
 };
 
@@ -55,6 +56,7 @@ const fuse_opt kOptionSpecs[] = {
     IVSHMFS_OPT("poll_max_ms=%s", poll_max_ms, 0),
     IVSHMFS_OPT("page_cache", page_cache, 1),
     IVSHMFS_OPT("nodoorbell", nodoorbell, 1),
+    IVSHMFS_OPT("overrun=%s", overrun, 0),
     // Also FUSE's (the kernel mounts read-only): kept for it by keep_or_collect.
     FUSE_OPT_KEY("ro", kKeyReadOnly),
     FUSE_OPT_END,
@@ -74,8 +76,8 @@ int keep_or_collect(void* data, const char* arg, int key, fuse_args* /*outargs*/
 }
 
 void free_raw(RawOptions& raw) {
-  for (char* p :
-       {raw.id, raw.size, raw.partitions, raw.log, raw.uid, raw.gid, raw.umask, raw.poll_min_us, raw.poll_max_ms}) {
+  for (char* p : {raw.id, raw.size, raw.partitions, raw.log, raw.uid, raw.gid, raw.umask, raw.poll_min_us,
+                  raw.poll_max_ms, raw.overrun}) {
     std::free(p);  // NOLINT: fuse_opt allocates with malloc
   }
 }
@@ -116,6 +118,11 @@ bool convert(const RawOptions& raw, Options& options) {
   options.read_only = raw.read_only != 0;
   options.page_cache = raw.page_cache != 0;
   options.doorbell = raw.nodoorbell == 0;
+  if (raw.overrun != nullptr) {
+    const std::string_view mode = raw.overrun;
+    if (mode != "error" && mode != "skip") return fail("overrun", raw.overrun, "error or skip");
+    options.overrun_skip = mode == "skip";
+  }
   if (raw.size != nullptr) {
     auto size = parse_size(raw.size);
     if (!size || *size == 0) return fail("size", raw.size, "a size such as 64M or 1G");
@@ -234,6 +241,13 @@ void print_help(const char* program) {
       "                         faster); off by default because a stress of\n"
       "                         killed and paused writers still makes cached\n"
       "                         reads return wrong bytes (docs/filesystem.md)\n"
+      "    -o overrun=MODE      what a reader of a ring partition that its writer\n"
+      "                         lapped (overwrote bytes it had not read yet) sees:\n"
+      "                         error (default): its next read fails once with\n"
+      "                         EPIPE, the one after goes on at the oldest\n"
+      "                         retained byte; skip: it goes on there silently,\n"
+      "                         the bytes skipped are counted in the file's\n"
+      "                         extended attribute user.ivshmfs.skipped\n"
       "\n"
       "EXIT STATUS\n"
       "    0 after a clean unmount; 1 when an option is unknown, MOUNTPOINT is\n"

@@ -43,6 +43,10 @@ struct Options {
   bool read_only = false;   // -o ro: claim nothing, every file 0444
   bool page_cache = false;  // -o page_cache: read-only opens through the page cache (experimental)
   bool doorbell = true;     // -o nodoorbell clears it: poll even where doorbells work
+  // -o overrun=skip: a reader a ring's writer lapped goes on at the oldest
+  // retained byte silently (counted in user.ivshmfs.skipped) instead of
+  // failing one read with EPIPE first.
+  bool overrun_skip = false;
   bool foreground = false;
   bool debug = false;
   bool singlethread = false;

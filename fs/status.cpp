@@ -40,17 +40,23 @@ std::string format_status(const Region& region, std::optional<uint32_t> self_id,
     }
     out += fmt::format(
         "partition id={} file={} self={} claimed={} alive={} owner_pid={} owner_local={} owner_since_ns={} "
-        "owner_heartbeat_ns={} length={} capacity={} free={} generation={} last_write_ns={} fenced={} mid_reset={}\n",
+        "owner_heartbeat_ns={} length={} capacity={} free={} generation={} last_write_ns={} fenced={} mid_reset={} "
+        "ring={} retained_from={} lost={}\n",
         p.id, partition_file_name(p.id), self_id == p.id ? 1 : 0, s->claimed ? 1 : 0, s->alive ? 1 : 0, s->owner_pid,
         s->owner_local ? 1 : 0, s->owner_since_ns, s->owner_heartbeat_ns, s->length, s->capacity, s->free,
-        s->generation, s->last_write_ns, s->fenced, s->mid_reset ? 1 : 0);
+        s->generation, s->last_write_ns, s->fenced, s->mid_reset ? 1 : 0, s->ring ? 1 : 0, s->retained_from,
+        s->retained_from);
   }
   return out;
 }
 
-std::vector<std::pair<std::string, std::string>> partition_xattrs(const PartitionStat& s, bool self) {
+std::vector<std::pair<std::string, std::string>> partition_xattrs(const PartitionStat& s, bool self, uint64_t skipped) {
   const std::string p = kXattrPrefix;
   return {
+      {p + "ring", s.ring ? "1" : "0"},
+      {p + "retained_from", std::to_string(s.retained_from)},
+      {p + "lost", std::to_string(s.retained_from)},
+      {p + "skipped", std::to_string(skipped)},
       {p + "id", std::to_string(s.id)},
       {p + "self", self ? "1" : "0"},
       {p + "length", std::to_string(s.length)},

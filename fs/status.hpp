@@ -26,6 +26,8 @@ inline constexpr const char* kXattrPrefix = "user.ivshmfs.";
 
 // (name, value) of every extended attribute of a partition file, in the order
 // listxattr gives them. Values are decimal text without a newline.
-std::vector<std::pair<std::string, std::string>> partition_xattrs(const PartitionStat& stat, bool self);
+// `skipped`: the bytes readers of this mount skipped silently (rings, -o overrun=skip).
+std::vector<std::pair<std::string, std::string>> partition_xattrs(const PartitionStat& stat, bool self,
+                                                                  uint64_t skipped);
 
 }  // namespace ivshmfs::fs

@@ -5,6 +5,7 @@
 #include <climits>
 #include <cstdlib>
 
+#include <algorithm>
 #include <cerrno>
 #include <cinttypes>
 #include <cstdio>
@@ -38,7 +39,8 @@ const char* const kUsage =
     "it is the first ivshmem device: /dev/ivshmN, else the first 1af4:1110 resource2.\n"
     "\n"
     "Commands:\n"
-    "  format [--size SIZE] [--partitions N] [--force] BACKEND\n"
+    "  format [--size SIZE] [--partitions N] [--partition ID=[SIZE][,ring]]... [--ring]\n"
+    "         [--force] BACKEND\n"
     "                         lay out a fresh region (every partition empty)\n"
     "  format --split --size SIZE [--partitions N] [--force] PREFIX\n"
     "                         lay out a split region: PREFIX.vm0 .. PREFIX.vm{N-1}\n"
@@ -91,6 +93,8 @@ struct Args {
   std::optional<std::string> size;
   std::optional<std::string> partitions;
   std::optional<std::string> peer;
+  std::vector<std::string> partition;  // --partition ID=[SIZE][,ring], repeatable
+  bool ring = false;
   bool force = false;
   bool split = false;
   bool libvirt = false;
@@ -104,7 +108,7 @@ std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::str
   Args args;
   std::vector<option> longopts;
   for (const auto& name : allowed) {
-    const bool has_value = name == "size" || name == "partitions" || name == "peer";
+    const bool has_value = name == "size" || name == "partitions" || name == "partition" || name == "peer";
     longopts.push_back({name.c_str(), has_value ? required_argument : no_argument, nullptr, 0});
   }
   longopts.push_back({"help", no_argument, nullptr, 'h'});
@@ -126,6 +130,8 @@ std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::str
     const std::string name = longopts[static_cast<std::size_t>(index)].name;
     if (name == "size") args.size = optarg;
     if (name == "partitions") args.partitions = optarg;
+    if (name == "partition") args.partition.emplace_back(optarg);
+    if (name == "ring") args.ring = true;
     if (name == "force") args.force = true;
     if (name == "json") args.json = true;
     if (name == "split") args.split = true;
@@ -179,6 +185,10 @@ int cmd_format(const Args& args) {
   if (args.positional.size() != 1) return usage_error("format takes one BACKEND");
   const std::string& path = args.positional[0];
   if (args.split) {
+    if (args.ring || !args.partition.empty()) {
+      return usage_error("format --split takes neither --ring nor --partition: every piece holds one log "
+                         "partition of the piece's size");
+    }
     uint32_t partitions = 4;
     if (args.partitions) {
       auto n = parse_id(args.partitions->c_str());
@@ -204,6 +214,31 @@ int cmd_format(const Args& args) {
                          std::to_string(IVSHMFS_MAX_PARTITIONS));
     }
     format.partitions = *id;
+  }
+  format.ring = args.ring;
+  for (const std::string& spec : args.partition) {
+    // ID=SIZE, ID=SIZE,ring or ID=ring
+    const auto eq = spec.find('=');
+    auto id = parse_id(spec.substr(0, eq).c_str());
+    if (eq == std::string::npos || !id) {
+      return usage_error("--partition '" + spec + "' is not ID=SIZE, ID=SIZE,ring or ID=ring");
+    }
+    PartitionLayout want;
+    want.id = *id;
+    std::string rest = spec.substr(eq + 1);
+    if (rest == "ring" || (rest.size() > 5 && rest.ends_with(",ring"))) {
+      want.ring = true;
+      rest = rest == "ring" ? "" : rest.substr(0, rest.size() - 5);
+    }
+    if (!rest.empty()) {
+      auto parsed = parse_size(rest);
+      if (!parsed) return usage_error("--partition '" + spec + "': " + parsed.error().message);
+      if (*parsed == 0) return usage_error("--partition '" + spec + "': a partition cannot be empty");
+      want.capacity = *parsed;
+    } else if (!want.ring) {
+      return usage_error("--partition '" + spec + "' gives neither a size nor ring");
+    }
+    format.layout.push_back(want);
   }
   uint64_t size = 0;
   if (args.size) {
@@ -232,9 +267,21 @@ int cmd_format(const Args& args) {
   auto region = Region::open(std::move(backend).value());
   if (!region) return fail(region.error());
   const auto& parts = (*region)->partitions();
-  std::printf("formatted %s: %s, %zu partitions of %s each\n", path.c_str(),
-              format_size((*region)->info().region_size).c_str(), parts.size(),
-              format_size(parts.front().capacity).c_str());
+  const bool uniform = std::all_of(parts.begin(), parts.end(), [&](const PartitionInfo& p) {
+    return p.capacity == parts.front().capacity && p.ring == parts.front().ring;
+  });
+  if (uniform) {
+    std::printf("formatted %s: %s, %zu %s of %s each\n", path.c_str(),
+                format_size((*region)->info().region_size).c_str(), parts.size(),
+                parts.front().ring ? "ring partitions" : "partitions", format_size(parts.front().capacity).c_str());
+    return 0;
+  }
+  std::printf("formatted %s: %s, %zu partitions:", path.c_str(), format_size((*region)->info().region_size).c_str(),
+              parts.size());
+  for (const PartitionInfo& p : parts) {
+    std::printf(" %u=%s%s", p.id, format_size(p.capacity).c_str(), p.ring ? ",ring" : "");
+  }
+  std::printf("\n");
   return 0;
 }
 
@@ -286,16 +333,19 @@ int cmd_status(const Args& args) {
                 info.format_id, info.format_time_ns, info.partition_count, info.split_pieces);
     for (std::size_t i = 0; i < stats.size(); ++i) {
       const PartitionStat& s = stats[i];
-      std::printf(
-          "%s{\"id\":%u,\"claimed\":%s,\"alive\":%s,\"owner_pid\":%" PRIu64
-          ",\"owner_local\":%s,"
-          "\"owner_since_ns\":%" PRIu64 ",\"owner_heartbeat_ns\":%" PRIu64 ",\"length\":%" PRIu64
-          ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64 ",\"free\":%" PRIu64
-          ",\"fenced\":%" PRIu64 ",\"head\":%" PRIu64 ",\"base\":%" PRIu64 ",\"mid_reset\":%s,\"backend\":\"%s\"}",
-          i == 0 ? "" : ",", s.id, s.claimed ? "true" : "false", s.alive ? "true" : "false",
-          s.claimed ? s.owner_pid : 0, s.claimed && s.owner_local ? "true" : "false", s.claimed ? s.owner_since_ns : 0,
-          s.claimed ? s.owner_heartbeat_ns : 0, s.length, s.capacity, s.generation, s.last_write_ns, s.free, s.fenced,
-          s.head, s.base, mid_reset[i] ? "true" : "false", json_escape(r.backend(r.partitions()[i]).path()).c_str());
+      std::printf("%s{\"id\":%u,\"claimed\":%s,\"alive\":%s,\"owner_pid\":%" PRIu64
+                  ",\"owner_local\":%s,"
+                  "\"owner_since_ns\":%" PRIu64 ",\"owner_heartbeat_ns\":%" PRIu64 ",\"length\":%" PRIu64
+                  ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64 ",\"free\":%" PRIu64
+                  ",\"fenced\":%" PRIu64 ",\"head\":%" PRIu64 ",\"base\":%" PRIu64
+                  ",\"mid_reset\":%s,\"ring\":%s,\"retained_from\":%" PRIu64 ",\"lost\":%" PRIu64
+                  ",\"backend\":\"%s\"}",
+                  i == 0 ? "" : ",", s.id, s.claimed ? "true" : "false", s.alive ? "true" : "false",
+                  s.claimed ? s.owner_pid : 0, s.claimed && s.owner_local ? "true" : "false",
+                  s.claimed ? s.owner_since_ns : 0, s.claimed ? s.owner_heartbeat_ns : 0, s.length, s.capacity,
+                  s.generation, s.last_write_ns, s.free, s.fenced, s.head, s.base, mid_reset[i] ? "true" : "false",
+                  s.ring ? "true" : "false", s.retained_from, s.retained_from,
+                  json_escape(r.backend(r.partitions()[i]).path()).c_str());
     }
     std::printf("]}\n");
     return 0;
@@ -321,11 +371,19 @@ int cmd_status(const Args& args) {
     if (mid_reset[i]) {
       std::snprintf(length, sizeof length, "mid-reset");
     } else {
-      std::snprintf(length, sizeof length, "%" PRIu64 "/%" PRIu64, s.length, s.capacity);
+      std::snprintf(length, sizeof length, "%" PRIu64 "/%" PRIu64 "%s", s.length, s.capacity, s.ring ? "r" : "");
     }
     std::printf("%-4u %-22s %-5s %21s %10" PRIu64 "  %s\n", s.id, owner.c_str(),
                 s.claimed ? (s.alive ? "yes" : (s.owner_dead ? "dead" : "stale")) : "-", length, s.generation,
                 iso_time(s.last_write_ns).c_str());
+  }
+  for (std::size_t i = 0; i < stats.size(); ++i) {
+    const PartitionStat& s = stats[i];
+    if (s.ring && known[i] && !mid_reset[i]) {
+      std::printf("partition %u: ring (r): %" PRIu64 " bytes written since the reset, retains [%" PRIu64 ", %" PRIu64
+                  "), %" PRIu64 " bytes overwritten\n",
+                  s.id, s.length, s.retained_from, s.length, s.retained_from);
+    }
   }
   for (const PartitionStat& s : stats) {
     if (s.fenced > 0) {
@@ -352,10 +410,27 @@ int cmd_read(const Args& args) {
   if (!region) return fail(region.error());
   std::vector<std::byte> buffer(kChunk);
   uint64_t offset = 0;
+  uint64_t skipped = 0;
   std::optional<uint64_t> first_generation;
+  const PartitionInfo* partition = (*region)->find(*id);
+  if (partition != nullptr && partition->ring) {
+    // What the ring retains, from its oldest byte.
+    auto s = (*region)->snapshot(*id);
+    if (!s) return fail(s.error());
+    offset = s->retained_from;
+  }
   for (;;) {
     uint64_t generation = 0;
     auto n = (*region)->read(*id, offset, buffer, &generation);
+    if (!n && n.error().code == Errc::overrun) {
+      // The ring's writer lapped this read: go on at its oldest byte, and say so.
+      auto s = (*region)->snapshot(*id);
+      if (!s) return fail(s.error());
+      if (s->retained_from <= offset) return fail(n.error());
+      skipped += s->retained_from - offset;
+      offset = s->retained_from;
+      continue;
+    }
     if (!n) return fail(n.error());
     if (first_generation && *first_generation != generation) {
       return fail(make_error(
@@ -367,6 +442,12 @@ int cmd_read(const Args& args) {
     offset += *n;
   }
   if (std::fflush(stdout) != 0) return fail(make_sys_error("stdout"));
+  if (skipped > 0) {
+    std::fprintf(stderr,
+                 "ivshmctl: partition %u: the ring's writer overwrote %" PRIu64
+                 " bytes before they were read; they are missing from the output\n",
+                 *id, skipped);
+  }
   return 0;
 }
 
@@ -390,7 +471,10 @@ int cmd_write(const Args& args) {
   if (!id) return usage_error("'" + args.positional[1] + "' is not a partition id");
   auto writer = claim_for_cli(args, *id);
   if (!writer) return fail(writer.error());
-  std::vector<std::byte> buffer(kChunk);
+  // Standard input is a stream, not one message: a ring takes it in pieces
+  // no larger than itself.
+  const PartitionInfo& partition = (*writer)->partition();
+  std::vector<std::byte> buffer(partition.ring ? std::min<std::size_t>(kChunk, partition.capacity) : kChunk);
   uint64_t total = 0;
   for (;;) {
     const ssize_t got = ::read(STDIN_FILENO, buffer.data(), buffer.size());
@@ -527,20 +611,29 @@ struct Command {
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table{
       {"format",
-       {{"size", "partitions", "force", "split"},
+       {{"size", "partitions", "partition", "ring", "force", "split"},
         1,
-        "Usage: ivshmctl format [--size SIZE] [--partitions N] [--force] [BACKEND]\n"
+        "Usage: ivshmctl format [--size SIZE] [--partitions N] [--partition ID=[SIZE][,ring]]...\n"
+        "                       [--ring] [--force] [BACKEND]\n"
         "       ivshmctl format --split --size SIZE [--partitions N] [--force] PREFIX\n\n"
-        "Lay out a fresh region: a new format id, N empty, unclaimed partitions of equal size.\n\n"
+        "Lay out a fresh region: a new format id, N empty, unclaimed partitions. Partitions\n"
+        "without a --partition size share what the sized ones leave, equally.\n\n"
         "  --size SIZE       create a missing host file of SIZE bytes (K, M, G, T suffixes);\n"
         "                    for an existing backend it must match its size\n"
         "  --partitions N    number of partitions, 1..64 (default 4); ids are 0..N-1\n"
+        "  --partition ID=SIZE[,ring]\n"
+        "                    give partition ID its own size (a multiple of 4 KiB), and\n"
+        "                    with ,ring make it a ring; ID=ring makes it a ring of the\n"
+        "                    shared size. Once per ID; repeat for others\n"
+        "  --ring            make every partition a ring: it keeps its newest SIZE bytes,\n"
+        "                    and a write never fails for lack of room (one larger than\n"
+        "                    the ring fails with EFBIG)\n"
         "  --force           format even if BACKEND already holds data (destroys it)\n"
         "  --split           a split region: one file per partition, PREFIX.vm0 .. PREFIX.vm{N-1},\n"
         "                    each SIZE bytes (a power of two: each becomes a PCI BAR) and holding\n"
         "                    one partition, so each VM can be given write access to its own only\n"
         "                    (see 'ivshmctl qemu-args'); with --force, pieces numbered N or more\n"
-        "                    left by an older format are removed\n",
+        "                    left by an older format are removed. Not with --partition or --ring\n",
         cmd_format}},
       {"status",
        {{"json"},
@@ -549,6 +642,9 @@ const std::map<std::string, Command>& commands() {
         "Show the region's layout and, per partition: id, owner, whether the owner is alive\n"
         "(yes: heartbeating; stale: silent; dead: its process is gone from this system and\n"
         "PID namespace), committed length and capacity, generation (resets), last write.\n"
+        "A ring partition is marked r after its capacity and named below the table with\n"
+        "the bytes written since its reset, the range it retains and the bytes overwritten\n"
+        "(\"ring\", \"retained_from\" and \"lost\" in JSON).\n"
         "A partition whose reset never finished (its owner stopped or died in it) is named\n"
         "below the table (\"mid_reset\": true in JSON); the next claim finishes the reset.\n"
         "So is a range a takeover fenced off (\"fenced\" bytes in JSON).\n\n"
@@ -558,7 +654,10 @@ const std::map<std::string, Command>& commands() {
        {{},
         2,
         "Usage: ivshmctl read [BACKEND] ID\n\n"
-        "Write the committed bytes of partition ID to standard output, unchanged.\n",
+        "Write the committed bytes of partition ID to standard output, unchanged. Of a ring,\n"
+        "what it retains, oldest first; should its writer overwrite bytes before they are\n"
+        "read, the output goes on at the oldest retained byte and a warning on standard\n"
+        "error says how many bytes are missing.\n",
         cmd_read}},
       {"write",
        {{"force"},

@@ -150,9 +150,10 @@ int ivshmfs_stat(ivshmfs_region* handle, uint32_t id, struct ivshmfs_partition_s
     if (handle == nullptr || out == nullptr) return fail(EINVAL, "ivshmfs_stat: NULL argument");
     auto s = handle->region->stat(id);
     if (!s) return fail(s.error());
-    *out = ivshmfs_partition_stat{s->id,        s->claimed ? 1u : 0u, s->alive ? 1u : 0u,   0,
-                                  s->length,    s->capacity,          s->generation,        s->last_write_ns,
-                                  s->owner_pid, s->owner_since_ns,    s->owner_heartbeat_ns};
+    *out = ivshmfs_partition_stat{
+        s->id,        s->claimed ? 1u : 0u, s->alive ? 1u : 0u,    s->ring ? IVSHMFS_STAT_RING : 0u,
+        s->length,    s->capacity,          s->generation,         s->last_write_ns,
+        s->owner_pid, s->owner_since_ns,    s->owner_heartbeat_ns, s->retained_from};
     return 0;
   });
 }

@@ -74,7 +74,14 @@ int readFromMapN(char* recvBuff, size_t size, int readVmId) {
   if (region == nullptr) return fail(ENOTCONN);
   if (recvBuff == nullptr || size == 0 || readVmId < 0) return fail(EINVAL);
   const size_t room = std::min<size_t>(size - 1, INT32_MAX - 1);
-  const ssize_t n = ivshmfs_read(region, static_cast<uint32_t>(readVmId), 0, recvBuff, room);
+  // A ring partition: what it retains, from its oldest byte. The writer may
+  // overwrite that while we copy (EPIPE): start again from the new oldest.
+  ssize_t n = -EPIPE;
+  for (int attempt = 0; attempt < 100 && n == -EPIPE; ++attempt) {
+    ivshmfs_partition_stat s{};
+    if (int r = ivshmfs_stat(region, static_cast<uint32_t>(readVmId), &s); r < 0) return fail(-r);
+    n = ivshmfs_read(region, static_cast<uint32_t>(readVmId), s.retained_from, recvBuff, room);
+  }
   if (n < 0) return fail(static_cast<int>(-n));
   recvBuff[n] = '\0';
   return static_cast<int>(n) + 1;

@@ -25,6 +25,8 @@ const char* to_string(Errc code) noexcept {
     case Errc::reformatted: return "reformatted";
     case Errc::read_only: return "read_only";
     case Errc::already_formatted: return "already_formatted";
+    case Errc::overrun: return "overrun";
+    case Errc::too_big: return "too_big";
   }
   return "unknown";
 }
@@ -48,6 +50,8 @@ int to_errno(Errc code) noexcept {
     case Errc::reformatted: return ESTALE;
     case Errc::read_only: return EROFS;
     case Errc::already_formatted: return EEXIST;
+    case Errc::overrun: return EPIPE;
+    case Errc::too_big: return EFBIG;
   }
   return EIO;
 }

@@ -98,6 +98,54 @@ std::optional<uint64_t> first_nonzero_metadata(std::span<const std::byte> bytes)
   return std::nullopt;
 }
 
+// The capacity and ring flag of every partition (index = id): the sizes asked
+// for, and an equal share of the rest for the others.
+Result<std::vector<PartitionLayout>> plan_partitions(const std::string& path, uint64_t size, uint64_t data_offset,
+                                                     const FormatOptions& options) {
+  const uint32_t count = options.partitions;
+  std::vector<PartitionLayout> plan(count);
+  std::vector<bool> given(count, false);
+  for (uint32_t i = 0; i < count; ++i) plan[i] = PartitionLayout{i, 0, options.ring};
+  uint64_t sized = 0;
+  for (const PartitionLayout& want : options.layout) {
+    const std::string what = "partition " + std::to_string(want.id) + ": ";
+    if (want.id >= count) {
+      return make_error(Errc::invalid_argument, what + "no such partition (the region gets " + std::to_string(count) +
+                                                    ", ids 0.." + std::to_string(count - 1) + ")");
+    }
+    if (given[want.id]) return make_error(Errc::invalid_argument, what + "given more than once");
+    given[want.id] = true;
+    if (want.capacity != 0 && (want.capacity % IVSHMFS_PAGE_SIZE != 0 || want.capacity < IVSHMFS_MIN_CAPACITY)) {
+      return make_error(Errc::invalid_argument, what + "size " + std::to_string(want.capacity) +
+                                                    " is not a positive multiple of the page size (" +
+                                                    std::to_string(IVSHMFS_PAGE_SIZE) + " bytes)");
+    }
+    plan[want.id].capacity = want.capacity;
+    plan[want.id].ring = want.ring || options.ring;
+    if (add_overflows(sized, want.capacity, &sized)) sized = UINT64_MAX;
+  }
+  const uint64_t room = size > data_offset ? size - data_offset : 0;
+  const auto unsized = static_cast<uint64_t>(
+      std::count_if(plan.begin(), plan.end(), [](const PartitionLayout& p) { return p.capacity == 0; }));
+  const uint64_t need =
+      sized > UINT64_MAX - unsized * IVSHMFS_MIN_CAPACITY ? UINT64_MAX : sized + unsized * IVSHMFS_MIN_CAPACITY;
+  if (need > room) {
+    std::string msg = path + ": " + format_size(size) + " is too small for " + std::to_string(count) + " partitions";
+    if (sized > 0) msg += " of which " + format_size(std::min(sized, UINT64_MAX - 1)) + " are sized";
+    return make_error(Errc::region_too_small, msg + " (need at least " +
+                                                  (need > UINT64_MAX - data_offset ? std::string("more than 2^64 bytes")
+                                                                                   : format_size(data_offset + need)) +
+                                                  ")");
+  }
+  if (unsized > 0) {
+    const uint64_t share = (room - sized) / unsized / IVSHMFS_PAGE_SIZE * IVSHMFS_PAGE_SIZE;
+    for (PartitionLayout& p : plan) {
+      if (p.capacity == 0) p.capacity = share;
+    }
+  }
+  return plan;
+}
+
 }  // namespace
 
 Result<void> Region::format(Backend& backend, const FormatOptions& options) {
@@ -118,14 +166,8 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   const uint64_t control_offset =
       round_up(sizeof(ivshmfs_header) + count * sizeof(ivshmfs_partition_entry), IVSHMFS_CONTROL_ALIGN);
   const uint64_t data_offset = round_up(control_offset + count * sizeof(ivshmfs_control), IVSHMFS_PAGE_SIZE);
-  const uint64_t per_partition =
-      size > data_offset ? (size - data_offset) / count / IVSHMFS_PAGE_SIZE * IVSHMFS_PAGE_SIZE : 0;
-  if (per_partition < IVSHMFS_MIN_CAPACITY) {
-    return make_error(Errc::region_too_small, path + ": " + format_size(size) + " is too small for " +
-                                                  std::to_string(count) + " partitions (need at least " +
-                                                  format_size(data_offset + uint64_t{count} * IVSHMFS_MIN_CAPACITY) +
-                                                  ")");
-  }
+  auto plan = plan_partitions(path, size, data_offset, options);
+  if (!plan) return std::move(plan).error();
 
   auto* header = reinterpret_cast<ivshmfs_header*>(backend.bytes().data());
   const uint64_t magic = load_acquire(header->magic);
@@ -160,12 +202,16 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   header->features = split ? IVSHMFS_FEATURE_SPLIT : 0;
   header->split_pieces = options.split_pieces;
   auto* table = reinterpret_cast<ivshmfs_partition_entry*>(backend.bytes().data() + sizeof(ivshmfs_header));
+  uint64_t next = data_offset;
   for (uint32_t i = 0; i < count; ++i) {
+    const PartitionLayout& want = (*plan)[i];
     table[i].id = split ? options.piece_id : i;
-    table[i].flags = 0;
+    table[i].flags = want.ring ? IVSHMFS_PARTITION_RING : 0;
+    if (want.ring) header->features |= IVSHMFS_FEATURE_RING;
     table[i].control_offset = control_offset + uint64_t{i} * sizeof(ivshmfs_control);
-    table[i].data_offset = data_offset + uint64_t{i} * per_partition;
-    table[i].capacity = per_partition;
+    table[i].data_offset = next;
+    table[i].capacity = want.capacity;
+    next += want.capacity;
   }
   store_release(header->magic, IVSHMFS_MAGIC);
   return {};
@@ -293,7 +339,10 @@ Result<ValidPiece> validate_piece(const Backend& backend) {
     if ((h.features & IVSHMFS_FEATURE_SPLIT) != 0 && e.id >= h.split_pieces) {
       return bad("id " + std::to_string(e.id) + " is not below the piece count " + std::to_string(h.split_pieces));
     }
-    if (e.flags != 0) return bad("unknown flags " + hex(e.flags));
+    if ((e.flags & ~IVSHMFS_PARTITION_RING) != 0) return bad("unknown flags " + hex(e.flags));
+    const bool ring = (e.flags & IVSHMFS_PARTITION_RING) != 0;
+    if (ring && (h.features & IVSHMFS_FEATURE_RING) == 0)
+      return bad("flag ring (" + hex(e.flags) + ") without the ring feature bit in the header");
     if (e.control_offset != h.control_offset + uint64_t{i} * sizeof(ivshmfs_control)) {
       return bad("control_offset " + hex(e.control_offset) + " is not control block " + std::to_string(i));
     }
@@ -307,7 +356,11 @@ Result<ValidPiece> validate_piece(const Backend& backend) {
     if (add_overflows(e.data_offset, e.capacity, &end) || end > size) {
       return bad("data area " + hex(e.data_offset) + "+" + hex(e.capacity) + " lies past the end of the region");
     }
-    piece.partitions.push_back(PartitionInfo{e.id, i, 0, e.control_offset, e.data_offset, e.capacity});
+    piece.partitions.push_back(PartitionInfo{e.id, i, 0, e.control_offset, e.data_offset, e.capacity, ring});
+  }
+  if ((h.features & IVSHMFS_FEATURE_RING) != 0 &&
+      std::none_of(piece.partitions.begin(), piece.partitions.end(), [](const PartitionInfo& p) { return p.ring; })) {
+    return corrupt("feature bit ring is set but no partition is a ring");
   }
   std::vector<PartitionInfo> by_offset = piece.partitions;
   std::sort(by_offset.begin(), by_offset.end(),
@@ -390,7 +443,8 @@ Result<std::shared_ptr<Region>> Region::open_pieces(std::vector<std::unique_ptr<
                              first.format_time_ns,
                              static_cast<uint32_t>(region->partitions_.size()),
                              first.data_offset,
-                             split ? first.split_pieces : 0};
+                             split ? first.split_pieces : 0,
+                             first.features};
   if (split && region->partitions_.size() < first.split_pieces) {
     std::string missing;
     for (uint32_t id = 0; id < first.split_pieces; ++id) {
@@ -928,7 +982,59 @@ void backoff(int attempt) {
   if (attempt > 16) std::this_thread::yield();
 }
 
+detail::RingMap current_ring(ivshmfs_control& c, const PartitionInfo& p) noexcept {
+  const uint64_t head = load_acquire(c.head);
+  return detail::ring_map(head, load_relaxed(c.base), load_relaxed(c.reserve_end), p.capacity);
+}
+
+[[gnu::cold, gnu::noinline]] Error overrun(const Region& region, uint32_t id, uint64_t offset, uint64_t retained_from) {
+  return make_error(Errc::overrun, region.backend(*region.find(id)).path() + ": partition " + std::to_string(id) +
+                                       ": the ring's writer overwrote offset " + std::to_string(offset) +
+                                       " (the oldest retained byte is at " + std::to_string(retained_from) + ")");
+}
+
 }  // namespace
+
+// A ring (docs/layout.md, "Ring partitions"): copy what the snapshot says is
+// retained, then re-load reserve_end after the copy: the writer raises it
+// before it overwrites, so bytes still above reserve_end - capacity are the
+// ones that were at those positions.
+Result<std::size_t> Region::read_ring(const PartitionInfo& p, uint64_t offset, std::span<std::byte> out,
+                                      uint64_t* generation) const {
+  ivshmfs_control* c = control(p);
+  const std::byte* base = data(p);
+  const uint64_t capacity = p.capacity;
+  for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
+    const uint64_t gen = load_acquire(c->generation);
+    if (gen % 2 == 0) [[likely]] {
+      const uint64_t b = load_relaxed(c->base);
+      const detail::RingMap m = current_ring(*c, p);
+      std::size_t n = 0;
+      if (offset < m.length && offset >= m.retained_from) {
+        n = static_cast<std::size_t>(std::min<uint64_t>(out.size(), m.length - offset));
+        const uint64_t slot = offset % capacity;
+        const std::size_t first = static_cast<std::size_t>(std::min<uint64_t>(n, capacity - slot));
+        detail::racy_copy(out.data(), base + slot, first);
+        if (n > first) detail::racy_copy(out.data() + first, base, n - first);
+      }
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (backend(p).mapping_lost()) [[unlikely]]
+        return backend(p).loss_error();
+      const uint64_t reserve_end = load_relaxed(c->reserve_end);
+      if (load_relaxed(c->generation) == gen && load_relaxed(c->base) == b) [[likely]] {
+        if (offset < m.retained_from) return overrun(*this, p.id, offset, m.retained_from);
+        // What the writer announced since: bytes below it less a ring were
+        // (perhaps) overwritten while we copied them.
+        const detail::RingMap after = detail::ring_map(b + m.length, b, reserve_end, capacity);
+        if (n > 0 && offset < after.retained_from) return overrun(*this, p.id, offset, after.retained_from);
+        if (generation != nullptr) *generation = gen;
+        return n;
+      }
+    }
+    backoff(attempt);
+  }
+  return keeps_resetting(*this, p.id);
+}
 
 bool Region::generation_unchanged(uint32_t id, uint64_t generation) const noexcept {
   const PartitionInfo* p = find(id);
@@ -940,6 +1046,10 @@ bool Region::generation_unchanged(uint32_t id, uint64_t generation) const noexce
 Result<ReadView> Region::view(uint32_t id, uint64_t offset, std::size_t max) const {
   const PartitionInfo* p = find(id);
   if (p == nullptr) return no_partition(*this, id);
+  if (p->ring) {
+    return make_error(Errc::invalid_argument, backend(*p).path() + ": partition " + std::to_string(id) +
+                                                  " is a ring: its bytes cannot be viewed in place, read them");
+  }
   ivshmfs_control* c = control(*p);
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
     const uint64_t gen = load_acquire(c->generation);
@@ -962,6 +1072,7 @@ Result<std::size_t> Region::read(uint32_t id, uint64_t offset, std::span<std::by
   const PartitionInfo* p = find(id);
   if (p == nullptr) [[unlikely]]
     return no_partition(*this, id);
+  if (p->ring) return read_ring(*p, offset, out, generation);
   ivshmfs_control* c = control(*p);
   const std::byte* base = data(*p);
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
@@ -1013,6 +1124,14 @@ Result<PartitionSnapshot> Region::snapshot(uint32_t id) const {
   ivshmfs_control* c = control(*p);
   for (int attempt = 0; attempt < kMaxReadAttempts; ++attempt) {
     const uint64_t gen = load_acquire(c->generation);
+    if (p->ring) {
+      const detail::RingMap m = current_ring(*c, *p);
+      PartitionSnapshot s{m.length, gen, load_relaxed(c->last_write_ns), p->capacity, m.retained_from};
+      std::atomic_thread_fence(std::memory_order_acquire);
+      if (gen % 2 == 0 && load_relaxed(c->generation) == gen) return s;
+      backoff(attempt);
+      continue;
+    }
     const uint64_t hole = load_relaxed(c->hole_length);
     const uint64_t fenced = fits(load_relaxed(c->hole_offset), hole, p->capacity) ? hole : 0;
     const uint64_t length = current_map(*c, *p).length;
@@ -1032,16 +1151,24 @@ Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) co
   PartitionStat s;
   s.id = id;
   s.capacity = p->capacity;
+  s.ring = p->ring;
   if (auto snap = snapshot(id)) {
     s.length = snap->length;
     s.generation = snap->generation;
     s.last_write_ns = snap->last_write_ns;
+    s.retained_from = snap->retained_from;
   } else {
     // A reset that stays half done (its owner stopped or died in it): still
     // tell who owns the partition, so that it can be taken over and repaired.
     s.mid_reset = true;
     s.generation = load_acquire(c->generation);
-    s.length = current_map(*c, *p).length;
+    if (p->ring) {
+      const detail::RingMap m = current_ring(*c, *p);
+      s.length = m.length;
+      s.retained_from = m.retained_from;
+    } else {
+      s.length = current_map(*c, *p).length;
+    }
     s.last_write_ns = load_relaxed(c->last_write_ns);
   }
   s.claimed = load_acquire(c->owner_token) != 0;
@@ -1056,8 +1183,9 @@ Result<PartitionStat> Region::stat(uint32_t id, const LivenessPolicy& policy) co
   s.reserve_end = load_relaxed(c->reserve_end);
   s.hole_offset = load_relaxed(c->hole_offset);
   s.hole_length = load_relaxed(c->hole_length);
-  s.fenced = fits(s.hole_offset, s.hole_length, p->capacity) ? s.hole_length : 0;
-  s.free = s.capacity - std::min(s.capacity, s.length + s.fenced);
+  // A ring never shows a hole (its takeovers never fence; see the writer).
+  s.fenced = !p->ring && fits(s.hole_offset, s.hole_length, p->capacity) ? s.hole_length : 0;
+  s.free = p->ring ? s.capacity : s.capacity - std::min(s.capacity, s.length + s.fenced);
   if (s.claimed) {
     const uint64_t now = wall_clock_ns();
     const uint64_t stale_ns = static_cast<uint64_t>(policy.stale_after.count()) * 1'000'000ULL;

@@ -6,7 +6,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 #include "ivshmfs/layout.h"
 
@@ -79,6 +81,50 @@ inline FileMap file_map(uint64_t head, uint64_t base, uint64_t hole_offset, uint
   }
   m.length = m.used - m.hole_length;
   return m;
+}
+
+// A ring partition's file, from head, base and reserve_end (any of them may
+// be hostile): file offsets count the bytes written since the reset (position
+// base + f is file offset f, at data[f % capacity]); the writer overwrites
+// nothing at or past reserve_end - capacity before it raises reserve_end.
+struct RingMap {
+  uint64_t length = 0;         // head - base: the file's length
+  uint64_t retained_from = 0;  // file offset of the oldest byte not (being) overwritten; <= length
+};
+
+inline RingMap ring_map(uint64_t head, uint64_t base, uint64_t reserve_end, uint64_t capacity) noexcept {
+  RingMap m;
+  head &= ~IVSHMFS_HEAD_FENCE;
+  m.length = head > base ? head - base : 0;
+  const uint64_t announced = std::max(reserve_end, head);
+  const uint64_t oldest = announced > capacity ? announced - capacity : 0;  // absolute
+  m.retained_from = oldest > base ? std::min(oldest - base, m.length) : 0;
+  return m;
+}
+
+#if defined(__SANITIZE_THREAD__)
+#define IVSHMFS_RACY_COPY_ATOMIC 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define IVSHMFS_RACY_COPY_ATOMIC 1
+#endif
+#endif
+
+// Copies to or from a ring's data area, which its writer may overwrite while
+// a reader copies (the reader finds out afterwards and discards the copy: the
+// seqlock pattern). Plain memcpy; under ThreadSanitizer, relaxed atomic byte
+// accesses, which is what the race is by design.
+inline void racy_copy(void* dst, const void* src, std::size_t n) noexcept {
+#ifdef IVSHMFS_RACY_COPY_ATOMIC
+  auto* d = static_cast<unsigned char*>(dst);
+  auto* s = const_cast<unsigned char*>(static_cast<const unsigned char*>(src));  // NOLINT: atomic_ref needs T&
+  for (std::size_t i = 0; i < n; ++i) {
+    const unsigned char v = std::atomic_ref<unsigned char>(s[i]).load(std::memory_order_relaxed);
+    std::atomic_ref<unsigned char>(d[i]).store(v, std::memory_order_relaxed);
+  }
+#else
+  std::memcpy(dst, src, n);
+#endif
 }
 
 // A random non-zero 64-bit value (format ids, claim tokens).

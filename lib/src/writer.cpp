@@ -71,6 +71,13 @@ std::string second_hole(const std::string& path, uint32_t id) {
          path + "', which destroys its contents)";
 }
 
+std::string ring_mid_append(const std::string& path, uint32_t id) {
+  return path + ": partition " + std::to_string(id) +
+         " is a ring whose owner announced bytes it has not published: it may be stopped in the middle of a copy, "
+         "and a ring cannot fence that copy off (the owner could copy it later over newer bytes); let that owner "
+         "finish (continue it), or make sure it is gone (then it is taken over at once), or format the region anew";
+}
+
 // After the token swap: makes sure nothing the former owner may still copy
 // is ever published, and finishes what a former owner left half done.
 // `fence`: the former owner is not proven gone. `announced` and `base` were
@@ -81,7 +88,12 @@ Result<void> settle(ivshmfs_control* c, const PartitionInfo& p, const std::strin
   uint64_t head = load_acquire(c->head);
   uint64_t fenced_at = 0;
   bool fencing = false;
+  // A ring is never fenced (the claim refused an owner that may be copying):
+  // a fence bit on its head was stored by a hostile peer; drop it.
+  while (p.ring && (head & IVSHMFS_HEAD_FENCE) != 0 && !compare_exchange(c->head, head, head & ~IVSHMFS_HEAD_FENCE)) {
+  }
   for (;;) {
+    if (p.ring) break;
     if ((head & IVSHMFS_HEAD_FENCE) != 0) {  // a taker died mid-fence: finish its fence
       fenced_at = head & ~IVSHMFS_HEAD_FENCE;
       fencing = true;
@@ -131,7 +143,7 @@ Result<void> settle(ivshmfs_control* c, const PartitionInfo& p, const std::strin
     uint64_t gen = detail::load_seq_cst(c->generation);
     head = load_acquire(c->head) & ~IVSHMFS_HEAD_FENCE;
     uint64_t current_base = load_acquire(c->base);
-    const bool impossible = current_base > head || head - current_base > capacity;
+    const bool impossible = current_base > head || (!p.ring && head - current_base > capacity);
     if (gen % 2 == 0 && !impossible) break;
     const uint64_t mine = gen + (gen % 2 != 0 ? 2 : 1);
     if (!compare_exchange(c->generation, gen, mine)) continue;  // the former owner undid its mark
@@ -169,6 +181,12 @@ void PartitionWriter::load_positions() noexcept {
   hole_offset_ = valid_hole(ho, hl, partition_.capacity) ? ho : 0;
   hole_length_ = valid_hole(ho, hl, partition_.capacity) ? hl : 0;
   announced_ = load_acquire(control_->reserve_end);
+  if (partition_.ring) {
+    // A ring's takeovers never fence, so it has no hole (a stray one is ignored).
+    hole_offset_ = hole_length_ = 0;
+    if (head_ < base_) base_ = head_;
+    return;
+  }
   // Positions a hostile peer made impossible: write nothing (every publish
   // would fail); a reset repairs them.
   if (head_ < base_ || head_ - base_ > partition_.capacity) base_ = head_ - std::min(head_, partition_.capacity);
@@ -190,8 +208,10 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
   ivshmfs_control* c = region->control(*p);
   const uint64_t token = detail::random_nonzero();
   bool fence = false;
+  uint64_t previous = 0;
   for (;;) {
     uint64_t current = load_acquire(c->owner_token);
+    previous = current;
     fence = false;
     if (current != 0) {
       auto s = region->stat(id, options.liveness);
@@ -205,7 +225,10 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
       // One hole per partition: refuse before touching anything when a
       // fence would need a second one (the owner keeps its partition).
       const uint64_t head = s->head & ~IVSHMFS_HEAD_FENCE;
-      if (fence && s->reserve_end > head && valid_hole(s->hole_offset, s->hole_length, p->capacity) &&
+      if (p->ring && fence && s->reserve_end > head) {
+        return make_error(Errc::claimed, ring_mid_append(region->backend(*p).path(), id));
+      }
+      if (!p->ring && fence && s->reserve_end > head && valid_hole(s->hole_offset, s->hole_length, p->capacity) &&
           s->hole_offset != std::min(head - std::min(head, s->base), p->capacity)) {
         return make_error(Errc::claimed, second_hole(region->backend(*p).path(), id));
       }
@@ -223,6 +246,13 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
   IVSHMFS_FAILPOINT("claim.after-token");
   const uint64_t announced = detail::load_seq_cst(c->reserve_end);
   const uint64_t base = detail::load_seq_cst(c->base);
+  if (p->ring && fence && announced > (load_acquire(c->head) & ~IVSHMFS_HEAD_FENCE)) {
+    // The former owner announced an append between our look and the swap: it
+    // may be copying. Hand the partition back (nothing of ours was written).
+    uint64_t mine = token;
+    compare_exchange(c->owner_token, mine, previous);
+    return make_error(Errc::claimed, ring_mid_append(region->backend(*p).path(), id));
+  }
   const uint64_t now = wall_clock_ns();
   const ProcessIdentity self = local_process_identity();
   store_identity(c, self);
@@ -296,6 +326,17 @@ Result<void> PartitionWriter::still_owner() const {
 
 PartitionWriter::Placement PartitionWriter::place(std::size_t want, bool contiguous) const noexcept {
   const uint64_t capacity = partition_.capacity;
+  if (partition_.ring) {
+    // Position base + f lives at data[f % capacity]; the caller refused
+    // more than a ring. Wraps once at most.
+    const uint64_t f = head_ - base_;
+    Placement pl;
+    pl.first_at = f % capacity;
+    pl.first = static_cast<std::size_t>(std::min<uint64_t>(want, capacity - pl.first_at));
+    if (!contiguous) pl.second = want - pl.first;
+    pl.end = f + pl.first + pl.second;
+    return pl;
+  }
   const uint64_t at = head_ - base_;  // <= capacity (load_positions)
   Placement pl;
   pl.first_at = at;
@@ -334,6 +375,9 @@ PartitionWriter::Placement PartitionWriter::place(std::size_t want, bool contigu
   // After the announcement, not before: a taker that swapped the token
   // before this load sees the announcement (Dekker), and fences it off.
   if (detail::load_seq_cst(control_->owner_token) != token_) return false;
+  // A ring's readers trust bytes by reserve_end: it must be visible before
+  // any byte copied after it (a store barrier; free on x86-64).
+  std::atomic_thread_fence(std::memory_order_release);
   announced_ = std::max(target, end);
   return true;
 }
@@ -373,6 +417,13 @@ namespace {
 }
 }  // namespace
 
+[[gnu::cold, gnu::noinline]] Error PartitionWriter::too_big(std::size_t size) const {
+  return make_error(Errc::too_big, region_->backend(partition_).path() + ": partition " + std::to_string(id()) +
+                                       " is a ring of " + std::to_string(partition_.capacity) +
+                                       " bytes: an append of " + std::to_string(size) +
+                                       " bytes would overwrite itself (refused whole)");
+}
+
 Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
   if (max == 0) return make_error(Errc::invalid_argument, "reserve: zero bytes asked for");
   if (!may_write()) [[unlikely]]
@@ -384,7 +435,9 @@ Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
     return lost_claim(*this);
   IVSHMFS_FAILPOINT("writer.after-announce");
   reserved_ = true;
-  return Reservation(*this, pl.first_at, {data_ + pl.first_at, pl.first});
+  // The reservation remembers where its bytes start in the owner's frame:
+  // a data-area offset, which for a ring is the file offset (it wraps).
+  return Reservation(*this, partition_.ring ? head_ - base_ : pl.first_at, {data_ + pl.first_at, pl.first});
 }
 
 std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
@@ -403,6 +456,8 @@ Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
   if (bytes.empty()) return std::size_t{0};
   if (!may_write()) [[unlikely]]
     return refusal();
+  if (partition_.ring && bytes.size() > partition_.capacity) [[unlikely]]
+    return too_big(bytes.size());
   const Placement pl = place(bytes.size(), false);
   const std::size_t n = pl.first + pl.second;
   if (n == 0) [[unlikely]]
@@ -411,9 +466,14 @@ Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
   if (end > announced_ && !announce(end)) [[unlikely]]
     return lost_claim(*this);
   IVSHMFS_FAILPOINT("writer.after-announce");
-  std::memcpy(data_ + pl.first_at, bytes.data(), pl.first);
-  if (pl.second > 0) [[unlikely]]
-    std::memcpy(data_ + pl.second_at, bytes.data() + pl.first, pl.second);
+  if (partition_.ring) {
+    detail::racy_copy(data_ + pl.first_at, bytes.data(), pl.first);
+    if (pl.second > 0) detail::racy_copy(data_ + pl.second_at, bytes.data() + pl.first, pl.second);
+  } else {
+    std::memcpy(data_ + pl.first_at, bytes.data(), pl.first);
+    if (pl.second > 0) [[unlikely]]
+      std::memcpy(data_ + pl.second_at, bytes.data() + pl.first, pl.second);
+  }
   if (region_->backend(partition_).mapping_lost()) [[unlikely]]
     return region_->backend(partition_).loss_error();
   IVSHMFS_FAILPOINT("writer.after-copy");

@@ -496,5 +496,59 @@ expect_eq "$(cat "$out")" "forced" "nothing from the displaced writer reached th
 run reset --force "$f" 2
 expect_status 0 "reset --force"
 
+# Partitions of different sizes and ring partitions (format --partition, --ring).
+next_file
+run format --size 1M --partitions 3 --partition 0=64K,ring --partition 2=128K "$file"
+expect_status 0 "format with per-partition sizes and a ring"
+expect_out "0=64 KiB,ring 1=828 KiB 2=128 KiB" "format names every partition's size and the ring"
+run status --json "$file"
+expect_eq "$(json_field "$out" 'j["partitions"][0]["capacity"]')" "65536" "status: partition 0 has the size asked for"
+if grep -q '"id":0,[^}]*"ring":true' "$out" && grep -q '"id":1,[^}]*"ring":false' "$out" &&
+  grep -q '"id":2,[^}]*"capacity":131072' "$out" && grep -q '"id":1,[^}]*"capacity":847872' "$out"; then
+  pass "status --json: ring flags and capacities (the rest shared out)"
+else
+  fail "status --json: ring flags and capacities (the rest shared out)" "$(cat "$out")"
+fi
+head -c 200000 /dev/urandom >"$tmp/stream"
+run write "$file" 0 <"$tmp/stream"
+expect_status 0 "write 3 rings' worth into a ring (never ENOSPC)"
+run read "$file" 0
+if cmp -s "$out" <(tail -c 65536 "$tmp/stream"); then
+  pass "read of a wrapped ring gives its newest 64 KiB exactly"
+else
+  fail "read of a wrapped ring gives its newest 64 KiB exactly" "got $(wc -c <"$out") bytes"
+fi
+run status "$file"
+expect_out "partition 0: ring (r): 200000 bytes written since the reset, retains [134464, 200000), 134464 bytes overwritten" \
+  "status shows total written, retained range and bytes lost"
+run status --json "$file"
+if grep -q '"id":0,[^}]*"length":200000,[^}]*"retained_from":134464,"lost":134464' "$out"; then
+  pass "status --json: length, retained_from, lost"
+else
+  fail "status --json: length, retained_from, lost" "$(cat "$out")"
+fi
+for spec in "5=64K|partition 5: no such partition" "0=5000|not a positive multiple of the page size" \
+  "0=64K --partition 0=ring|given more than once" "0=2M|too small for 4 partitions" \
+  "0=x|invalid size 'x'" "0=|gives neither a size nor ring"; do
+  args=${spec%%|*}
+  want=${spec#*|}
+  # shellcheck disable=SC2086 # the spec may hold a second --partition
+  run format --force --partition $args "$file"
+  if [ "$status" != 0 ] && [[ "$err" == *"$want"* ]]; then
+    pass "format --partition $args refused: $want"
+  else
+    fail "format --partition $args refused: $want" "exit $status" "stderr: $err"
+  fi
+done
+run read "$file" 0
+if cmp -s "$out" <(tail -c 65536 "$tmp/stream"); then
+  pass "a refused format left the region as it was"
+else
+  fail "a refused format left the region as it was"
+fi
+run format --force --ring --partitions 2 "$file"
+expect_status 0 "format --ring"
+expect_out "2 ring partitions of" "format --ring makes every partition a ring"
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

@@ -8,7 +8,8 @@
 // of those fields (as a peer would, with a 64-bit atomic store) or runs one
 // operation of this peer (read, view, snapshot, stat, append, reserve and
 // commit, reset, heartbeat, claim). A reader thread meanwhile runs read,
-// view, snapshot and stat on every partition without pause. None of it may
+// view, snapshot and stat on every partition without pause. Partitions 0
+// (owned here) and 2 are rings, 1 is sized, 3 gets the rest. None of it may
 // crash, trip a sanitizer or touch memory outside the mapping: the mapping
 // lies between PROT_NONE guard pages.
 #include <sys/mman.h>
@@ -85,6 +86,9 @@ Live& live() {
     auto backend = open_guarded(path);
     ivshmfs::FormatOptions format;
     format.partitions = kPartitions;
+    // Partitions of different sizes, two of them rings (the owned one a
+    // single page, so appends wrap and too-big appends happen).
+    format.layout = {{0, 4096, true}, {1, 12288, false}, {2, 0, true}};
     if (!ivshmfs::Region::format(*backend, format)) std::abort();
     made->base = backend->bytes().data();
     auto region = ivshmfs::Region::open(std::move(backend));

@@ -40,6 +40,7 @@ Scratch& scratch() {
     if (!backend) std::abort();
     ivshmfs::FormatOptions format;
     format.partitions = 4;
+    format.layout = {{1, 0, true}, {2, 8192, false}};  // a ring and a sized partition: their bits are fuzzed too
     if (!ivshmfs::Region::format(**backend, format)) std::abort();
     made.formatted.assign((*backend)->bytes().begin(), (*backend)->bytes().end());
     return made;

@@ -142,6 +142,10 @@ std::vector<Corruption> corruptions() {
        [](Image& m) { m.header.features = 1U << 5; },
        Errc::unsupported_version,
        {"feature bits 0x20"}},
+      {"ring feature without a ring partition",
+       [](Image& m) { m.header.features = IVSHMFS_FEATURE_RING; },
+       Errc::corrupt_header,
+       {"feature bit ring is set but no partition is a ring"}},
       {"features bit 63",
        [](Image& m) { m.header.features = uint64_t{1} << 63; },
        Errc::unsupported_version,
@@ -271,7 +275,9 @@ std::vector<Corruption> corruptions() {
     add(
         "duplicate id", [other](auto& t, auto& m) { t.id = m.table[other].id; }, Errc::corrupt_partition_table,
         {"used twice"}, false);
-    add("flags", [](auto& t, auto&) { t.flags = 1; }, Errc::corrupt_partition_table, {"flags 0x1"});
+    add("unknown flags", [](auto& t, auto&) { t.flags = 2; }, Errc::corrupt_partition_table, {"unknown flags 0x2"});
+    add("ring flag without the feature bit", [](auto& t, auto&) { t.flags = IVSHMFS_PARTITION_RING; },
+        Errc::corrupt_partition_table, {"flag ring (0x1) without the ring feature bit"});
     add("control_offset 0", [](auto& t, auto&) { t.control_offset = 0; }, Errc::corrupt_partition_table,
         {"control_offset 0x0"});
     add("control_offset of another entry",

@@ -31,8 +31,9 @@ struct shared_mem {
 /* Maps the region (creating and formatting a missing or blank file with two
  * partitions, as the report did) and claims this VM's partition. Returns 1. */
 int init(struct shared_mem* data);
-/* Copies VM readVmId's data into recvBuff as a NUL-terminated string. The
- * buffer must hold mapPartitionSize() + 1 bytes; prefer readFromMapN().
+/* Copies VM readVmId's data into recvBuff as a NUL-terminated string (of a
+ * ring partition: what it retains, oldest first). The buffer must hold
+ * mapPartitionSize() + 1 bytes; prefer readFromMapN().
  * Returns the bytes stored including the terminating NUL (always >= 1). */
 int readFromMap(char* recvBuff, int readVmId);
 /* Appends the NUL-terminated writeBuff to this VM's partition. Returns the

@@ -29,6 +29,8 @@ enum class Errc : int {
   reformatted,              // the region was formatted anew underneath us
   read_only,                // the backend is mapped read-only
   already_formatted,        // format refused: the region holds a valid header
+  overrun,                  // a ring's writer overwrote the bytes asked for (EPIPE)
+  too_big,                  // an append larger than a ring's capacity (EFBIG)
 };
 
 // Stable lower-case name of an error code, e.g. "bad_magic".

@@ -34,26 +34,34 @@ struct ivshmfs_open_options {
   uint32_t create_partitions; /* with CREATE: partitions of a new region (0: 4) */
 };
 
+/* ivshmfs_partition_stat.flags */
+#define IVSHMFS_STAT_RING 0x1u /* a ring: keeps the newest `capacity` bytes */
+
 struct ivshmfs_partition_stat {
   uint32_t id;
   uint32_t claimed; /* 1 if an owner holds the partition */
   uint32_t alive;   /* 1 if that owner is heartbeating */
-  uint32_t reserved;
-  uint64_t length; /* committed bytes */
+  uint32_t flags;   /* IVSHMFS_STAT_* */
+  uint64_t length;  /* committed bytes (a ring: all written since the last reset) */
   uint64_t capacity;
   uint64_t generation;    /* bumped at every reset */
   uint64_t last_write_ns; /* CLOCK_REALTIME of the last commit or reset */
   uint64_t owner_pid;
   uint64_t owner_since_ns;
   uint64_t owner_heartbeat_ns;
+  uint64_t retained_from; /* a ring: offset of the oldest retained byte (= bytes overwritten); else 0 */
 };
 
 /* Opens a region. On success *out is a handle for ivshmfs_close(). */
 int ivshmfs_open(const struct ivshmfs_open_options* options, ivshmfs_region** out);
 /* Appends to this peer's partition (needs IVSHMFS_OPEN_WRITE). Returns bytes
- * appended: fewer than size when the partition fills, -ENOSPC when full. */
+ * appended: fewer than size when the partition fills, -ENOSPC when full. A
+ * ring appends everything (overwriting its oldest bytes) and refuses more
+ * than its capacity whole with -EFBIG. */
 ssize_t ivshmfs_append(ivshmfs_region* handle, const void* data, size_t size);
-/* Copies committed bytes of partition id from offset; returns bytes copied, 0 at the end. */
+/* Copies committed bytes of partition id from offset; returns bytes copied, 0 at the end.
+ * A ring: -EPIPE when the writer overwrote bytes at offset (before or while
+ * they were copied); ivshmfs_stat()'s retained_from says where to go on. */
 ssize_t ivshmfs_read(ivshmfs_region* handle, uint32_t id, uint64_t offset, void* buffer, size_t size);
 /* Truncates this peer's partition to zero (needs IVSHMFS_OPEN_WRITE). */
 int ivshmfs_reset(ivshmfs_region* handle);

@@ -23,6 +23,13 @@
 
 namespace ivshmfs {
 
+// One partition's wishes at format time (see FormatOptions::layout).
+struct PartitionLayout {
+  uint32_t id = 0;
+  uint64_t capacity = 0;  // bytes, a page multiple; 0: an equal share of what the sized ones leave
+  bool ring = false;      // keep the newest `capacity` bytes instead of filling up
+};
+
 struct FormatOptions {
   uint32_t partitions = 4;  // 1 .. IVSHMFS_MAX_PARTITIONS; ids 0 .. partitions-1
   bool force = false;       // overwrite a region that already holds a valid header
@@ -32,6 +39,10 @@ struct FormatOptions {
   uint32_t split_pieces = 0;
   uint32_t piece_id = 0;
   uint64_t format_id = 0;
+  bool ring = false;        // every partition is a ring
+  // Per-partition sizes and ring flags, at most one entry per id (< partitions).
+  // Partitions without a size share the rest of the region equally.
+  std::vector<PartitionLayout> layout{};
 };
 
 // The file of piece `id` of the split region `prefix`: PREFIX.vmID.
@@ -61,6 +72,7 @@ struct PartitionInfo {
   uint64_t control_offset = 0;
   uint64_t data_offset = 0;
   uint64_t capacity = 0;
+  bool ring = false;  // IVSHMFS_PARTITION_RING: keeps the newest capacity bytes
 };
 
 struct RegionInfo {
@@ -71,6 +83,7 @@ struct RegionInfo {
   uint32_t partition_count = 0;  // partitions this peer opened (a split region may miss pieces)
   uint64_t data_offset = 0;
   uint32_t split_pieces = 0;  // 0: one backend holds the region; else pieces at format
+  uint64_t features = 0;  // IVSHMFS_FEATURE_* bits
 };
 
 // When an owner counts as alive.
@@ -82,17 +95,23 @@ struct LivenessPolicy {
 // The data-path facts of a partition, from one consistent load: cheap
 // enough for every getattr and every poll.
 struct PartitionSnapshot {
-  uint64_t length = 0;  // the file's bytes, clamped to capacity
+  uint64_t length = 0;  // the file's bytes, clamped to capacity (a ring: all written since the reset)
   uint64_t generation = 0;
   uint64_t last_write_ns = 0;
-  uint64_t free = 0;  // room left for appends: capacity less the file and any fenced range
+  uint64_t free = 0;  // room left for appends: capacity less the file and any fenced range (a ring: capacity)
+  // A ring: the file offset of the oldest byte still retained; the bytes
+  // below it were overwritten (lost to a reader that had not read them).
+  // Always 0 for a log partition.
+  uint64_t retained_from = 0;
 };
 
 struct PartitionStat {
   uint32_t id = 0;
-  uint64_t length = 0;  // the file's bytes (published, less the fenced hole)
+  uint64_t length = 0;  // the file's bytes (published, less the fenced hole; a ring: written since the reset)
   uint64_t capacity = 0;
-  uint64_t generation = 0;  // even; grows at every reset (by 2 when the owner resets)
+  bool ring = false;
+  uint64_t retained_from = 0;  // a ring: file offset of the oldest retained byte (= bytes overwritten)
+  uint64_t generation = 0;     // even; grows at every reset (by 2 when the owner resets)
   uint64_t last_write_ns = 0;
   // The generation stayed odd (a reset half done, its owner stopped or dead):
   // length and generation are then unsettled; the next claim finishes it.
@@ -208,9 +227,14 @@ class Region {
   // Copies committed bytes of partition `id` from `offset` into `out`; returns
   // how many (0 at or past the end). All from one generation: a read racing a
   // reset retries, and gives Errc::busy if it never gets a stable snapshot.
+  // A ring: file offsets count every byte written since the reset; a read
+  // that starts below the oldest retained byte, or whose bytes the writer
+  // overwrote while they were copied, fails with Errc::overrun (nothing is
+  // returned; snapshot().retained_from says where the retained bytes begin).
   Result<std::size_t> read(uint32_t id, uint64_t offset, std::span<std::byte> out,
                            uint64_t* generation = nullptr) const;
-  // Committed bytes [offset, offset+max) as a view into the mapping.
+  // Committed bytes [offset, offset+max) as a view into the mapping. Not for
+  // rings (Errc::invalid_argument): their bytes change without a reset.
   Result<ReadView> view(uint32_t id, uint64_t offset, std::size_t max) const;
   // True while no reset happened since `generation` was read.
   [[nodiscard]] bool generation_unchanged(uint32_t id, uint64_t generation) const noexcept;
@@ -244,6 +268,8 @@ class Region {
   };
   [[nodiscard]] Result<void> check_piece(const Piece& piece) const;
   Region() = default;
+  Result<std::size_t> read_ring(const PartitionInfo& p, uint64_t offset, std::span<std::byte> out,
+                                uint64_t* generation) const;
 
   std::string path_;
   std::vector<Piece> pieces_;

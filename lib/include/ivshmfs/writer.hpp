@@ -42,7 +42,9 @@ class PartitionWriter {
   // whose owner is proven gone (PartitionStat::owner_dead), is taken over. A
   // takeover from an owner not proven gone fences off the range that owner
   // announced and may still be copying into; it is refused when the
-  // partition already holds such a hole (reformat it).
+  // partition already holds such a hole (reformat it). A ring is never
+  // fenced: a takeover from an owner not proven gone that announced bytes it
+  // has not published is refused (Errc::claimed).
   static Result<std::unique_ptr<PartitionWriter>> claim(std::shared_ptr<Region> region, uint32_t id,
                                                         const ClaimOptions& options = {});
 
@@ -53,7 +55,9 @@ class PartitionWriter {
   // Appends after the published bytes and publishes the new head. Returns
   // the bytes appended: fewer than asked when the partition fills, and
   // Errc::no_space when it is full; Errc::not_owner when the claim was taken
-  // over (then nothing of this append is visible, ever).
+  // over (then nothing of this append is visible, ever). A ring partition
+  // never fills: it appends everything, overwriting its oldest bytes, and
+  // refuses an append larger than its capacity whole (Errc::too_big).
   Result<std::size_t> append(std::span<const std::byte> bytes);
   // Room past the committed length, held exclusively until commit() or
   // destruction: the way to fill the partition without an intermediate copy
@@ -79,8 +83,8 @@ class PartitionWriter {
     std::span<std::byte> bytes_;
   };
   // Up to `max` bytes of room (max > 0); Errc::no_space when the partition is
-  // full. One reservation at a time: appends, resets and another reserve()
-  // fail with Errc::busy until it ends.
+  // full. A ring: up to the end of its data area (it wraps at the next one). One reservation at a time: appends, resets
+  // and another reserve() fail with Errc::busy until it ends.
   Result<Reservation> reserve(std::size_t max);
 
   // Truncates the partition to zero under the generation counter (the new
@@ -107,6 +111,8 @@ class PartitionWriter {
   [[nodiscard]] bool may_write() const noexcept;
   // Why a write cannot go ahead (busy, lost claim, reformatted, full).
   [[nodiscard]] Error refusal() const;
+  // A ring refuses an append larger than itself, whole.
+  [[nodiscard]] Error too_big(std::size_t size) const;
   // Where the next `want` bytes go: at most two pieces around the hole.
   struct Placement {
     uint64_t first_at = 0;  // data-area offsets
