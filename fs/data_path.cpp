@@ -34,16 +34,13 @@ using namespace detail;
 // last page of a peer's file when it grows (mappings see the new bytes); an
 // own append through a direct-I/O writer drops it before the write returns.
 bool Filesystem::may_cache(Node node) const noexcept {
-  // Opt-in: under fault.MountFaultStress (writers killed, paused and taken
-  // over) cached reads still return wrong bytes; until that is understood,
-  // every file is read with direct I/O unless -o page_cache asks otherwise.
   if (!page_cache_ || node.kind != NodeKind::partition) return false;
   // A ring's bytes change without a reset: never cached.
   if (slots_[node.index]->info.ring) return false;
-  // Dropping the own file's last page happens inside the write request and
-  // waits for reads other threads serve: not with a single thread.
-  if (node.index == self_index_) return !single_thread_;
-  return true;
+  // Dropping a file's last page happens inside a request (an own write, a
+  // getattr that shows a peer's file grew) and waits for reads other
+  // threads serve: not with a single thread.
+  return !single_thread_;
 }
 
 bool Filesystem::wait_cache_current(Slot& slot, uint64_t generation) {
@@ -73,6 +70,38 @@ void Filesystem::sync_cache(Node node) {
   if (stale_ || !may_cache(node)) return;
   Slot& slot = *slots_[node.index];
   if (auto s = region_->snapshot(slot.info.id)) wait_cache_current(slot, s->generation);
+}
+
+// The kernel raises a file's size when an attribute reply shows more, and
+// only then drops the file's pages: a read in between copies the old last
+// page, cached while it was short, with the new size, and its zeros read as
+// data. So before a reply shows more than the start of any read since the
+// last drop, the pages from there are dropped here. Called from getattr and
+// lookup, which hold no page of the file (dropping waits for the pages of
+// reads in flight, which other threads answer: see may_cache() for -s).
+void Filesystem::drop_short_tail(Slot& slot, uint64_t length) noexcept {
+  uint64_t low = 0;
+  {
+    std::lock_guard lock(slot.tail_mutex);
+    low = slot.tail_low;
+    if (low >= length) return;
+    // Reads that record after this start at or past `length`: at most the
+    // reply's own size, which is what the kernel will hold.
+    slot.tail_low = UINT64_MAX;
+  }
+  if (fuse_ == nullptr || slot.lookups.load(std::memory_order_relaxed) == 0) return;
+  const auto from = static_cast<off_t>(low & ~(page_size() - 1));
+  const int r = fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(slot.info.index), from, 0);
+  if (r != 0 && r != -ENOENT) spdlog::debug("dropping the cached last page of {}: {}", slot.name, std::strerror(-r));
+}
+
+int Filesystem::attributes_for_reply(Node node, struct stat& out) {
+  if (node.kind != NodeKind::partition || !may_cache(node)) return attributes(node, out);
+  Slot& slot = *slots_[node.index];
+  std::lock_guard drop(slot.drop_mutex);
+  if (const int error = attributes(node, out); error != 0) return error;
+  drop_short_tail(slot, static_cast<uint64_t>(out.st_size));
+  return 0;
 }
 
 void Filesystem::invalidate_own_tail(uint64_t old_length) noexcept {
@@ -306,6 +335,9 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
     fuse_reply_err(req, ESTALE);
     return true;
   };
+  // Before the copy: whatever this read leaves in the last page ends at or
+  // past its offset (see drop_short_tail()).
+  if (h.cached) slot.note_read_from(offset);
   if (h.index == self_index_ && !copy_own_reads_) {
     // Only this daemon resets its own partition, and a reset waits for this
     // lock: the bytes go to the kernel straight from the mapping.

@@ -102,6 +102,10 @@ class Filesystem {
   [[nodiscard]] bool may_cache(Node node) const noexcept;
   bool wait_cache_current(Slot& slot, uint64_t generation);
   void sync_cache(Node node);
+  void drop_short_tail(Slot& slot, uint64_t length) noexcept;
+  // 0 and `out` filled, or an errno; for a cached partition file, after the
+  // pages a reply showing out.st_size must not leave were dropped.
+  int attributes_for_reply(Node node, struct stat& out);
   void invalidate_own_tail(uint64_t old_length) noexcept;
   void read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off);
   void read_ring(fuse_req_t req, Handle& h, std::size_t size, off_t off);
@@ -135,7 +139,7 @@ class Filesystem {
   uint32_t self_index_ = kNoPartition;  // the own partition's slot
   bool copy_own_reads_ = false;         // the mapping cannot be handed to the kernel
   bool single_thread_ = false;          // -s: no request may wait on another
-  bool page_cache_ = false;             // -o page_cache (experimental)
+  bool page_cache_ = true;              // off with -o direct_io
   bool overrun_skip_ = false;           // -o overrun=skip
   std::string mountpoint_;
   std::once_flag readahead_once_;

@@ -138,6 +138,20 @@ struct Filesystem::Slot {
   // The end of what reads of that generation handed to the kernel: pages
   // below it may be read from the cache without asking us (poll uses it).
   std::atomic<uint64_t> fetched_end{0};
+  // The last page (see data_path.cpp): a cached read that ends inside a page
+  // leaves the kernel a page whose bytes past that end are zeros. No such
+  // page may still be cached when the kernel learns a larger size, or its
+  // zeros would read as data. tail_low is a bound below every end such a
+  // page may hold (a read records the length it starts from); an attribute
+  // reply that shows more drops the pages from there first, under drop_mutex
+  // so that a second reply waits for the first one's drop.
+  std::mutex tail_mutex;
+  uint64_t tail_low = UINT64_MAX;  // guarded by tail_mutex
+  std::mutex drop_mutex;
+  void note_read_from(uint64_t length) noexcept {
+    std::lock_guard lock(tail_mutex);
+    tail_low = std::min(tail_low, length);
+  }
   void note_fetched(uint64_t end) noexcept {
     uint64_t seen = fetched_end.load(std::memory_order_relaxed);
     while (end > seen && !fetched_end.compare_exchange_weak(seen, end, std::memory_order_relaxed)) {

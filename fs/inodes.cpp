@@ -83,7 +83,7 @@ int Filesystem::attributes(Node node, struct stat& st) const {
 void Filesystem::reply_entry(fuse_req_t req, fuse_ino_t ino, Node node) {
   sync_cache(node);
   fuse_entry_param e{};
-  if (const int error = attributes(node, e.attr); error != 0) {
+  if (const int error = attributes_for_reply(node, e.attr); error != 0) {
     fuse_reply_err(req, error);
     return;
   }
@@ -131,7 +131,7 @@ void Filesystem::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/)
   const Node node = decode(ino);
   sync_cache(node);
   struct stat st {};
-  if (const int error = attributes(node, st); error != 0) {
+  if (const int error = attributes_for_reply(node, st); error != 0) {
     fuse_reply_err(req, error);
     return;
   }
