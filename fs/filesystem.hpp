@@ -61,6 +61,7 @@ class Filesystem {
   struct Node {
     NodeKind kind = NodeKind::none;
     uint32_t index = 0;  // partition's position in the region's table
+    uint64_t epoch = 0;  // partition files: the node id's epoch (see inodes.cpp)
   };
 
  private:
@@ -92,6 +93,10 @@ class Filesystem {
 
   [[nodiscard]] Node decode(fuse_ino_t ino) const noexcept;
   [[nodiscard]] fuse_ino_t partition_ino(uint32_t index) const noexcept;
+  [[nodiscard]] fuse_ino_t partition_node(uint32_t index, uint64_t epoch) const noexcept;
+  // Drops [from, from+len) (len 0: to the end) of every node of the slot the
+  // kernel holds; returns how many it dropped.
+  int inval_partition(Slot& slot, off_t from, off_t len) noexcept;
   [[nodiscard]] fuse_ino_t follow_ino(uint32_t index) const noexcept;
   // 0 and `out` filled, or an errno.
   int attributes(Node node, struct stat& out) const;
