@@ -39,7 +39,7 @@ constexpr fuse_ino_t kFollowIno0 = kPartitionIno0 + IVSHMFS_MAX_PARTITIONS;
 // A partition file's node id has an epoch (see inodes.cpp): epoch E of
 // partition I is kPartitionIno0 + E * kEpochStride + I; follow files are of
 // epoch 0 only.
-constexpr fuse_ino_t kEpochStride = 2 * IVSHMFS_MAX_PARTITIONS;
+constexpr fuse_ino_t kEpochStride = fuse_ino_t{2} * IVSHMFS_MAX_PARTITIONS;
 
 constexpr const char* kStatusName = ".status";
 constexpr const char* kFollowName = "follow";
