@@ -34,16 +34,13 @@ using namespace detail;
 // last page of a peer's file when it grows (mappings see the new bytes); an
 // own append through a direct-I/O writer drops it before the write returns.
 bool Filesystem::may_cache(Node node) const noexcept {
-  // Opt-in: under fault.MountFaultStress (writers killed, paused and taken
-  // over) cached reads still return wrong bytes; until that is understood,
-  // every file is read with direct I/O unless -o page_cache asks otherwise.
   if (!page_cache_ || node.kind != NodeKind::partition) return false;
   // A ring's bytes change without a reset: never cached.
   if (slots_[node.index]->info.ring) return false;
-  // Dropping the own file's last page happens inside the write request and
-  // waits for reads other threads serve: not with a single thread.
-  if (node.index == self_index_) return !single_thread_;
-  return true;
+  // Dropping a file's last page happens inside a request (an own write, a
+  // getattr that shows a peer's file grew) and waits for reads other
+  // threads serve: not with a single thread.
+  return !single_thread_;
 }
 
 bool Filesystem::wait_cache_current(Slot& slot, uint64_t generation) {
@@ -75,12 +72,42 @@ void Filesystem::sync_cache(Node node) {
   if (auto s = region_->snapshot(slot.info.id)) wait_cache_current(slot, s->generation);
 }
 
+// The last page. The kernel raises a file's size when an attribute reply
+// shows more, and only then drops the file's pages: a read in between copies
+// the old last page, cached while it was short (zeros past its end), with the
+// new size, and the zeros read as data. So an attribute reply (getattr,
+// lookup: they hold no page of the file) that shows more than the end of a
+// short reply since the last drop, or than where a read still in flight
+// starts, first drops the file's pages from there. Dropping waits for the
+// pages of reads in flight, which other threads answer: see may_cache() for
+// -s. A drop makes the kernel ignore the size in the attribute reply it
+// crosses (the reply is older): stat still shows it, and a read at the old
+// end may see the end of file once; the next look shows the new size.
+void Filesystem::drop_short_tail(Slot& slot, uint64_t length) noexcept {
+  uint64_t from = UINT64_MAX;
+  {
+    std::lock_guard lock(slot.tail_mutex);
+    from = std::min(slot.short_low, slot.inflight_low);
+    if (from >= length) return;
+    // Short replies from now on end at or past `length`, or were in flight.
+    slot.short_low = UINT64_MAX;
+  }
+  inval_partition(slot, static_cast<off_t>(from & ~(page_size() - 1)), 0);
+}
+
+int Filesystem::attributes_for_reply(Node node, struct stat& out) {
+  if (node.kind != NodeKind::partition || !may_cache(node)) return attributes(node, out);
+  Slot& slot = *slots_[node.index];
+  slot.last_attr_reply.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+  std::lock_guard drop(slot.drop_mutex);
+  if (const int error = attributes(node, out); error != 0) return error;
+  drop_short_tail(slot, static_cast<uint64_t>(out.st_size));
+  return 0;
+}
+
 void Filesystem::invalidate_own_tail(uint64_t old_length) noexcept {
   if (fuse_ == nullptr || self_index_ == kNoPartition) return;
-  if (slots_[self_index_]->lookups.load(std::memory_order_relaxed) == 0) return;
-  const auto from = static_cast<off_t>(old_length & ~(page_size() - 1));
-  const int r = fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(self_index_), from, 0);
-  if (r != 0 && r != -ENOENT) spdlog::debug("dropping the cached last page of the own file: {}", std::strerror(-r));
+  inval_partition(*slots_[self_index_], static_cast<off_t>(old_length & ~(page_size() - 1)), 0);
 }
 
 int Filesystem::reset_own_partition() {
@@ -306,6 +333,31 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
     fuse_reply_err(req, ESTALE);
     return true;
   };
+  // A short reply through the cache: the kernel completes its last page with
+  // zeros. Attribute replies know of this read from its start, and of where
+  // a short reply ended from just before the reply goes out (its pages stay
+  // locked until the kernel took it, so a drop waits for them); see
+  // drop_short_tail().
+  struct InFlight {
+    Slot& slot;
+    bool cached;
+    uint64_t offset;
+    std::size_t size;
+    bool ended = false;
+    InFlight(Slot& s, bool through_cache, uint64_t o, std::size_t n)
+        : slot(s), cached(through_cache), offset(o), size(n) {
+      if (cached) slot.read_starts(offset);
+    }
+    InFlight(const InFlight&) = delete;
+    InFlight& operator=(const InFlight&) = delete;
+    InFlight(InFlight&&) = delete;
+    InFlight& operator=(InFlight&&) = delete;
+    void replying(std::size_t got) noexcept {
+      if (cached && !ended) slot.read_ended(got < size ? offset + got : UINT64_MAX);
+      ended = true;
+    }
+    ~InFlight() { replying(size); }
+  } in_flight(slot, h.cached, offset, size);
   if (h.index == self_index_ && !copy_own_reads_) {
     // Only this daemon resets its own partition, and a reset waits for this
     // lock: the bytes go to the kernel straight from the mapping.
@@ -315,15 +367,21 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
       fuse_reply_err(req, errno_of(v.error()));
       return;
     }
-    if (cache_refuses(v->generation, v->bytes.size())) return;
-    if (h.cached) slot.note_fetched(offset + v->bytes.size());
-    {
-      std::lock_guard hl(h.mutex);
-      h.position = offset + v->bytes.size();
-      h.generation = v->generation;
+    // A view ends where a fenced hole begins, and a short reply would mean
+    // the end of the file: a short view goes the copying way below, which
+    // reads around the hole.
+    if (v->bytes.size() == size) {
+      if (cache_refuses(v->generation, v->bytes.size())) return;
+      if (h.cached) slot.note_fetched(offset + v->bytes.size());
+      {
+        std::lock_guard hl(h.mutex);
+        h.position = offset + v->bytes.size();
+        h.generation = v->generation;
+      }
+      in_flight.replying(v->bytes.size());
+      fuse_reply_buf(req, reinterpret_cast<const char*>(v->bytes.data()), v->bytes.size());
+      return;
     }
-    fuse_reply_buf(req, reinterpret_cast<const char*>(v->bytes.data()), v->bytes.size());
-    return;
   }
   // A peer may reset its partition at any moment, and what we hand to the
   // kernel cannot be taken back: copy, check the generation, then reply.
@@ -342,6 +400,7 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
     h.position = offset + *n;
     h.generation = generation;
   }
+  in_flight.replying(*n);
   fuse_reply_buf(req, reinterpret_cast<const char*>(out.data()), *n);
 }
 

@@ -61,6 +61,7 @@ class Filesystem {
   struct Node {
     NodeKind kind = NodeKind::none;
     uint32_t index = 0;  // partition's position in the region's table
+    uint64_t epoch = 0;  // partition files: the node id's epoch (see inodes.cpp)
   };
 
  private:
@@ -92,6 +93,10 @@ class Filesystem {
 
   [[nodiscard]] Node decode(fuse_ino_t ino) const noexcept;
   [[nodiscard]] fuse_ino_t partition_ino(uint32_t index) const noexcept;
+  [[nodiscard]] fuse_ino_t partition_node(uint32_t index, uint64_t epoch) const noexcept;
+  // Drops [from, from+len) (len 0: to the end) of every node of the slot the
+  // kernel holds; returns how many it dropped.
+  int inval_partition(Slot& slot, off_t from, off_t len) noexcept;
   [[nodiscard]] fuse_ino_t follow_ino(uint32_t index) const noexcept;
   // 0 and `out` filled, or an errno.
   int attributes(Node node, struct stat& out) const;
@@ -102,6 +107,10 @@ class Filesystem {
   [[nodiscard]] bool may_cache(Node node) const noexcept;
   bool wait_cache_current(Slot& slot, uint64_t generation);
   void sync_cache(Node node);
+  void drop_short_tail(Slot& slot, uint64_t length) noexcept;
+  // 0 and `out` filled, or an errno; for a cached partition file, after the
+  // pages a reply showing out.st_size must not leave were dropped.
+  int attributes_for_reply(Node node, struct stat& out);
   void invalidate_own_tail(uint64_t old_length) noexcept;
   void read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off);
   void read_ring(fuse_req_t req, Handle& h, std::size_t size, off_t off);
@@ -135,7 +144,7 @@ class Filesystem {
   uint32_t self_index_ = kNoPartition;  // the own partition's slot
   bool copy_own_reads_ = false;         // the mapping cannot be handed to the kernel
   bool single_thread_ = false;          // -s: no request may wait on another
-  bool page_cache_ = false;             // -o page_cache (experimental)
+  bool page_cache_ = true;              // off with -o direct_io
   bool overrun_skip_ = false;           // -o overrun=skip
   std::string mountpoint_;
   std::once_flag readahead_once_;

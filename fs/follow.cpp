@@ -227,6 +227,7 @@ bool Filesystem::tick() {
   // per file and once more after the flow stops.
   constexpr auto kInvalEvery = std::chrono::milliseconds(1);
   constexpr auto kCacheGrace = std::chrono::milliseconds(50);
+  constexpr auto kAttrQuiet = std::chrono::milliseconds(50);
   bool peer_changed = false;
   bool reset_seen = false;
   std::optional<std::chrono::steady_clock::time_point> now;
@@ -261,10 +262,10 @@ bool Filesystem::tick() {
     }
     if (cached != s->generation) {
       bool dropped = false;
+      // Lookups from now on hand out a new node (see inodes.cpp).
+      slot->epoch.fetch_add(1, std::memory_order_acq_rel);
       if (fuse_ != nullptr && slot->lookups.load(std::memory_order_relaxed) > 0) {
-        const int r = fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), 0, 0);
-        dropped = r == 0;
-        if (r != 0 && r != -ENOENT) spdlog::warn("dropping the cached pages of {}: {}", slot->name, std::strerror(-r));
+        dropped = inval_partition(*slot, 0, 0) > 0;
       } else {
         spdlog::debug("{}: generation {} -> {}, the kernel holds no inode (lookups {})", slot->name, cached,
                       s->generation, slot->lookups.load());
@@ -285,9 +286,17 @@ bool Filesystem::tick() {
       if (*now - slot->last_inval >= kInvalEvery) {
         slot->inval_pending = false;
         slot->last_inval = *now;
-        if (slot->lookups.load(std::memory_order_relaxed) > 0) {
-          const auto from = static_cast<off_t>(slot->inval_from & ~(page_size() - 1));
-          fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(index), from, 0);
+        // A mapping sees a peer's appends into its last page: that page, left
+        // short by a read, is dropped here (drop_short_tail). Not while
+        // attribute replies come: a drop makes the kernel ignore one it
+        // crosses, and they drop the page themselves when they show more.
+        const auto asked = std::chrono::steady_clock::time_point(
+            std::chrono::steady_clock::duration(slot->last_attr_reply.load(std::memory_order_relaxed)));
+        if (*now - asked >= kAttrQuiet) {
+          std::lock_guard drop(slot->drop_mutex);
+          drop_short_tail(*slot, s->length);
+        } else {
+          slot->inval_pending = true;  // look again at a later tick
         }
         if (slot->follow_lookups.load(std::memory_order_relaxed) > 0) {
           fuse_lowlevel_notify_inval_inode(fuse_, follow_ino(index), -1, 0);
@@ -406,9 +415,7 @@ void Filesystem::go_stale(const std::string& why) {
     wake_pollers(*slot);
     // What the kernel cached is no longer ours to vouch for: from now on
     // every read reaches us and fails.
-    if (fuse_ != nullptr && slot->lookups.load(std::memory_order_relaxed) > 0) {
-      fuse_lowlevel_notify_inval_inode(fuse_, partition_ino(slot->info.index), 0, 0);
-    }
+    inval_partition(*slot, 0, 0);
   }
   // Our claim lives in the old format: stop heartbeating into the new one.
   std::unique_lock lock(writer_mutex_);

@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <exception>
+#include <map>
 #include <mutex>
 #include <new>
 #include <span>
@@ -35,6 +36,10 @@ constexpr fuse_ino_t kStatusIno = 2;
 constexpr fuse_ino_t kFollowDirIno = 3;
 constexpr fuse_ino_t kPartitionIno0 = 16;
 constexpr fuse_ino_t kFollowIno0 = kPartitionIno0 + IVSHMFS_MAX_PARTITIONS;
+// A partition file's node id has an epoch (see inodes.cpp): epoch E of
+// partition I is kPartitionIno0 + E * kEpochStride + I; follow files are of
+// epoch 0 only.
+constexpr fuse_ino_t kEpochStride = fuse_ino_t{2} * IVSHMFS_MAX_PARTITIONS;
 
 constexpr const char* kStatusName = ".status";
 constexpr const char* kFollowName = "follow";
@@ -112,7 +117,11 @@ struct Filesystem::Handle {
 struct Filesystem::Slot {
   PartitionInfo info;
   std::string name;
-  std::atomic<uint64_t> lookups{0};
+  std::atomic<uint64_t> lookups{0};  // of all epochs' nodes
+  // The node id lookups hand out now; the watcher moves it on at a reset.
+  std::atomic<uint64_t> epoch{0};
+  std::mutex nodes_mutex;
+  std::map<uint64_t, uint64_t> node_lookups;  // epoch -> lookups the kernel holds; guarded by nodes_mutex
   std::atomic<uint64_t> follow_lookups{0};
   // A ring: bytes readers of this mount skipped silently (-o overrun=skip).
   std::atomic<uint64_t> skipped{0};
@@ -138,6 +147,30 @@ struct Filesystem::Slot {
   // The end of what reads of that generation handed to the kernel: pages
   // below it may be read from the cache without asking us (poll uses it).
   std::atomic<uint64_t> fetched_end{0};
+  // The last page (see data_path.cpp, drop_short_tail()): a cached read
+  // answered short leaves the kernel a page whose bytes past the end are
+  // zeros. No attribute reply may show the kernel a larger size before that
+  // page is dropped. Under tail_mutex: where the reads in flight start (reset
+  // when none is) and the lowest end a short reply left since the last drop;
+  // drop_mutex makes a second attribute reply wait for the first one's drop.
+  std::mutex tail_mutex;
+  uint64_t inflight_low = UINT64_MAX;  // guarded by tail_mutex
+  uint32_t inflight = 0;               // guarded by tail_mutex
+  uint64_t short_low = UINT64_MAX;     // guarded by tail_mutex
+  std::mutex drop_mutex;
+  // When an attribute reply of this file was last prepared (steady clock).
+  std::atomic<std::chrono::steady_clock::rep> last_attr_reply{0};
+  void read_starts(uint64_t offset) noexcept {
+    std::lock_guard lock(tail_mutex);
+    ++inflight;
+    inflight_low = std::min(inflight_low, offset);
+  }
+  // `end`: where a short reply ended, or UINT64_MAX.
+  void read_ended(uint64_t end) noexcept {
+    std::lock_guard lock(tail_mutex);
+    short_low = std::min(short_low, end);
+    if (--inflight == 0) inflight_low = UINT64_MAX;
+  }
   void note_fetched(uint64_t end) noexcept {
     uint64_t seen = fetched_end.load(std::memory_order_relaxed);
     while (end > seen && !fetched_end.compare_exchange_weak(seen, end, std::memory_order_relaxed)) {

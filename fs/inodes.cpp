@@ -6,6 +6,8 @@
 #include <sys/statvfs.h>
 #include <sys/xattr.h>
 
+#include <array>
+#include <cstring>
 #include <string_view>
 
 #include "status.hpp"
@@ -22,16 +24,53 @@ Filesystem::Node Filesystem::decode(fuse_ino_t ino) const noexcept {
   if (ino == FUSE_ROOT_ID) return {NodeKind::root, 0};
   if (ino == kStatusIno) return {NodeKind::status, 0};
   if (ino == kFollowDirIno) return {NodeKind::follow_dir, 0};
-  if (ino >= kPartitionIno0 && ino < kPartitionIno0 + count) {
-    return {NodeKind::partition, static_cast<uint32_t>(ino - kPartitionIno0)};
-  }
-  if (ino >= kFollowIno0 && ino < kFollowIno0 + count) {
+  if (ino < kPartitionIno0) return {};
+  const fuse_ino_t epoch = (ino - kPartitionIno0) / kEpochStride;
+  const fuse_ino_t rest = (ino - kPartitionIno0) % kEpochStride;
+  if (rest < count) return {NodeKind::partition, static_cast<uint32_t>(rest), epoch};
+  if (epoch == 0 && ino >= kFollowIno0 && ino < kFollowIno0 + count) {
     return {NodeKind::follow, static_cast<uint32_t>(ino - kFollowIno0)};
   }
   return {};
 }
 
+// A partition file's inode number (st_ino, d_ino) never changes. Its FUSE
+// node id does, at every reset the watcher handles: a lookup after a reset
+// hands the kernel a new node, so a file opened after a reset gets a new
+// kernel inode whose size comes from that lookup and whose page cache is
+// empty. Reusing the node would keep the size the kernel knew from before
+// the reset whenever that lookup's reply crosses another attribute update
+// (the kernel then ignores it), and a read inside that old size would ask
+// for pages past the new end (docs/filesystem.md, Coherence). Descriptors
+// opened before keep the old node; the watcher drops its pages like the
+// current one's.
 fuse_ino_t Filesystem::partition_ino(uint32_t index) const noexcept { return kPartitionIno0 + index; }
+fuse_ino_t Filesystem::partition_node(uint32_t index, uint64_t epoch) const noexcept {
+  return kPartitionIno0 + epoch * kEpochStride + index;
+}
+
+int Filesystem::inval_partition(Slot& slot, off_t from, off_t len) noexcept {
+  if (fuse_ == nullptr || slot.lookups.load(std::memory_order_relaxed) == 0) return 0;
+  int dropped = 0;
+  uint64_t next = 0;
+  for (;;) {
+    std::array<uint64_t, 8> batch{};
+    std::size_t n = 0;
+    {
+      std::lock_guard lock(slot.nodes_mutex);
+      for (auto it = slot.node_lookups.lower_bound(next); it != slot.node_lookups.end() && n < batch.size(); ++it) {
+        batch[n++] = it->first;
+      }
+    }
+    for (std::size_t i = 0; i < n; ++i) {
+      const int r = fuse_lowlevel_notify_inval_inode(fuse_, partition_node(slot.info.index, batch[i]), from, len);
+      if (r == 0) ++dropped;
+      if (r != 0 && r != -ENOENT) spdlog::warn("dropping the cached pages of {}: {}", slot.name, std::strerror(-r));
+    }
+    if (n < batch.size()) return dropped;
+    next = batch[n - 1] + 1;
+  }
+}
 fuse_ino_t Filesystem::follow_ino(uint32_t index) const noexcept { return kFollowIno0 + index; }
 
 int Filesystem::attributes(Node node, struct stat& st) const {
@@ -82,8 +121,13 @@ int Filesystem::attributes(Node node, struct stat& st) const {
 
 void Filesystem::reply_entry(fuse_req_t req, fuse_ino_t ino, Node node) {
   sync_cache(node);
+  if (node.kind == NodeKind::partition) {
+    // After sync_cache: a lookup that waited for a reset gets the new node.
+    node.epoch = slots_[node.index]->epoch.load(std::memory_order_acquire);
+    ino = partition_node(node.index, node.epoch);
+  }
   fuse_entry_param e{};
-  if (const int error = attributes(node, e.attr); error != 0) {
+  if (const int error = attributes_for_reply(node, e.attr); error != 0) {
     fuse_reply_err(req, error);
     return;
   }
@@ -91,13 +135,20 @@ void Filesystem::reply_entry(fuse_req_t req, fuse_ino_t ino, Node node) {
   // Zero timeouts: a peer's append must show in the very next stat.
   e.attr_timeout = 0.0;
   e.entry_timeout = 0.0;
-  if (node.kind == NodeKind::partition) slots_[node.index]->lookups.fetch_add(1, std::memory_order_relaxed);
-  if (node.kind == NodeKind::follow) slots_[node.index]->follow_lookups.fetch_add(1, std::memory_order_relaxed);
-  if (fuse_reply_entry(req, &e) != 0) {
-    // The kernel did not take the reference (e.g. the request was interrupted).
-    if (node.kind == NodeKind::partition) slots_[node.index]->lookups.fetch_sub(1, std::memory_order_relaxed);
-    if (node.kind == NodeKind::follow) slots_[node.index]->follow_lookups.fetch_sub(1, std::memory_order_relaxed);
-  }
+  const auto count = [&](int64_t n) {
+    if (node.kind == NodeKind::partition) {
+      Slot& slot = *slots_[node.index];
+      std::lock_guard lock(slot.nodes_mutex);
+      if ((slot.node_lookups[node.epoch] += static_cast<uint64_t>(n)) == 0) slot.node_lookups.erase(node.epoch);
+      slot.lookups.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+    }
+    if (node.kind == NodeKind::follow) {
+      slots_[node.index]->follow_lookups.fetch_add(static_cast<uint64_t>(n), std::memory_order_relaxed);
+    }
+  };
+  count(1);
+  // The kernel did not take the reference (e.g. the request was interrupted).
+  if (fuse_reply_entry(req, &e) != 0) count(-1);
 }
 
 void Filesystem::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
@@ -122,7 +173,15 @@ void Filesystem::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
 
 void Filesystem::forget(fuse_ino_t ino, uint64_t nlookup) noexcept {
   const Node node = decode(ino);
-  if (node.kind == NodeKind::partition) slots_[node.index]->lookups.fetch_sub(nlookup, std::memory_order_relaxed);
+  if (node.kind == NodeKind::partition) {
+    Slot& slot = *slots_[node.index];
+    std::lock_guard lock(slot.nodes_mutex);
+    if (auto it = slot.node_lookups.find(node.epoch); it != slot.node_lookups.end()) {
+      it->second -= std::min(it->second, nlookup);
+      if (it->second == 0) slot.node_lookups.erase(it);
+    }
+    slot.lookups.fetch_sub(nlookup, std::memory_order_relaxed);
+  }
   if (node.kind == NodeKind::follow) slots_[node.index]->follow_lookups.fetch_sub(nlookup, std::memory_order_relaxed);
 }
 
@@ -131,7 +190,7 @@ void Filesystem::getattr(fuse_req_t req, fuse_ino_t ino, fuse_file_info* /*fi*/)
   const Node node = decode(ino);
   sync_cache(node);
   struct stat st {};
-  if (const int error = attributes(node, st); error != 0) {
+  if (const int error = attributes_for_reply(node, st); error != 0) {
     fuse_reply_err(req, error);
     return;
   }

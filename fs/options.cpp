@@ -32,7 +32,8 @@ struct RawOptions {
   char* poll_min_us = nullptr;
   char* poll_max_ms = nullptr;
   int read_only = 0;
-  int page_cache = 0;
+  int page_cache = 0;  // accepted, the default since the page cache became correct
+  int direct_io = 0;
   int nodoorbell = 0;
   char* overrun = nullptr;
   std::vector<std::string>* positional = nullptr;
@@ -55,6 +56,7 @@ const fuse_opt kOptionSpecs[] = {
     IVSHMFS_OPT("poll_min_us=%s", poll_min_us, 0),
     IVSHMFS_OPT("poll_max_ms=%s", poll_max_ms, 0),
     IVSHMFS_OPT("page_cache", page_cache, 1),
+    IVSHMFS_OPT("direct_io", direct_io, 1),
     IVSHMFS_OPT("nodoorbell", nodoorbell, 1),
     IVSHMFS_OPT("overrun=%s", overrun, 0),
     // Also FUSE's (the kernel mounts read-only): kept for it by keep_or_collect.
@@ -116,7 +118,7 @@ bool convert(const RawOptions& raw, Options& options) {
   }
   options.create = raw.create != 0;
   options.read_only = raw.read_only != 0;
-  options.page_cache = raw.page_cache != 0;
+  options.page_cache = raw.direct_io == 0;
   options.doorbell = raw.nodoorbell == 0;
   if (raw.overrun != nullptr) {
     const std::string_view mode = raw.overrun;
@@ -236,11 +238,13 @@ void print_help(const char* program) {
       "                         read-only and claims no partition (every file\n"
       "                         0444, writes fail with EROFS); -o id= is not\n"
       "                         needed\n"
-      "    -o page_cache        EXPERIMENTAL: read-only opens go through the\n"
-      "                         kernel's page cache (mmap works, small reads are\n"
-      "                         faster); off by default because a stress of\n"
-      "                         killed and paused writers still makes cached\n"
-      "                         reads return wrong bytes (docs/filesystem.md)\n"
+      "    -o direct_io         read every file with direct I/O: each read() is\n"
+      "                         one request to the daemon, nothing is cached, and\n"
+      "                         mmap fails with ENODEV. By default files opened\n"
+      "                         for reading go through the kernel's page cache\n"
+      "                         (readahead, mmap), which the daemon keeps\n"
+      "                         coherent (docs/filesystem.md, Coherence)\n"
+      "    -o page_cache        the default; accepted for older command lines\n"
       "    -o overrun=MODE      what a reader of a ring partition that its writer\n"
       "                         lapped (overwrote bytes it had not read yet) sees:\n"
       "                         error (default): its next read fails once with\n"

@@ -207,7 +207,7 @@ fileio() {  # write|read PATH SIZE [create|OFFSET]
 }
 
 if [ -z "$mount_skip" ]; then
-  log "-- through the mount (direct I/O): ivshmfs vs tmpfs vs passthrough_ll"
+  log "-- through the mount: ivshmfs (reads through its page cache) vs tmpfs vs passthrough_ll (direct I/O)"
   work=$(mktemp -d /dev/shm/ivshmfs-bench.XXXXXX)
   mnt=$(mktemp -d /tmp/ivshmfs-bench-mnt.XXXXXX)
   mkdir -p "$work/tmpfs" "$work/pt-src" "$mnt/a" "$mnt/b" "$mnt/pt"

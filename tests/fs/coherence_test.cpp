@@ -340,15 +340,7 @@ TEST_F(Peers, ConcurrentWritersNeverInterleaveWithinAWrite) {
 // Peers' files go through the kernel's page cache: a mapping of another
 // peer's file shows its bytes, picks up what the owner appends into the
 // mapped page, and shows the new contents after a reset.
-// The same two peers with the (experimental, opt-in) page cache: what a
-// mapping and cached reads must show.
-class CachedPeers : public Peers {
- protected:
-  std::vector<std::string> extra_options_a() override { return {"page_cache"}; }
-  std::vector<std::string> extra_options_b() override { return {"page_cache"}; }
-};
-
-TEST_F(CachedPeers, AMappingOfAPeersFileFollowsAppendsAndResets) {
+TEST_F(Peers, AMappingOfAPeersFileFollowsAppendsAndResets) {
   append(a_->file("vm0"), "abc");
   const int fd = ::open(b_->file("vm0").c_str(), O_RDONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0) << std::strerror(errno);
@@ -397,7 +389,7 @@ TEST_F(CachedPeers, AMappingOfAPeersFileFollowsAppendsAndResets) {
 // rewrites its file with one byte value per generation while readers in the
 // other mount read it through the page cache; every read() returns bytes of
 // one generation (or fails with ESTALE while a reset is being noticed).
-TEST_F(CachedPeers, CachedReadsNeverMixGenerations) {
+TEST_F(Peers, CachedReadsNeverMixGenerations) {
   constexpr std::size_t kSize = 256 * 1024;
   std::atomic<bool> done{false};
   std::atomic<int> mixed{0};
@@ -460,6 +452,32 @@ TEST_F(CachedPeers, CachedReadsNeverMixGenerations) {
   EXPECT_GT(reads.load(), 0);
   RecordProperty("generations", generation);
   RecordProperty("estale", static_cast<int>(stale.load()));
+}
+
+// -o direct_io turns the page cache off: every read() reaches the daemon,
+// and mmap fails with ENODEV as on any direct-I/O file.
+class DirectIoPeers : public Peers {
+ protected:
+  std::vector<std::string> extra_options_b() override { return {"direct_io"}; }
+};
+
+TEST_F(DirectIoPeers, ReadsWorkAndMmapIsRefused) {
+  append(a_->file("vm0"), "abc");
+  const int fd = ::open(b_->file("vm0").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(fd, 0) << std::strerror(errno);
+  void* map = ::mmap(nullptr, 4096, PROT_READ, MAP_SHARED, fd, 0);
+  EXPECT_EQ(map, MAP_FAILED) << "mmap of a direct-I/O file succeeded";
+  if (map == MAP_FAILED) {
+    EXPECT_EQ(errno, ENODEV) << std::strerror(errno);
+  } else {
+    ::munmap(map, 4096);
+  }
+  char buf[16];
+  EXPECT_EQ(::pread(fd, buf, sizeof buf, 0), 3);
+  append(a_->file("vm0"), "de");
+  EXPECT_EQ(::pread(fd, buf, sizeof buf, 0), 5) << "an append must show in the next read";
+  EXPECT_EQ(std::string(buf, 5), "abcde");
+  ::close(fd);
 }
 
 }  // namespace
