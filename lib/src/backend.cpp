@@ -371,26 +371,9 @@ std::vector<std::string> find_all_backends() {
 }
 
 std::optional<std::string> find_default_backend() {
-  for (int n = 0; n < 16; ++n) {
-    std::string dev = "/dev/" IVSHM_DEVICE_PREFIX + std::to_string(n);
-    if (::access(dev.c_str(), F_OK) == 0) return dev;
-  }
-  const std::string root = "/sys/bus/pci/devices";
-  DIR* dir = ::opendir(root.c_str());
-  if (dir == nullptr) return std::nullopt;
-  std::vector<std::string> found;
-  while (dirent* entry = ::readdir(dir)) {
-    if (entry->d_name[0] == '.') continue;
-    std::string base = root + "/" + entry->d_name;
-    std::string vendor, device;
-    std::ifstream(base + "/vendor") >> vendor;
-    std::ifstream(base + "/device") >> device;
-    if (vendor == "0x1af4" && device == "0x1110") found.push_back(base + "/resource2");
-  }
-  ::closedir(dir);
+  std::vector<std::string> found = find_all_backends();
   if (found.empty()) return std::nullopt;
-  std::sort(found.begin(), found.end());
-  return found.front();
+  return std::move(found.front());
 }
 
 }  // namespace ivshmfs

@@ -31,29 +31,16 @@ import tempfile
 import threading
 import time
 
-SKIP = 77
+from fs_script import skip, eventually
+
 RING = 64 * 1024
 failures = []
-
-
-def skip(reason):
-    print("skipped: " + reason)
-    sys.exit(SKIP)
 
 
 def check(condition, what, detail=""):
     print(("ok   - " if condition else "FAIL - ") + what + ("" if condition or not detail else ": " + detail))
     if not condition:
         failures.append(what)
-
-
-def eventually(predicate, deadline=60.0):
-    until = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > until:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def stream(start, n):

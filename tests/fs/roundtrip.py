@@ -14,22 +14,7 @@ import tempfile
 import threading
 import time
 
-SKIP = 77
-
-
-def skip(reason):
-    print("skipped: " + reason)
-    sys.exit(SKIP)
-
-
-def eventually(predicate, deadline=30.0):
-    """Polls predicate until true or the deadline passes: only for 'eventually' facts."""
-    until = time.monotonic() + deadline
-    while not predicate():
-        if time.monotonic() > until:
-            return False
-        time.sleep(0.01)
-    return True
+from fs_script import skip, eventually
 
 
 def is_mounted(path):
