@@ -32,7 +32,7 @@ struct RawOptions {
   char* poll_min_us = nullptr;
   char* poll_max_ms = nullptr;
   int read_only = 0;
-  int page_cache = 0;  // accepted, the default since the page cache became correct
+  int page_cache = 0;
   int direct_io = 0;
   int nodoorbell = 0;
   char* overrun = nullptr;
@@ -118,7 +118,7 @@ bool convert(const RawOptions& raw, Options& options) {
   }
   options.create = raw.create != 0;
   options.read_only = raw.read_only != 0;
-  options.page_cache = raw.direct_io == 0;
+  options.page_cache = raw.page_cache != 0 && raw.direct_io == 0;
   options.doorbell = raw.nodoorbell == 0;
   if (raw.overrun != nullptr) {
     const std::string_view mode = raw.overrun;
@@ -238,13 +238,14 @@ void print_help(const char* program) {
       "                         read-only and claims no partition (every file\n"
       "                         0444, writes fail with EROFS); -o id= is not\n"
       "                         needed\n"
-      "    -o direct_io         read every file with direct I/O: each read() is\n"
-      "                         one request to the daemon, nothing is cached, and\n"
-      "                         mmap fails with ENODEV. By default files opened\n"
-      "                         for reading go through the kernel's page cache\n"
-      "                         (readahead, mmap), which the daemon keeps\n"
-      "                         coherent (docs/filesystem.md, Coherence)\n"
-      "    -o page_cache        the default; accepted for older command lines\n"
+      "    -o direct_io         the default: every read() of a file is one\n"
+      "                         request to the daemon, nothing is cached, and\n"
+      "                         mmap fails with ENODEV\n"
+      "    -o page_cache        EXPERIMENTAL: files opened for reading go through\n"
+      "                         the kernel's page cache (readahead, mmap), which\n"
+      "                         the daemon keeps coherent (docs/filesystem.md,\n"
+      "                         Coherence); a read racing a peer's reset can fail\n"
+      "                         with ESTALE, so it is not the default yet\n"
       "    -o overrun=MODE      what a reader of a ring partition that its writer\n"
       "                         lapped (overwrote bytes it had not read yet) sees:\n"
       "                         error (default): its next read fails once with\n"

@@ -186,8 +186,9 @@ int cmd_format(const Args& args) {
   const std::string& path = args.positional[0];
   if (args.split) {
     if (args.ring || !args.partition.empty()) {
-      return usage_error("format --split takes neither --ring nor --partition: every piece holds one log "
-                         "partition of the piece's size");
+      return usage_error(
+          "format --split takes neither --ring nor --partition: every piece holds one log "
+          "partition of the piece's size");
     }
     uint32_t partitions = 4;
     if (args.partitions) {
@@ -333,19 +334,18 @@ int cmd_status(const Args& args) {
                 info.format_id, info.format_time_ns, info.partition_count, info.split_pieces);
     for (std::size_t i = 0; i < stats.size(); ++i) {
       const PartitionStat& s = stats[i];
-      std::printf("%s{\"id\":%u,\"claimed\":%s,\"alive\":%s,\"owner_pid\":%" PRIu64
-                  ",\"owner_local\":%s,"
-                  "\"owner_since_ns\":%" PRIu64 ",\"owner_heartbeat_ns\":%" PRIu64 ",\"length\":%" PRIu64
-                  ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64 ",\"free\":%" PRIu64
-                  ",\"fenced\":%" PRIu64 ",\"head\":%" PRIu64 ",\"base\":%" PRIu64
-                  ",\"mid_reset\":%s,\"ring\":%s,\"retained_from\":%" PRIu64 ",\"lost\":%" PRIu64
-                  ",\"backend\":\"%s\"}",
-                  i == 0 ? "" : ",", s.id, s.claimed ? "true" : "false", s.alive ? "true" : "false",
-                  s.claimed ? s.owner_pid : 0, s.claimed && s.owner_local ? "true" : "false",
-                  s.claimed ? s.owner_since_ns : 0, s.claimed ? s.owner_heartbeat_ns : 0, s.length, s.capacity,
-                  s.generation, s.last_write_ns, s.free, s.fenced, s.head, s.base, mid_reset[i] ? "true" : "false",
-                  s.ring ? "true" : "false", s.retained_from, s.retained_from,
-                  json_escape(r.backend(r.partitions()[i]).path()).c_str());
+      std::printf(
+          "%s{\"id\":%u,\"claimed\":%s,\"alive\":%s,\"owner_pid\":%" PRIu64
+          ",\"owner_local\":%s,"
+          "\"owner_since_ns\":%" PRIu64 ",\"owner_heartbeat_ns\":%" PRIu64 ",\"length\":%" PRIu64
+          ",\"capacity\":%" PRIu64 ",\"generation\":%" PRIu64 ",\"last_write_ns\":%" PRIu64 ",\"free\":%" PRIu64
+          ",\"fenced\":%" PRIu64 ",\"head\":%" PRIu64 ",\"base\":%" PRIu64
+          ",\"mid_reset\":%s,\"ring\":%s,\"retained_from\":%" PRIu64 ",\"lost\":%" PRIu64 ",\"backend\":\"%s\"}",
+          i == 0 ? "" : ",", s.id, s.claimed ? "true" : "false", s.alive ? "true" : "false",
+          s.claimed ? s.owner_pid : 0, s.claimed && s.owner_local ? "true" : "false", s.claimed ? s.owner_since_ns : 0,
+          s.claimed ? s.owner_heartbeat_ns : 0, s.length, s.capacity, s.generation, s.last_write_ns, s.free, s.fenced,
+          s.head, s.base, mid_reset[i] ? "true" : "false", s.ring ? "true" : "false", s.retained_from, s.retained_from,
+          json_escape(r.backend(r.partitions()[i]).path()).c_str());
     }
     std::printf("]}\n");
     return 0;

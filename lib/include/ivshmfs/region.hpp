@@ -39,7 +39,7 @@ struct FormatOptions {
   uint32_t split_pieces = 0;
   uint32_t piece_id = 0;
   uint64_t format_id = 0;
-  bool ring = false;        // every partition is a ring
+  bool ring = false;  // every partition is a ring
   // Per-partition sizes and ring flags, at most one entry per id (< partitions).
   // Partitions without a size share the rest of the region equally.
   std::vector<PartitionLayout> layout{};
@@ -83,7 +83,7 @@ struct RegionInfo {
   uint32_t partition_count = 0;  // partitions this peer opened (a split region may miss pieces)
   uint64_t data_offset = 0;
   uint32_t split_pieces = 0;  // 0: one backend holds the region; else pieces at format
-  uint64_t features = 0;  // IVSHMFS_FEATURE_* bits
+  uint64_t features = 0;      // IVSHMFS_FEATURE_* bits
 };
 
 // When an owner counts as alive.
