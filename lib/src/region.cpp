@@ -148,6 +148,28 @@ Result<std::vector<PartitionLayout>> plan_partitions(const std::string& path, ui
 
 }  // namespace
 
+namespace {
+// Formatting without --force: only a blank backend (no magic, a zero header
+// area) may be laid out; anything else may hold peers' data.
+Result<void> refuse_unless_blank(const Backend& backend) {
+  const std::string& path = backend.path();
+  const uint64_t magic = load_acquire(reinterpret_cast<ivshmfs_header*>(backend.bytes().data())->magic);
+  if (magic != 0) {
+    return make_error(Errc::already_formatted,
+                      path + ": already holds data (magic " + hex(magic) + "); pass --force to format it anew");
+  }
+  if (auto set = first_nonzero_metadata(backend.bytes())) {
+    return make_error(Errc::already_formatted, path +
+                                                   ": holds no ivshmfs magic, but its header area is not blank "
+                                                   "(byte " +
+                                                   std::to_string(*set) +
+                                                   " is set): it may be a damaged region with peers' data; "
+                                                   "pass --force to format it anew");
+  }
+  return {};
+}
+}  // namespace
+
 Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   const std::string& path = backend.path();
   if (!backend.writable()) return make_error(Errc::read_only, path + ": opened read-only, cannot format");
@@ -169,22 +191,10 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   auto plan = plan_partitions(path, size, data_offset, options);
   if (!plan) return std::move(plan).error();
 
-  auto* header = reinterpret_cast<ivshmfs_header*>(backend.bytes().data());
-  const uint64_t magic = load_acquire(header->magic);
-  if (magic != 0 && !options.force) {
-    return make_error(Errc::already_formatted,
-                      path + ": already holds data (magic " + hex(magic) + "); pass --force to format it anew");
-  }
   if (!options.force) {
-    if (auto set = first_nonzero_metadata(backend.bytes())) {
-      return make_error(Errc::already_formatted, path +
-                                                     ": holds no ivshmfs magic, but its header area is not blank "
-                                                     "(byte " +
-                                                     std::to_string(*set) +
-                                                     " is set): it may be a damaged region with peers' data; "
-                                                     "pass --force to format it anew");
-    }
+    if (auto blank = refuse_unless_blank(backend); !blank) return blank;
   }
+  auto* header = reinterpret_cast<ivshmfs_header*>(backend.bytes().data());
 
   // Peers must never see a half-written header: clear the magic first, publish it last.
   store_release(header->magic, 0);
@@ -523,12 +533,9 @@ Result<void> Region::format_split(std::string_view prefix, uint32_t partitions, 
                                                  "; remove it or format with its size");
     }
     if (!force && !(*backend)->created()) {
-      const uint64_t magic = load_acquire(reinterpret_cast<ivshmfs_header*>((*backend)->bytes().data())->magic);
-      const auto set = first_nonzero_metadata((*backend)->bytes());
-      if (magic != 0 || set) {
+      if (auto blank = refuse_unless_blank(**backend); !blank) {
         undo();
-        return make_error(Errc::already_formatted,
-                          path + ": already holds data; pass --force to format the split region anew");
+        return blank;
       }
     }
     backends.push_back(std::move(backend).value());
@@ -987,8 +994,9 @@ detail::RingMap current_ring(ivshmfs_control& c, const PartitionInfo& p) noexcep
   return detail::ring_map(head, load_relaxed(c.base), load_relaxed(c.reserve_end), p.capacity);
 }
 
-[[gnu::cold, gnu::noinline]] Error overrun(const Region& region, uint32_t id, uint64_t offset, uint64_t retained_from) {
-  return make_error(Errc::overrun, region.backend(*region.find(id)).path() + ": partition " + std::to_string(id) +
+[[gnu::cold, gnu::noinline]] Error overrun(const Region& region, const PartitionInfo& p, uint64_t offset,
+                                           uint64_t retained_from) {
+  return make_error(Errc::overrun, region.backend(p).path() + ": partition " + std::to_string(p.id) +
                                        ": the ring's writer overwrote offset " + std::to_string(offset) +
                                        " (the oldest retained byte is at " + std::to_string(retained_from) + ")");
 }
@@ -1022,11 +1030,11 @@ Result<std::size_t> Region::read_ring(const PartitionInfo& p, uint64_t offset, s
         return backend(p).loss_error();
       const uint64_t reserve_end = load_relaxed(c->reserve_end);
       if (load_relaxed(c->generation) == gen && load_relaxed(c->base) == b) [[likely]] {
-        if (offset < m.retained_from) return overrun(*this, p.id, offset, m.retained_from);
+        if (offset < m.retained_from) return overrun(*this, p, offset, m.retained_from);
         // What the writer announced since: bytes below it less a ring were
         // (perhaps) overwritten while we copied them.
         const detail::RingMap after = detail::ring_map(b + m.length, b, reserve_end, capacity);
-        if (n > 0 && offset < after.retained_from) return overrun(*this, p.id, offset, after.retained_from);
+        if (n > 0 && offset < after.retained_from) return overrun(*this, p, offset, after.retained_from);
         if (generation != nullptr) *generation = gen;
         return n;
       }

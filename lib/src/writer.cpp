@@ -164,9 +164,10 @@ Result<void> settle(ivshmfs_control* c, const PartitionInfo& p, const std::strin
 PartitionWriter::PartitionWriter(std::shared_ptr<Region> region, const PartitionInfo& partition, uint64_t token)
     : region_(std::move(region)),
       partition_(partition),
+      backend_(region_->backend(partition)),
       control_(region_->control(partition)),
       data_(region_->data(partition)),
-      header_(reinterpret_cast<ivshmfs_header*>(region_->backend(partition).bytes().data())),
+      header_(reinterpret_cast<ivshmfs_header*>(backend_.bytes().data())),
       format_id_(region_->info().format_id),
       token_(token),
       identity_(local_process_identity()) {
@@ -268,7 +269,7 @@ Result<std::unique_ptr<PartitionWriter>> PartitionWriter::claim(std::shared_ptr<
   // Back and fault in the partition now: a sparse file on a full filesystem
   // fails here with ENOSPC (the writer's destructor releases the claim)
   // rather than with SIGBUS at some later append.
-  if (auto r = writer->region_->backend(*p).ensure_backed(p->data_offset, p->capacity); !r) return std::move(r).error();
+  if (auto r = writer->backend_.ensure_backed(p->data_offset, p->capacity); !r) return std::move(r).error();
   if (options.heartbeat_interval.count() > 0) {
     writer->heartbeat_thread_ =
         std::jthread([w = writer.get(), interval = options.heartbeat_interval](const std::stop_token& stop) {
@@ -316,12 +317,12 @@ Result<void> PartitionWriter::still_owner() const {
 // Out of line and cold: the append path only pays for the two loads above.
 [[gnu::cold, gnu::noinline]] Error PartitionWriter::refusal() const {
   if (reserved_) {
-    return make_error(Errc::busy, region_->backend(partition_).path() + ": partition " + std::to_string(id()) +
+    return make_error(Errc::busy, backend_.path() + ": partition " + std::to_string(id()) +
                                       ": a reservation is still open (one writer thread at a time)");
   }
   if (auto r = still_owner(); !r) return std::move(r).error();
-  return make_error(Errc::no_space, region_->backend(partition_).path() + ": partition " + std::to_string(id()) +
-                                        " is full (" + std::to_string(partition_.capacity) + " bytes)");
+  return make_error(Errc::no_space, backend_.path() + ": partition " + std::to_string(id()) + " is full (" +
+                                        std::to_string(partition_.capacity) + " bytes)");
 }
 
 PartitionWriter::Placement PartitionWriter::place(std::size_t want, bool contiguous) const noexcept {
@@ -418,10 +419,9 @@ namespace {
 }  // namespace
 
 [[gnu::cold, gnu::noinline]] Error PartitionWriter::too_big(std::size_t size) const {
-  return make_error(Errc::too_big, region_->backend(partition_).path() + ": partition " + std::to_string(id()) +
-                                       " is a ring of " + std::to_string(partition_.capacity) +
-                                       " bytes: an append of " + std::to_string(size) +
-                                       " bytes would overwrite itself (refused whole)");
+  return make_error(Errc::too_big, backend_.path() + ": partition " + std::to_string(id()) + " is a ring of " +
+                                       std::to_string(partition_.capacity) + " bytes: an append of " +
+                                       std::to_string(size) + " bytes would overwrite itself (refused whole)");
 }
 
 Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
@@ -442,7 +442,7 @@ Result<PartitionWriter::Reservation> PartitionWriter::reserve(std::size_t max) {
 
 std::size_t PartitionWriter::Reservation::commit(std::size_t n) noexcept {
   if (writer_ == nullptr) return 0;
-  if (writer_->region_->backend(writer_->partition_).mapping_lost()) [[unlikely]]
+  if (writer_->backend_.mapping_lost()) [[unlikely]]
     n = 0;  // the bytes went to a private page, never to the region
   n = std::min(n, bytes_.size());
   if (n > 0 && !writer_->publish(writer_->base_ + length_ + n)) n = 0;
@@ -474,8 +474,8 @@ Result<std::size_t> PartitionWriter::append(std::span<const std::byte> bytes) {
     if (pl.second > 0) [[unlikely]]
       std::memcpy(data_ + pl.second_at, bytes.data() + pl.first, pl.second);
   }
-  if (region_->backend(partition_).mapping_lost()) [[unlikely]]
-    return region_->backend(partition_).loss_error();
+  if (backend_.mapping_lost()) [[unlikely]]
+    return backend_.loss_error();
   IVSHMFS_FAILPOINT("writer.after-copy");
   if (!publish(end)) [[unlikely]]
     return lost_publish(*this);
@@ -504,7 +504,7 @@ Result<void> PartitionWriter::reset() {
   uint64_t expected = gen;
   if (gen % 2 != 0 || !detail::compare_exchange_seq_cst(control_->generation, expected, gen + 1)) {
     if (auto r = still_owner(); !r) return r;
-    return make_error(Errc::busy, region_->backend(partition_).path() + ": partition " + std::to_string(id()) +
+    return make_error(Errc::busy, backend_.path() + ": partition " + std::to_string(id()) +
                                       ": its generation changed under the reset; try again");
   }
   IVSHMFS_FAILPOINT("writer.reset-odd");
@@ -547,8 +547,7 @@ Result<void> PartitionWriter::heartbeat() {
   uint64_t gen = detail::load_seq_cst(control_->generation);
   if (gen % 2 != 0 && !resetting_.load(std::memory_order_seq_cst) && owns() &&
       compare_exchange(control_->generation, gen, gen + 1)) {
-    spdlog::warn("{}: partition {}: closed a reset a displaced owner left half done",
-                 region_->backend(partition_).path(), id());
+    spdlog::warn("{}: partition {}: closed a reset a displaced owner left half done", backend_.path(), id());
   }
   return {};
 }

@@ -134,6 +134,7 @@ class PartitionWriter {
 
   std::shared_ptr<Region> region_;
   PartitionInfo partition_;
+  Backend& backend_;  // the piece holding the partition
   ivshmfs_control* control_;
   std::byte* data_;
   ivshmfs_header* header_;
