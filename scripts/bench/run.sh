@@ -73,7 +73,7 @@ else
   follow_count=3000; follow_interval_us=500
   idle_secs=5
   partition_size=$((2560 * MiB))
-  split_piece=$((4096 * MiB))  # a power of two: a PCI BAR size
+  split_piece=$((1024 * MiB))  # a power of two (a PCI BAR); each repetition starts empty
   fio_size=$((256 * MiB))
 fi
 max_size=${sizes##* }
@@ -188,9 +188,9 @@ cleanup() {
 trap 'cleanup; rm -f "$started"' EXIT
 trap 'exit 130' INT TERM
 
-wait_mounted() {  # MOUNTPOINT PID
+wait_mounted() {  # MOUNTPOINT PID: up to 60 s (an owner faults its partition in at claim)
   local i
-  for i in $(seq 1 100); do
+  for i in $(seq 1 600); do
     mountpoint -q "$1" && return 0
     kill -0 "$2" 2>/dev/null || return 1
     sleep 0.1
@@ -230,13 +230,17 @@ if [ -z "$mount_skip" ]; then
   pid_a=$!; pids+=("$pid_a"); mounts+=("$mnt/a")
   "$ivshmfs" -f -o id=1,log=warn "$region" "$mnt/b" 2>"$out/ivshmfs-b.log" &
   pid_b=$!; pids+=("$pid_b"); mounts+=("$mnt/b")
-  # The same two peers over the split region: sa/ and sb/.
-  "$ivshmfs" -f -o id=0,log=warn,page_cache "$split_prefix" "$mnt/sa" 2>"$out/ivshmfs-split-a.log" &
-  pid_sa=$!; pids+=("$pid_sa"); mounts+=("$mnt/sa")
-  "$ivshmfs" -f -o id=1,log=warn "$split_prefix" "$mnt/sb" 2>"$out/ivshmfs-split-b.log" &
-  pid_sb=$!; pids+=("$pid_sb"); mounts+=("$mnt/sb")
-  if ! wait_mounted "$mnt/a" "$pid_a" || ! wait_mounted "$mnt/b" "$pid_b" ||
-    ! wait_mounted "$mnt/sa" "$pid_sa" || ! wait_mounted "$mnt/sb" "$pid_sb"; then
+  mounted=0
+  if wait_mounted "$mnt/a" "$pid_a" && wait_mounted "$mnt/b" "$pid_b"; then
+    # The same two peers over the split region: sa/ and sb/ (started once the
+    # first two are up: claims fault whole partitions in).
+    "$ivshmfs" -f -o id=0,log=warn,page_cache "$split_prefix" "$mnt/sa" 2>"$out/ivshmfs-split-a.log" &
+    pid_sa=$!; pids+=("$pid_sa"); mounts+=("$mnt/sa")
+    "$ivshmfs" -f -o id=1,log=warn "$split_prefix" "$mnt/sb" 2>"$out/ivshmfs-split-b.log" &
+    pid_sb=$!; pids+=("$pid_sb"); mounts+=("$mnt/sb")
+    wait_mounted "$mnt/sa" "$pid_sa" && wait_mounted "$mnt/sb" "$pid_sb" && mounted=1
+  fi
+  if [ "$mounted" = 0 ]; then
     log "FAILED: ivshmfs did not mount (see $out/ivshmfs-*.log)"
     failed=1
     mount_skip="skipped: ivshmfs did not mount"
