@@ -15,10 +15,13 @@
 #          mappings of peers' pieces; peers also write their content to
 #          their partition of the shared-mode region; IVSHM-READY exchange.
 #   rogue: on go:attack unmount, then as root write pseudo-random bytes over
-#          every peer's piece through mmap of /dev/ivshmN and of sysfs
-#          resource2 and over its own piece's header; IVSHM-READY
-#          attacked-split. On go:shared the same over the whole shared-mode
-#          region; IVSHM-READY attacked-shared.
+#          its own piece's first page (header, table, control block) and
+#          over every peer's piece through mmap of /dev/ivshmN, then of sysfs
+#          resource2 (the driver unbound: the kernel refuses that mapping
+#          while a driver holds the BAR), and try write() on resource2;
+#          report whether the bytes read back; IVSHM-READY attacked-split.
+#          On go:shared the same over the shared-mode region (half through
+#          each path); IVSHM-READY attacked-shared.
 #   peers: on go:after append a line, read the other peer's file again
 #          (with its new line), list the mount; IVSHM-READY after; unmount.
 . /scenarios/common.sh
