@@ -16,7 +16,9 @@
 # same attack on the shared-mode region is run and its damage REPORTED (not
 # judged): the difference between the modes is shown.
 # A fourth guest, at the same time, gets its own piece readonly=on and the
-# pieces of a second split region: ivshmfs must refuse both with clear errors.
+# pieces of a second split region, then loses (unbinds) some devices:
+# ivshmfs must refuse its own piece read-only, two regions mixed, its own
+# piece missing and no writable piece, each with its clear error.
 
 SPLIT_BINLEN=200000
 SPLIT_PIECE=4M
@@ -134,7 +136,7 @@ $("$ctl" qemu-args --peer 0 "$other" | sed 's/ivshmfs-vm/other-vm/g')"
 		fi
 	done
 	if guest_finish "$pidp" "$logp" "$TIMEOUT"; then
-		split_pass "probe guest: own piece readonly=on and two regions mixed refused with clear errors"
+		split_pass "probe guest: own piece readonly=on, two regions mixed, own piece missing, no writable piece: refused with clear errors"
 	else
 		split_fail "probe guest"
 	fi

@@ -5,6 +5,11 @@
 #   ivshmfs -o id=ID: the probe write of the own piece does not stick: a
 #     clear error naming the device and readonly=on, nothing mounted.
 #   ivshmfs (no id): pieces of two regions: a clear error naming both.
+# Then the second region's devices and the split region's piece 2 are
+# unbound from the driver (as if QEMU had not been given them):
+#   ivshmfs -o id=2: its own piece missing: a clear error naming the option.
+#   ivshmfs (no id): no piece takes writes (vm0's and vm1's are both
+#     readonly=on here): a clear error.
 . /scenarios/common.sh
 ID=$1
 M=/mnt/ivshm
@@ -32,4 +37,19 @@ expect_refused readonly-own-piece \
 	-o id="$ID"
 expect_refused two-regions-mixed \
 	"the ivshmem devices hold pieces of two split regions: /dev/ivshm[0-9]+ .* and /dev/ivshm[0-9]+ .*give this VM the pieces of one region only"
+
+for d in /dev/ivshm*; do
+	st=$(ivshmctl status --json "$d" 2>/dev/null)
+	case "$st" in
+	*'"split_pieces":2,'* | *'"split_pieces":3,"partitions":[{"id":2,'*)
+		bdf=$(ivshm_bdf "${d#/dev/ivshm}")
+		echo "$bdf" > /sys/bus/pci/drivers/ivshm/unbind && info "unbound $d ($bdf)" || fail "unbind $d"
+		;;
+	esac
+done
+expect_refused own-piece-missing \
+	"no ivshmem device holds partition 2 \\(this VM's own piece; found /dev/ivshm[0-9]+=vm0, /dev/ivshm[0-9]+=vm1\\): add '-object memory-backend-file,...,mem-path=PREFIX.vm2,share=on'" \
+	-o id=2
+expect_refused no-piece-writable \
+	"no ivshmem device of the split region takes writes \\(.*\\): QEMU backs every piece read-only; remove readonly=on"
 finish
