@@ -4,6 +4,10 @@
 //   memcpy_write / memcpy_read  private buffer -> /dev/shm mapping and back
 //   lib_append                  PartitionWriter::append into the own partition
 //   lib_read                    Region::read of a partition another process wrote
+//   lib_append_split / lib_read_split
+//                               the same on a split region (one backend file
+//                               per partition, the peer's piece mapped
+//                               read-only): what the split mode costs
 // Every benchmark walks the same window (the partition capacity) sequentially
 // and wraps at its end, so the ceiling and the library touch the same memory.
 //
@@ -57,21 +61,34 @@ struct ShmWindow {
   }
 };
 
-// A region of two partitions of kWindow bytes each: ours, and a peer's that a
-// child process fills completely before any read benchmark runs.
+// A piece of a split region holds a page of metadata and its partition, and
+// its size is a power of two: the smallest that holds kWindow.
+constexpr uint64_t kSplitPiece = uint64_t{kWindow} * 2;
+
+// A region of two partitions of (at least) kWindow bytes each: ours, and a
+// peer's that a child process fills completely before any read benchmark
+// runs. Shared mode: one file. Split mode: one file per partition; each
+// process opens its own piece read-write and the other's read-only.
 struct LibRegion {
   std::string path;
+  bool split = false;
   std::shared_ptr<ivshmfs::Region> region;
   std::unique_ptr<ivshmfs::PartitionWriter> writer;
 
-  LibRegion() {
-    path = "/dev/shm/ivshmfs-bench-lib-" + std::to_string(::getpid());
-    ::unlink(path.c_str());
+  explicit LibRegion(bool split_mode) : split(split_mode) {
+    path = std::string("/dev/shm/ivshmfs-bench-") + (split ? "split-" : "lib-") + std::to_string(::getpid());
     ivshmfs::RegionOpenOptions options;
     options.writable = true;
-    options.create = true;
-    options.create_size = IVSHMFS_PAGE_SIZE + 2 * uint64_t{kWindow};
-    options.create_partitions = 2;
+    if (split) {
+      remove_files();
+      if (auto f = ivshmfs::Region::format_split(path, 2, kSplitPiece, false); !f) die(f.error().message);
+      options.own_id = kPeerId;
+    } else {
+      ::unlink(path.c_str());
+      options.create = true;
+      options.create_size = IVSHMFS_PAGE_SIZE + 2 * uint64_t{kWindow};
+      options.create_partitions = 2;
+    }
     {
       // The peer: another process claims partition 1 and fills it.
       const pid_t child = ::fork();
@@ -94,13 +111,17 @@ struct LibRegion {
       }
     }
     options.create = false;
+    if (split) options.own_id = kOwnId;
     auto r = ivshmfs::Region::open_path(path, options);
     if (!r) die(r.error().message);
     region = *r;
     auto w = ivshmfs::PartitionWriter::claim(region, kOwnId);
     if (!w) die(w.error().message);
     writer = std::move(*w);
-    if (region->find(kOwnId)->capacity != kWindow) die("unexpected partition capacity");
+    if (region->split() != split) die("unexpected region mode");
+    if (region->find(kOwnId)->capacity < kWindow || (!split && region->find(kOwnId)->capacity != kWindow)) {
+      die("unexpected partition capacity");
+    }
     // Fault our own partition in, as the ceiling's memset does.
     std::vector<std::byte> chunk(std::size_t{1} << 20);
     for (std::size_t done = 0; done < kWindow; done += chunk.size()) {
@@ -111,7 +132,14 @@ struct LibRegion {
   ~LibRegion() {
     writer.reset();
     region.reset();
-    ::unlink(path.c_str());
+    remove_files();
+  }
+  void remove_files() const {
+    if (!split) {
+      ::unlink(path.c_str());
+      return;
+    }
+    for (uint32_t id = 0; id < 2; ++id) ::unlink(ivshmfs::split_piece_path(path, id).c_str());
   }
 };
 
@@ -120,7 +148,11 @@ ShmWindow& shm() {
   return w;
 }
 LibRegion& lib() {
-  static LibRegion r;
+  static LibRegion r(false);
+  return r;
+}
+LibRegion& lib_split() {
+  static LibRegion r(true);
   return r;
 }
 
@@ -154,9 +186,9 @@ void BM_memcpy_read(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * size));
 }
 
-void BM_lib_append(benchmark::State& state) {
+void lib_append(benchmark::State& state, LibRegion& lr) {
   const auto size = static_cast<std::size_t>(state.range(0));
-  auto& w = *lib().writer;
+  auto& w = *lr.writer;
   auto src = private_buffer(size);
   if (auto x = w.reset(); !x) state.SkipWithError(x.error().message.c_str());
   std::size_t off = 0;
@@ -175,9 +207,9 @@ void BM_lib_append(benchmark::State& state) {
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * size));
 }
 
-void BM_lib_read(benchmark::State& state) {
+void lib_read(benchmark::State& state, LibRegion& lr) {
   const auto size = static_cast<std::size_t>(state.range(0));
-  const auto& region = *lib().region;
+  const auto& region = *lr.region;
   auto dst = private_buffer(size);
   std::size_t off = 0;
   for (auto _ : state) {
@@ -191,6 +223,11 @@ void BM_lib_read(benchmark::State& state) {
   }
   state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * size));
 }
+
+void BM_lib_append(benchmark::State& state) { lib_append(state, lib()); }
+void BM_lib_read(benchmark::State& state) { lib_read(state, lib()); }
+void BM_lib_append_split(benchmark::State& state) { lib_append(state, lib_split()); }
+void BM_lib_read_split(benchmark::State& state) { lib_read(state, lib_split()); }
 
 }  // namespace
 
@@ -210,10 +247,9 @@ int main(int argc, char** argv) {
     const char* name;
     void (*fn)(benchmark::State&);
   };
-  const Entry entries[] = {{"memcpy_write", BM_memcpy_write},
-                           {"lib_append", BM_lib_append},
-                           {"memcpy_read", BM_memcpy_read},
-                           {"lib_read", BM_lib_read}};
+  const Entry entries[] = {{"memcpy_write", BM_memcpy_write},         {"lib_append", BM_lib_append},
+                           {"memcpy_read", BM_memcpy_read},           {"lib_read", BM_lib_read},
+                           {"lib_append_split", BM_lib_append_split}, {"lib_read_split", BM_lib_read_split}};
   // Sizes outermost: the ceiling and the library run next to each other.
   for (long long s : sizes) {
     if (s > max_size) continue;

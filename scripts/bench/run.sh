@@ -9,7 +9,10 @@
 #   only checks that everything runs. Its ratios are indicative only.
 # --full (default): repeated runs, medians, all sizes up to 16 MiB.
 # The mount parts need root, /dev/fuse and BUILD_DIR/fs/ivshmfs; without them
-# those rows say "skipped". The exit status is non-zero only when a benchmark
+# those rows say "skipped". The library and mount throughput run on a shared-mode
+# region (one file) and, in the same run, on a split region (one file per
+# partition, peers' pieces read-only): the table "Split mode vs shared mode"
+# gives split/shared. The exit status is non-zero only when a benchmark
 # program fails, never because of a figure or a ratio.
 set -u -o pipefail
 
@@ -22,7 +25,7 @@ while [ $# -gt 0 ]; do
     --full) mode=full ;;
     --out) out="$2"; shift ;;
     --out=*) out="${1#--out=}" ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "run.sh: unknown option $1" >&2; exit 2 ;;
     *) build="$1" ;;
   esac
@@ -58,6 +61,7 @@ if [ "$mode" = quick ]; then
   follow_count=200; follow_interval_us=500
   idle_secs=1
   partition_size=$((512 * MiB))
+  split_piece=$((512 * MiB))
   fio_size=$((64 * MiB))
 else
   sizes="64 4096 65536 1048576 16777216"
@@ -69,6 +73,7 @@ else
   follow_count=3000; follow_interval_us=500
   idle_secs=5
   partition_size=$((2560 * MiB))
+  split_piece=$((1024 * MiB))  # a power of two (a PCI BAR); each repetition starts empty
   fio_size=$((256 * MiB))
 fi
 max_size=${sizes##* }
@@ -183,9 +188,9 @@ cleanup() {
 trap 'cleanup; rm -f "$started"' EXIT
 trap 'exit 130' INT TERM
 
-wait_mounted() {  # MOUNTPOINT PID
+wait_mounted() {  # MOUNTPOINT PID: up to 60 s (an owner faults its partition in at claim)
   local i
-  for i in $(seq 1 100); do
+  for i in $(seq 1 600); do
     mountpoint -q "$1" && return 0
     kill -0 "$2" 2>/dev/null || return 1
     sleep 0.1
@@ -210,11 +215,14 @@ if [ -z "$mount_skip" ]; then
   log "-- through the mount: ivshmfs (-o page_cache: reads through the page cache) vs tmpfs vs passthrough_ll (direct I/O)"
   work=$(mktemp -d /dev/shm/ivshmfs-bench.XXXXXX)
   mnt=$(mktemp -d /tmp/ivshmfs-bench-mnt.XXXXXX)
-  mkdir -p "$work/tmpfs" "$work/pt-src" "$mnt/a" "$mnt/b" "$mnt/pt"
+  mkdir -p "$work/tmpfs" "$work/pt-src" "$mnt/a" "$mnt/b" "$mnt/sa" "$mnt/sb" "$mnt/pt"
   region="$work/region"
   truncate -s $((4096 + 2 * partition_size)) "$region"
   "$build/tools/ivshmctl" format --partitions 2 "$region" >/dev/null 2>"$out/format.log" ||
     { log "FAILED: ivshmctl format"; failed=1; mount_skip="skipped: format failed"; }
+  split_prefix="$work/split"
+  "$build/tools/ivshmctl" format --split --size "$split_piece" --partitions 2 "$split_prefix" >/dev/null 2>>"$out/format.log" ||
+    { log "FAILED: ivshmctl format --split"; failed=1; mount_skip="skipped: format --split failed"; }
 fi
 if [ -z "$mount_skip" ]; then
   # Two peers over one region: peer 0 mounted at a/, peer 1 at b/.
@@ -222,7 +230,17 @@ if [ -z "$mount_skip" ]; then
   pid_a=$!; pids+=("$pid_a"); mounts+=("$mnt/a")
   "$ivshmfs" -f -o id=1,log=warn "$region" "$mnt/b" 2>"$out/ivshmfs-b.log" &
   pid_b=$!; pids+=("$pid_b"); mounts+=("$mnt/b")
-  if ! wait_mounted "$mnt/a" "$pid_a" || ! wait_mounted "$mnt/b" "$pid_b"; then
+  mounted=0
+  if wait_mounted "$mnt/a" "$pid_a" && wait_mounted "$mnt/b" "$pid_b"; then
+    # The same two peers over the split region: sa/ and sb/ (started once the
+    # first two are up: claims fault whole partitions in).
+    "$ivshmfs" -f -o id=0,log=warn,page_cache "$split_prefix" "$mnt/sa" 2>"$out/ivshmfs-split-a.log" &
+    pid_sa=$!; pids+=("$pid_sa"); mounts+=("$mnt/sa")
+    "$ivshmfs" -f -o id=1,log=warn "$split_prefix" "$mnt/sb" 2>"$out/ivshmfs-split-b.log" &
+    pid_sb=$!; pids+=("$pid_sb"); mounts+=("$mnt/sb")
+    wait_mounted "$mnt/sa" "$pid_sa" && wait_mounted "$mnt/sb" "$pid_sb" && mounted=1
+  fi
+  if [ "$mounted" = 0 ]; then
     log "FAILED: ivshmfs did not mount (see $out/ivshmfs-*.log)"
     failed=1
     mount_skip="skipped: ivshmfs did not mount"
@@ -255,6 +273,10 @@ if [ -z "$mount_skip" ]; then
       offset=$(stat -c %s "$mnt/b/vm1")
       if r=$(fileio write "$mnt/b/vm1" "$s"); then echo "$r" >>"$work/mnt_write.$s"; else failed=1; log "FAILED: ivshmfs write $s"; fi
       if r=$(fileio read "$mnt/a/vm1" "$s" "$offset"); then echo "$r" >>"$work/mnt_read.$s"; else failed=1; log "FAILED: ivshmfs read $s"; fi
+      # The same on the split region.
+      : >"$mnt/sb/vm1"
+      if r=$(fileio write "$mnt/sb/vm1" "$s"); then echo "$r" >>"$work/mnt_write_split.$s"; else failed=1; log "FAILED: ivshmfs (split) write $s"; fi
+      if r=$(fileio read "$mnt/sa/vm1" "$s" 0); then echo "$r" >>"$work/mnt_read_split.$s"; else failed=1; log "FAILED: ivshmfs (split) read $s"; fi
       # tmpfs
       if r=$(fileio write "$work/tmpfs/f" "$s" create); then echo "$r" >>"$work/tmpfs_write.$s"; else failed=1; fi
       if r=$(fileio read "$work/tmpfs/f" "$s" 0); then echo "$r" >>"$work/tmpfs_read.$s"; else failed=1; fi
@@ -266,7 +288,7 @@ if [ -z "$mount_skip" ]; then
         rm -f "$mnt/pt/f"
       fi
     done
-    for what in mnt_write mnt_read tmpfs_write tmpfs_read pt_write pt_read; do
+    for what in mnt_write mnt_read mnt_write_split mnt_read_split tmpfs_write tmpfs_read pt_write pt_read; do
       f="$work/$what.$s"
       [ -s "$f" ] || continue
       bps=$(awk '{print $1}' "$f" | median)
@@ -368,6 +390,13 @@ awk -F, -v mode="$mode" -v sizes="$sizes" -v mount_skip="$mount_skip" -v pt_skip
     }
     if (mount_skip != "") print "\nMount rows: " mount_skip "."
     else if (pt_skip != "") print "\npassthrough_ll rows: " pt_skip "."
+    print "\n## Split mode vs shared mode (same run; split / shared, 1.00 = no cost)\n"
+    print "| size | lib append shared | lib append split | ratio | lib read shared | lib read split | ratio | mount append shared | mount append split | ratio | mount read (peer) shared | mount read (peer) split | ratio |"
+    print "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    for (i = 1; i <= n; i++) {
+      s = sz[i]
+      printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", human(s), gbs("lib_append," s), gbs("lib_append_split," s), ratio("lib_append_split", "lib_append", s), gbs("lib_read," s), gbs("lib_read_split," s), ratio("lib_read_split", "lib_read", s), gbs("mnt_write," s), gbs("mnt_write_split," s), ratio("mnt_write_split", "mnt_write", s), gbs("mnt_read," s), gbs("mnt_read_split," s), ratio("mnt_read_split", "mnt_read", s)
+    }
     print "\n## Latency (64-byte message, nanoseconds)\n"
     print "| path | p50 | p99 |"
     print "| --- | --- | --- |"

@@ -126,14 +126,18 @@ GUEST_MEM=${GUEST_MEM:-256M}
 # guest_start NAME INITRD SHMFILE SCENARIO ARGS LOG [SHMFILE2]
 # Boot one guest in the background, hostname NAME, its ivshmem-plain device
 # backed by SHMFILE (whose size is the BAR2 size); SHMFILE2 adds a second
-# ivshmem-plain device. Prints QEMU's pid.
+# ivshmem-plain device. SHMFILE "none": no device of the harness, only those
+# of GUEST_QEMU_ARGS (e.g. the output of `ivshmctl qemu-args`). Prints QEMU's pid.
 guest_start() {
-	local name=$1 initrd=$2 shm=$3 scenario=$4 args=$5 logf=$6 shm2=${7:-} size
+	local name=$1 initrd=$2 shm=$3 scenario=$4 args=$5 logf=$6 shm2=${7:-}
 	local extra=()
-	size=$(stat -c %s "$shm")
+	if [ "$shm" != none ]; then
+		extra=(-object "memory-backend-file,id=shm,share=on,mem-path=$shm,size=$(stat -c %s "$shm")"
+		       -device ivshmem-plain,memdev=shm)
+	fi
 	if [ -n "$shm2" ]; then
-		extra=(-object "memory-backend-file,id=shm2,share=on,mem-path=$shm2,size=$(stat -c %s "$shm2")"
-		       -device ivshmem-plain,memdev=shm2)
+		extra+=(-object "memory-backend-file,id=shm2,share=on,mem-path=$shm2,size=$(stat -c %s "$shm2")"
+		        -device ivshmem-plain,memdev=shm2)
 	fi
 	: > "$logf"
 	# shellcheck disable=SC2086
@@ -142,8 +146,7 @@ guest_start() {
 		-serial "file:$logf" \
 		-kernel "${GUEST_KERNEL:-/boot/vmlinuz-$(guest_kver)}" -initrd "$initrd" \
 		-append "console=ttyS0 quiet loglevel=4 panic=-1 ${GUEST_APPEND:-}ivshmfs.hostname=$name ivshmfs.scenario=$scenario ivshmfs.args=$args" \
-		-object "memory-backend-file,id=shm,share=on,mem-path=$shm,size=$size" \
-		-device ivshmem-plain,memdev=shm "${extra[@]}" \
+		"${extra[@]}" \
 		${GUEST_QEMU_ARGS:-} >"$logf.qemu" 2>&1 &
 	echo $!
 }

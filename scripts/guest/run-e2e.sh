@@ -19,6 +19,12 @@
 #           vs sysfs resource2 (uncached)
 #   e2e     the end-to-end scenario: vm0, vm1 and the host share one region
 #           through ivshmfs (needs ivshmctl and ivshmfs built in BUILD_DIR)
+#   split   three guests on a split region (one backend file per partition,
+#           QEMU options from `ivshmctl qemu-args`), found by discovery; a
+#           rogue guest attacks the others' pieces (they stay intact) and a
+#           shared-mode region (its damage is reported); a fourth guest with
+#           its own piece readonly=on and two regions mixed is refused
+#           (needs ivshmctl and ivshmfs built in BUILD_DIR)
 #   package the driver checks with the module DKMS built and the packaged
 #           ivshmfs/ivshmctl: GUEST_MODULE (an ivshm.ko) and GUEST_PROGRAMS
 #           (a directory with ivshmfs and ivshmctl) name them; the clean-room
@@ -37,7 +43,7 @@ mode=all
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--mode) mode=$2; shift 2 ;;
-	-h|--help) sed -n '3,32p' "$0"; exit 0 ;;
+	-h|--help) sed -n '3,38p' "$0"; exit 0 ;;
 	-*) die "unknown option $1" ;;
 	*) break ;;
 	esac
@@ -208,6 +214,7 @@ doorbell) run_doorbell || rc=1 ;;
 driver|package) run_driver || rc=1 ;;
 bench) run_bench || rc=1 ;;
 e2e) . "$GUEST_DIR/e2e.sh"; run_e2e || rc=1 ;;
+split) . "$GUEST_DIR/split.sh"; run_split || rc=1 ;;
 all)
 	run_driver || rc=1
 	run_doorbell || rc=1
