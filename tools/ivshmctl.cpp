@@ -103,7 +103,9 @@ struct Args {
   bool help = false;
 };
 
-// Parses the options a command accepts ("size", "partitions", "force", "json").
+// Parses the options a command accepts ("size", "partitions", "force", "json"),
+// before or after its operands (`qemu-args PREFIX --peer 1` as well as
+// `qemu-args --peer 1 PREFIX`).
 std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::string>& allowed, std::string* error) {
   Args args;
   std::vector<option> longopts;
@@ -117,7 +119,7 @@ std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::str
   opterr = 0;
   int index = 0;
   for (;;) {
-    const int c = getopt_long(argc, argv, "+h", longopts.data(), &index);
+    const int c = getopt_long(argc, argv, "h", longopts.data(), &index);
     if (c == -1) break;
     if (c == 'h') {
       args.help = true;

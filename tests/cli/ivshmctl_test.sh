@@ -253,6 +253,13 @@ if [ "$mode" = split ]; then
   if grep -qxF -- "$own_line" "$out"; then pass "the own piece is read-write"; else
     fail "the own piece is read-write: no line '$own_line'" "$(cat "$out")"
   fi
+  cp "$out" "$q.before"
+  run qemu-args "$q" --peer 2
+  expect_status 0 "qemu-args with the option after the operand"
+  if cmp -s "$out" "$q.before"; then pass "options after the operand mean the same"; else
+    fail "options after the operand mean the same" "$(diff "$q.before" "$out")"
+  fi
+  rm -f "$q.before"
   run qemu-args --peer 2 --libvirt "$q"
   expect_status 0 "qemu-args --libvirt"
   expect_out "<qemu:commandline>" "libvirt form"
