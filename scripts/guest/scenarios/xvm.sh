@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: GPL-2.0
+# Guest-to-guest transfers (issue 13) and a ring stream (issue 12), run in
+# vm0 and vm1 booted together by run-e2e.sh --mode xvm. vm0 sends, vm1
+# receives, over: raw shared memory (a ring in /dev/ivshm1: the floor), the
+# library's C API on /dev/ivshm0, TCP over virtio-net, virtiofs, 9p and the
+# ivshmfs mount. For each: bulk transfers of every size in SIZES and a 64-byte
+# ping-pong of ROUNDS round trips. Then vm0 streams RING_MULT times a ring
+# partition of RING bytes into vm0 while vm1 follows it; then the host sends
+# bulk to vm1 (raw and through the mount). The peers pace each other through
+# the control page of /dev/ivshm1 (ivshm-xvm barrier). Every result is an
+# IVSHM-XVM line; the host checks each received stream's sha256 against the
+# pattern it was sent from and prints the table. Steps numbered from 1000 are
+# shared with the host (run-e2e.sh). Transfers that fail print a FAIL.
+# Arguments: SIZES (bytes, joined by ':') ROUNDS RING RING_MULT PARTS_MIB
+. /scenarios/common.sh
+SIZES=$(echo "$1" | tr : ' ') ROUNDS=$2 RING=$3 RING_MULT=$4
+ID=$(hostname | sed "s/^vm//")
+OTHER=$((1 - ID))
+CTL=/dev/ivshm1 FS=/dev/ivshm0 MNT=/mnt/ivshm VFS=/mnt/vfs P9=/mnt/9p
+# Raw rings in /dev/ivshm1 (the control page is its first 4 KiB).
+RAW_AB=1048576 RAW_BA=3145728 RAW_HG=5242880
+X=ivshm-xvm
+S=0
+export IVSHM_XVM_WAIT=${IVSHM_XVM_WAIT:-120}
+
+sync_peers() { # the next step, with the other guest
+	S=$((S + 1))
+	$X barrier $CTL "$ID" $S $OTHER || fail "xvm-barrier-$S"
+}
+# run_side TAG LABEL COMMAND...: one side of a transfer; its output becomes an
+# IVSHM-XVM line, a failure a FAIL line.
+run_side() {
+	_tag=$1 _label=$2
+	shift 2
+	if _out=$("$@" 2>&1); then
+		echo "IVSHM-XVM $_label $(echo "$_out" | tail -n 1)"
+	else
+		fail "xvm-$_tag $(echo "$_out" | tail -n 3 | tr '\n' ' ')"
+	fi
+}
+# bulk NAME OUT IN: vm0 sends every size in SIZES over OUT, vm1 reads IN.
+bulk() {
+	_name=$1 _out=$2 _in=$3
+	for size in $SIZES; do
+		[ "$ID" = 0 ] && { $X prepare "$_out" || fail "xvm-$_name-prepare"; }
+		sync_peers
+		S=$((S + 1))
+		if [ "$ID" = 0 ]; then
+			run_side "$_name-bulk-$size-send" "$_name bulk size=$size seed=$S side=send" \
+				$X send "$_out" $CTL 0 $S 1 $S "$size"
+		else
+			run_side "$_name-bulk-$size-recv" "$_name bulk size=$size seed=$S side=recv" \
+				$X recv "$_in" $CTL 1 $S 0 "$size"
+		fi
+	done
+}
+# pingpong NAME A_OUT A_IN B_IN B_OUT: vm0 pings over A_OUT and reads A_IN;
+# vm1 reads B_IN and answers on B_OUT.
+pingpong() {
+	_name=$1
+	if [ "$ID" = 0 ]; then
+		$X prepare "$2" || fail "xvm-$_name-prepare"
+	else
+		$X prepare "$5" || fail "xvm-$_name-prepare"
+	fi
+	sync_peers
+	S=$((S + 1))
+	if [ "$ID" = 0 ]; then
+		run_side "$_name-ping" "$_name ping size=$(((ROUNDS + 5) * 64)) seed=$S side=ping" \
+			$X ping "$2" "$3" $CTL 0 $S 1 $S "$ROUNDS"
+	else
+		run_side "$_name-pong" "$_name ping seed=$S side=pong" $X pong "$4" "$5" $CTL 1 $S 0 "$ROUNDS"
+	fi
+}
+fs_mount() {
+	if ivshmfs "$@" $FS $MNT > /tmp/fs.log 2>&1 && wait_until 10 is_mounted $MNT; then
+		pass "xvm-mount $*"
+	else
+		fail "xvm-mount $* $(tail -n 3 /tmp/fs.log | tr '\n' ' ')"
+	fi
+}
+fs_umount() { umount $MNT 2>/dev/null || umount -l $MNT; }
+
+command -v $X >/dev/null || { fail "xvm: $X is not in the initramfs (build the ivshm-xvm target)"; finish; }
+info "xvm: vm$ID, sizes $SIZES, $ROUNDS round trips, ring $RING x $RING_MULT"
+
+# ---- set-up: network, virtiofs, 9p; vm0 formats the region ----
+mkdir -p $MNT $VFS $P9
+ip link set eth0 up && ip addr add 10.9.0.$((ID + 1))/24 dev eth0 || fail "xvm-net eth0: $(ip link 2>&1 | tr '\n' ' ')"
+check xvm-virtiofs-mount mount -t virtiofs xvmfs $VFS
+check xvm-9p-mount mount -t 9p -o trans=virtio,version=9p2000.L,cache=none,msize=262144 x9p $P9
+if [ "$ID" = 0 ]; then
+	check xvm-format ivshmctl format --force --partitions 3 $FS
+fi
+sync_peers
+
+# ---- raw shared memory: the floor ----
+bulk raw raw:$CTL:$RAW_AB raw:$CTL:$RAW_AB
+pingpong raw raw:$CTL:$RAW_AB raw:$CTL:$RAW_BA raw:$CTL:$RAW_AB raw:$CTL:$RAW_BA
+# ---- the library (C API, no FUSE) ----
+bulk lib lib:$FS:0 lib:$FS:0
+pingpong lib lib:$FS:0 lib:$FS:1 lib:$FS:0 lib:$FS:1
+# ---- TCP over virtio-net (vm1 listens) ----
+bulk tcp tcp:10.9.0.2:7001 tcp:10.9.0.2:7001
+pingpong tcp tcp:10.9.0.2:7002 tcp:10.9.0.2:7002 tcp:10.9.0.2:7002 tcp:10.9.0.2:7002
+# ---- virtiofs and 9p: one host directory; the reader retries at the end ----
+bulk virtiofs file:$VFS/bulk tail:$VFS/bulk
+pingpong virtiofs file:$VFS/ping-a tail:$VFS/ping-b tail:$VFS/ping-a file:$VFS/ping-b
+bulk 9p file:$P9/bulk9 tail:$P9/bulk9
+pingpong 9p file:$P9/ping9-a tail:$P9/ping9-b tail:$P9/ping9-a file:$P9/ping9-b
+# ---- the ivshmfs mount: append to vmN, read follow/vmN ----
+fs_mount
+sync_peers
+bulk mount file:$MNT/vm0 file:$MNT/follow/vm0
+pingpong mount file:$MNT/vm0 file:$MNT/follow/vm1 file:$MNT/follow/vm0 file:$MNT/vm1
+# Where the mount's time goes: the daemon's own counters.
+cat $MNT/.status 2>/dev/null | sed "s/^/IVSHM-INFO vm$ID .status: /"
+mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null
+for w in /sys/fs/fuse/connections/*/waiting; do info "vm$ID fuse waiting $w: $(cat "$w")"; done
+fs_umount
+sync_peers
+
+# ---- issue 12: a ring partition streamed past 10x its size ----
+if [ "$ID" = 0 ]; then
+	check xvm-format-ring ivshmctl format --force --partitions 3 --partition "0=$RING,ring" $FS
+fi
+sync_peers
+fs_mount
+sync_peers
+S=$((S + 1))
+LEN=$((RING * RING_MULT))
+if [ "$ID" = 0 ]; then
+	run_side ring-send "ring bulk size=$LEN seed=$S side=send" $X send file:$MNT/vm0 $CTL 0 $S 1 $S $LEN "$RING"
+	info "ring after the stream: $(grep -E '^ *vm0|ring' $MNT/.status | head -n 3 | tr '\n' ' ')"
+else
+	run_side ring-recv "ring bulk size=$LEN seed=$S side=recv" $X recv file:$MNT/follow/vm0 $CTL 1 $S 0 $LEN
+fi
+sync_peers
+
+# ---- host -> guest (vm1 reads; steps from 1000 are the host's too) ----
+S=1000
+if [ "$ID" = 1 ]; then
+	for size in $SIZES; do
+		$X barrier $CTL 1 $((S + 1)) 2 || fail "xvm-barrier-host"
+		S=$((S + 2))
+		run_side "host-raw-$size" "host-raw bulk size=$size seed=$S side=recv" $X recv raw:$CTL:$RAW_HG $CTL 1 $S 2 "$size"
+	done
+	for size in $SIZES; do
+		$X barrier $CTL 1 $((S + 1)) 2 || fail "xvm-barrier-host"
+		S=$((S + 2))
+		run_side "host-mount-$size" "host-mount bulk size=$size seed=$S side=recv" \
+			$X recv file:$MNT/follow/vm2 $CTL 1 $S 2 "$size"
+	done
+	$X barrier $CTL 1 2000 0 2 || fail "xvm-barrier-end"
+else
+	$X barrier $CTL 0 2000 1 || fail "xvm-barrier-end"
+fi
+fs_umount
+umount $VFS
+umount $P9
+dmesg | grep -E 'BUG:|Oops|WARNING:|general protection' | sed 's/^/IVSHM-INFO dmesg: /'
+check no-kernel-warnings sh -c "! dmesg | grep -qE 'BUG:|Oops|WARNING:|general protection'"
+finish
