@@ -50,7 +50,11 @@ def main():
     a = ap.parse_args()
     sizes = [int(s) for s in a.sizes.split(":")]
     send, recv, rtt = {}, {}, {}
+    costs = []
     for line in open(a.results):
+        if line.startswith("IVSHM-XVM-COST "):
+            costs.append(fields(line.strip()))
+            continue
         if not line.startswith("IVSHM-XVM "):
             continue
         name, kind, f = fields(line.strip())
@@ -150,6 +154,27 @@ def main():
         out.append(f"Ring stream (issue 12): {mib(k[1])} through a ring partition, follower lapped "
                    f"{f.get('overruns')} time(s), sha256 {'checked' if ok[k] else 'WRONG'}; "
                    f"{float(send[k]['seconds']):.3f} s" if k in send else "")
+    if costs:
+        out.append("")
+        out.append("Where the mount's time goes: each guest's ivshmfs daemon during the transfer (read and write system"
+                   " calls: a FUSE request taken, a reply sent; context switches of all its threads; CPU time):")
+        out.append("")
+        out.append("| transfer | guest | requests | replies | context switches | daemon CPU | per MiB or per round trip |")
+        out.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for name, kind, f in costs:
+            if name != "mount":
+                continue
+            role = "vm0 (writer, pinger)" if f["vm"] == "0" else "vm1 (reader, ponger)"
+            r, w, c, t = (int(f[k]) for k in ("reads", "writes", "ctxsw", "ticks"))
+            if kind == "bulk":
+                unit = int(f["size"]) / (1 << 20)
+                what = f"{mib(int(f['size']))} bulk"
+                per = f"{r / unit:.1f} req, {c / unit:.1f} switches, {t * 10 / unit:.0f} ms CPU per MiB"
+            else:
+                unit = int(f["rounds"])
+                what = f"ping-pong ({unit} round trips)"
+                per = f"{r / unit:.2f} req, {c / unit:.1f} switches, {t * 10000 / unit:.0f} µs CPU per round trip"
+            out.append(f"| {what} | {role} | {r} | {w} | {c} | {t / 100:.2f} s | {per} |")
     text = "\n".join(out)
     print(text)
     if a.markdown:

@@ -50,9 +50,10 @@ run_xvm() {
 	local t=$SECONDS rc=0 sizes rounds fsz mem ring mult port share pid0 pid1 v0 v1 s0=$WORK/xvm-vfs0.sock s1=$WORK/xvm-vfs1.sock
 	local x=$BUILD_DIR/bench/ivshm-xvm fs ctl hostlog=$WORK/xvm-host.log
 	[ -x "$x" ] || die "xvm: $x is not built (cmake --build $BUILD_DIR --target ivshm-xvm)"
+	# QEMU wants BAR sizes that are powers of two.
 	[ -x "$XVM_VIRTIOFSD" ] || die "xvm: no virtiofsd at $XVM_VIRTIOFSD (Debian 12's qemu-system-common ships it there)"
 	if [ "${XVM_FULL:-0}" = 1 ]; then
-		sizes=16777216:67108864 rounds=1000 fsz=208M mem=512M ring=1048576 mult=12
+		sizes=16777216:67108864 rounds=1000 fsz=256M mem=512M ring=1048576 mult=12
 	else
 		sizes=1048576 rounds=50 fsz=8M mem=256M ring=262144 mult=12
 	fi
@@ -101,7 +102,7 @@ run_xvm() {
 	rm -rf "$share"
 	tr -d '\r' <"$WORK/xvm-vm0.log" | grep '^IVSHM-INFO' >&2 || true
 	tr -d '\r' <"$WORK/xvm-vm1.log" | grep '^IVSHM-INFO' >&2 || true
-	cat "$hostlog" "$WORK/xvm-vm0.log" "$WORK/xvm-vm1.log" | tr -d '\r' | grep '^IVSHM-XVM ' >"$WORK/xvm-results.txt" || true
+	cat "$hostlog" "$WORK/xvm-vm0.log" "$WORK/xvm-vm1.log" | tr -d '\r' | grep -E '^IVSHM-XVM(-COST)? ' >"$WORK/xvm-results.txt" || true
 	python3 "$GUEST_DIR/xvm-table.py" --gen "$x" --sizes "$sizes" ${XVM_TABLE:+--markdown "$XVM_TABLE"} \
 		"$WORK/xvm-results.txt" || rc=1
 	[ $rc -eq 0 ] && log "xvm: PASS, every transfer checked ($((SECONDS - t)) s)" || log "xvm: FAIL"

@@ -32,45 +32,68 @@ sync_peers() { # the next step, with the other guest
 run_side() {
 	_tag=$1 _label=$2
 	shift 2
-	if _out=$("$@" 2>&1); then
-		echo "IVSHM-XVM $_label $(echo "$_out" | tail -n 1)"
+	if _res=$("$@" 2>&1); then
+		echo "IVSHM-XVM $_label $(echo "$_res" | tail -n 1)"
 	else
-		fail "xvm-$_tag $(echo "$_out" | tail -n 3 | tr '\n' ' ')"
+		fail "xvm-$_tag $(echo "$_res" | tail -n 3 | tr '\n' ' ')"
 	fi
+}
+# daemon_counters: this guest's ivshmfs daemon: read and write system calls
+# (a request taken from /dev/fuse, a reply; plus the few a poll makes),
+# context switches of all its threads, CPU time in clock ticks (USER_HZ, 100
+# on x86). Empty without
+# a daemon.
+daemon_counters() {
+	_pid=$(pidof ivshmfs) || return 0
+	_r=$(awk '/^syscr/ {print $2}' /proc/$_pid/io)
+	_w=$(awk '/^syscw/ {print $2}' /proc/$_pid/io)
+	_c=$(cat /proc/$_pid/task/*/status | awk '/ctxt_switches/ {s += $2} END {print s}')
+	_t=$(awk '{print $14 + $15}' /proc/$_pid/stat)
+	echo "$_r $_w $_c $_t"
+}
+# cost_line LABEL BEFORE AFTER: the daemon's share of one transfer.
+cost_line() {
+	[ -n "$2" ] && [ -n "$3" ] || return 0
+	set -- "$1" $2 $3
+	echo "IVSHM-XVM-COST $1 reads=$(($6 - $2)) writes=$(($7 - $3)) ctxsw=$(($8 - $4)) ticks=$(($9 - $5))"
 }
 # bulk NAME OUT IN: vm0 sends every size in SIZES over OUT, vm1 reads IN.
 bulk() {
-	_name=$1 _out=$2 _in=$3
+	_tn=$1 _ep_out=$2 _ep_in=$3
 	for size in $SIZES; do
-		[ "$ID" = 0 ] && { $X prepare "$_out" || fail "xvm-$_name-prepare"; }
+		[ "$ID" = 0 ] && { $X prepare "$_ep_out" || fail "xvm-$_tn-prepare"; }
 		sync_peers
 		S=$((S + 1))
+		_before=$(daemon_counters)
 		if [ "$ID" = 0 ]; then
-			run_side "$_name-bulk-$size-send" "$_name bulk size=$size seed=$S side=send" \
-				$X send "$_out" $CTL 0 $S 1 $S "$size"
+			run_side "$_tn-bulk-$size-send" "$_tn bulk size=$size seed=$S side=send" \
+				$X send "$_ep_out" $CTL 0 $S 1 $S "$size"
 		else
-			run_side "$_name-bulk-$size-recv" "$_name bulk size=$size seed=$S side=recv" \
-				$X recv "$_in" $CTL 1 $S 0 "$size"
+			run_side "$_tn-bulk-$size-recv" "$_tn bulk size=$size seed=$S side=recv" \
+				$X recv "$_ep_in" $CTL 1 $S 0 "$size"
 		fi
+		cost_line "$_tn bulk size=$size vm=$ID" "$_before" "$(daemon_counters)"
 	done
 }
 # pingpong NAME A_OUT A_IN B_IN B_OUT: vm0 pings over A_OUT and reads A_IN;
 # vm1 reads B_IN and answers on B_OUT.
 pingpong() {
-	_name=$1
+	_tn=$1
 	if [ "$ID" = 0 ]; then
-		$X prepare "$2" || fail "xvm-$_name-prepare"
+		$X prepare "$2" || fail "xvm-$_tn-prepare"
 	else
-		$X prepare "$5" || fail "xvm-$_name-prepare"
+		$X prepare "$5" || fail "xvm-$_tn-prepare"
 	fi
 	sync_peers
 	S=$((S + 1))
+	_before=$(daemon_counters)
 	if [ "$ID" = 0 ]; then
-		run_side "$_name-ping" "$_name ping size=$(((ROUNDS + 5) * 64)) seed=$S side=ping" \
+		run_side "$_tn-ping" "$_tn ping size=$(((ROUNDS + 5) * 64)) seed=$S side=ping" \
 			$X ping "$2" "$3" $CTL 0 $S 1 $S "$ROUNDS"
 	else
-		run_side "$_name-pong" "$_name ping seed=$S side=pong" $X pong "$4" "$5" $CTL 1 $S 0 "$ROUNDS"
+		run_side "$_tn-pong" "$_tn ping seed=$S side=pong" $X pong "$4" "$5" $CTL 1 $S 0 "$ROUNDS"
 	fi
+	cost_line "$_tn ping rounds=$((ROUNDS + 5)) vm=$ID" "$_before" "$(daemon_counters)"
 }
 fs_mount() {
 	if ivshmfs "$@" $FS $MNT > /tmp/fs.log 2>&1 && wait_until 10 is_mounted $MNT; then
