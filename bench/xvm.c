@@ -40,8 +40,10 @@
  *                  sending side connects to ADDR (ping/pong: pong listens)
  *   lib:BACKEND:ID the ivshmfs C API: appends to this peer's partition ID or
  *                  reads partition ID, polling for new bytes
- *   raw:PATH:OFF   a single-producer single-consumer ring in a mapping of
- *                  PATH at OFF (1 MiB of data after a 4 KiB header): the floor
+ *   raw:PATH:OFF[:SIZE]
+ *                  a single-producer single-consumer ring in a mapping of
+ *                  PATH at OFF: a 4 KiB header (the two indices), then SIZE
+ *                  bytes of data (default 4 MiB): the floor
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -63,7 +65,8 @@
 #include <unistd.h>
 
 enum { PIECE = 1 << 20, MSG = 64, WARMUP = 5, MAX_PEERS = 4 };
-enum { RAW_HEADER = 4096, RAW_DATA = 1 << 20 };
+/* A raw ring's default data size: four pieces, the producer fills one while the consumer drains another. */
+enum { RAW_HEADER = 4096, RAW_DATA = 4 << 20 };
 /* The longest wait for a peer before giving up: IVSHM_XVM_WAIT seconds (default 300). */
 static double wait_limit(void) {
   const char* s = getenv("IVSHM_XVM_WAIT");
@@ -204,6 +207,7 @@ struct raw_ring {
   volatile uint64_t* head; /* bytes produced */
   volatile uint64_t* tail; /* bytes consumed */
   unsigned char* data;
+  size_t size; /* bytes of data */
 };
 
 struct endpoint {
@@ -234,20 +238,32 @@ static void parse(const char* spec, struct endpoint* e) {
     e->kind = K_TCP;
     snprintf(e->addr, sizeof(e->addr), "%.*s", (int)(last - rest - 1), rest + 1);
     e->port = (unsigned)num(last + 1);
-  } else if ((!strncmp(spec, "lib:", 4) || !strncmp(spec, "raw:", 4)) && last != rest) {
-    e->kind = spec[0] == 'l' ? K_LIB : K_RAW;
+  } else if (!strncmp(spec, "lib:", 4) && last != rest) {
+    e->kind = K_LIB;
     snprintf(e->path, sizeof(e->path), "%.*s", (int)(last - rest - 1), rest + 1);
-    if (e->kind == K_LIB)
-      e->id = (uint32_t)num(last + 1);
-    else
-      e->off = num(last + 1);
+    e->id = (uint32_t)num(last + 1);
+  } else if (!strncmp(spec, "raw:", 4) && last != rest) {
+    const char* off = strchr(rest + 1, ':');
+    char field[32];
+
+    e->kind = K_RAW;
+    e->ring.size = RAW_DATA;
+    snprintf(e->path, sizeof(e->path), "%.*s", (int)(off - rest - 1), rest + 1);
+    if (off != last) {
+      snprintf(field, sizeof(field), "%.*s", (int)(last - off - 1), off + 1);
+      e->off = num(field);
+      e->ring.size = (size_t)num(last + 1);
+    } else {
+      e->off = num(off + 1);
+    }
+    if (e->ring.size == 0) die("endpoint '%s': a ring needs a size", spec);
   } else {
-    die("endpoint '%s' is not file:PATH, tail:PATH, tcp:ADDR:PORT, lib:BACKEND:ID or raw:PATH:OFF", spec);
+    die("endpoint '%s' is not file:PATH, tail:PATH, tcp:ADDR:PORT, lib:BACKEND:ID or raw:PATH:OFF[:SIZE]", spec);
   }
 }
 
 static void raw_map(struct endpoint* e) {
-  unsigned char* base = map_file(e->path, e->off + RAW_HEADER + RAW_DATA, 1);
+  unsigned char* base = map_file(e->path, e->off + RAW_HEADER + e->ring.size, 1);
 
   if (e->off % 4096) die("raw ring offset %llu is not page aligned", (unsigned long long)e->off);
   e->ring.head = (volatile uint64_t*)(base + e->off);
@@ -317,7 +333,7 @@ static void open_out_early(struct endpoint* e) {
     case K_RAW:
       raw_map(e);
       /* Map every page of the ring before the clock runs, as the other kinds do at open. */
-      memset(e->ring.data, 0, RAW_DATA);
+      memset(e->ring.data, 0, e->ring.size);
       break;
     case K_TCP: break; /* connects after the barrier: the other side listens by then */
   }
@@ -335,7 +351,7 @@ static void open_in_early(struct endpoint* e) {
       volatile unsigned char sink = 0;
 
       raw_map(e);
-      for (size_t i = 0; i < RAW_DATA; i += 4096) sink ^= e->ring.data[i];
+      for (size_t i = 0; i < e->ring.size; i += 4096) sink ^= e->ring.data[i];
       (void)sink;
       break;
     }
@@ -375,17 +391,17 @@ static void write_all(struct endpoint* e, const unsigned char* buf, size_t len) 
       }
       case K_RAW: {
         uint64_t head = *e->ring.head, tail = load(e->ring.tail);
-        size_t room = RAW_DATA - (size_t)(head - tail), n, at, first;
+        size_t cap = e->ring.size, room = cap - (size_t)(head - tail), n, at, first;
         unsigned spins = 0;
 
         while (room == 0) {
           if (++spins % 4096 == 0) sched_yield();
           tail = load(e->ring.tail);
-          room = RAW_DATA - (size_t)(head - tail);
+          room = cap - (size_t)(head - tail);
         }
         n = len - done < room ? len - done : room;
-        at = (size_t)(head % RAW_DATA);
-        first = RAW_DATA - at < n ? RAW_DATA - at : n;
+        at = (size_t)(head % cap);
+        first = cap - at < n ? cap - at : n;
         memcpy(e->ring.data + at, buf + done, first);
         memcpy(e->ring.data, buf + done + first, n - first);
         store(e->ring.head, head + n);
@@ -432,12 +448,12 @@ static size_t read_some(struct endpoint* e, unsigned char* buf, size_t len, uint
         break;
       case K_RAW: {
         uint64_t tail = *e->ring.tail, head = load(e->ring.head);
-        size_t avail = (size_t)(head - tail), at, first;
+        size_t cap = e->ring.size, avail = (size_t)(head - tail), at, first;
 
         if (avail == 0) break;
         n = (ssize_t)(len < avail ? len : avail);
-        at = (size_t)(tail % RAW_DATA);
-        first = RAW_DATA - at < (size_t)n ? RAW_DATA - at : (size_t)n;
+        at = (size_t)(tail % cap);
+        first = cap - at < (size_t)n ? cap - at : (size_t)n;
         memcpy(buf, e->ring.data + at, first);
         memcpy(buf + first, e->ring.data, (size_t)n - first);
         store(e->ring.tail, tail + (uint64_t)n);

@@ -9,6 +9,7 @@ printed, with ratios, and never judged.
 """
 import argparse
 import hashlib
+import math
 import re
 import subprocess
 import sys
@@ -39,6 +40,24 @@ def fields(line):
 
 def mib(n):
     return f"{n / (1 << 20):g} MiB"
+
+
+def bar_chart(size, seconds, p50, width=40):
+    """Text bars: bulk MiB/s (linear) and round-trip p50 (log scale, 0.1 µs .. 100 ms)."""
+    lines = [f"{mib(size)} guest → guest, MiB/s (longer is better)"]
+    rates = {n: size / (1 << 20) / seconds(n) for n in GUEST if seconds(n)}
+    top = max(rates.values(), default=1)
+    for n in GUEST:
+        r = rates.get(n)
+        bar = "█" * max(1, round(r / top * width)) if r else ""
+        lines.append(f"  {NAMES[n]:<18} {bar:<{width}} {f'{r:.0f}' if r else 'failed'}")
+    lines.append("")
+    lines.append("64-byte round trip p50, µs (shorter is better; log scale from 0.1 µs to 100 ms)")
+    for n in GUEST:
+        v = p50(n)
+        bar = "█" * max(1, round((math.log10(max(v, 0.1)) + 1) / 6 * width)) if v is not None else ""
+        lines.append(f"  {NAMES[n]:<18} {bar:<{width}} {f'{v:.1f}' if v is not None else 'failed'}")
+    return lines
 
 
 def main():
@@ -87,6 +106,9 @@ def main():
     for name in GUEST:
         f = rtt.get(name)
         ok[name] = check(name, int(f["size"]), f, "ping-pong") if f else check(name, 0, None, "ping-pong")
+    if "mount-poll1ms" in rtt:
+        ok["mount-poll1ms"] = check("mount-poll1ms", int(rtt["mount-poll1ms"]["size"]), rtt["mount-poll1ms"],
+                                    "ping-pong")
     ring = [k for k in recv if k[0] == "ring"]
     if not ring:
         fails.append("ring stream: no result")
@@ -121,6 +143,9 @@ def main():
         cells.append(f"{p50:.1f} / {p99:.1f} µs" if p50 is not None else "failed")
     n_rt = next((rtt[n]["n"] for n in GUEST if n in rtt), "?")
     out.append(f"| ping-pong round trip p50 / p99 ({n_rt}) | " + " | ".join(cells) + " |")
+    if p("mount-poll1ms", "p50_us") is not None:
+        out.append(f"| ping-pong through the mount, daemons with -o poll_min_us=1000 | | | "
+                   f"{p('mount-poll1ms', 'p50_us'):.1f} / {p('mount-poll1ms', 'p99_us'):.1f} µs | | | |")
     out.append("")
     out.append("Bulk throughput as a fraction of raw shared memory's (raw's time ÷ theirs; target for the mount:"
                " ≥ 0.8x), and round-trip p50 as a multiple of raw's (target for the library: ≤ 10x):")
@@ -162,7 +187,7 @@ def main():
         out.append("| transfer | guest | requests | replies | context switches | daemon CPU | per MiB or per round trip |")
         out.append("| --- | --- | --- | --- | --- | --- | --- |")
         for name, kind, f in costs:
-            if name != "mount":
+            if not name.startswith("mount"):
                 continue
             role = "vm0 (writer, pinger)" if f["vm"] == "0" else "vm1 (reader, ponger)"
             r, w, c, t = (int(f[k]) for k in ("reads", "writes", "ctxsw", "ticks"))
@@ -172,9 +197,11 @@ def main():
                 per = f"{r / unit:.1f} req, {c / unit:.1f} switches, {t * 10 / unit:.0f} ms CPU per MiB"
             else:
                 unit = int(f["rounds"])
-                what = f"ping-pong ({unit} round trips)"
+                what = f"ping-pong ({unit} round trips{', poll_min_us=1000' if name != 'mount' else ''})"
                 per = f"{r / unit:.2f} req, {c / unit:.1f} switches, {t * 10000 / unit:.0f} µs CPU per round trip"
             out.append(f"| {what} | {role} | {r} | {w} | {c} | {t / 100:.2f} s | {per} |")
+    chart = bar_chart(sizes[-1], lambda n: secs(n, sizes[-1]), lambda n: p(n, "p50_us"))
+    out += ["", "```", *chart, "```"]
     text = "\n".join(out)
     print(text)
     if a.markdown:

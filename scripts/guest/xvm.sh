@@ -3,7 +3,8 @@
 # (which provides INITRD, BUILD_DIR, WORK, TIMEOUT, new_shm, PIDS and
 # HOST_CLEANUP). Two guests boot together, each with
 #   /dev/ivshm0  the ivshmfs region (3 partitions: vm0, vm1, the host's vm2)
-#   /dev/ivshm1  a control page and raw rings (scripts/guest/scenarios/xvm.sh)
+#   /dev/ivshm1  a control page (scripts/guest/scenarios/xvm.sh); raw rings
+#                use /dev/ivshm0 before it is formatted
 #   virtio-net   a socket netdev between the two (vm0 listens, vm1 connects)
 #   virtiofs     a virtiofsd each (cache=none), guest RAM in a shared memfd
 #   9p           -virtfs on the same host directory (cache=none in the guest)
@@ -18,21 +19,25 @@
 # override either. XVM_TABLE=FILE keeps the table as markdown.
 
 XVM_VIRTIOFSD=${XVM_VIRTIOFSD:-/usr/lib/qemu/virtiofsd}
-XVM_RAW_HG=5242880
 
 xvm_free_port() {
 	python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# xvm_host_side CTL FS SIZES: the host's steps (numbered from 1000, as in the scenario).
+# xvm_host_side CTL FS SIZES RAW_RING: the host's steps, as in the scenario:
+# first a raw ring of RAW_RING bytes at the start of the blank FS, then (from
+# step 1000) its own ivshmfs mount.
 xvm_host_side() {
-	local ctl=$1 fs=$2 sizes=$3 x=$BUILD_DIR/bench/ivshm-xvm s=1000 size out hmnt=$WORK/xvm-hostmnt
+	local ctl=$1 fs=$2 sizes=$3 raw=raw:$2:0:$4 x=$BUILD_DIR/bench/ivshm-xvm s=0 size out hmnt=$WORK/xvm-hostmnt
 	for size in $sizes; do
-		"$x" prepare "raw:$ctl:$XVM_RAW_HG" && "$x" barrier "$ctl" 2 $((s + 1)) 1 || return 1
+		"$x" prepare "$raw" && "$x" barrier "$ctl" 2 $((s + 1)) 1 || return 1
 		s=$((s + 2))
-		out=$("$x" send "raw:$ctl:$XVM_RAW_HG" "$ctl" 2 $s 1 $s "$size") || return 1
+		out=$("$x" send "$raw" "$ctl" 2 $s 1 $s "$size") || return 1
 		echo "IVSHM-XVM host-raw bulk size=$size seed=$s side=send $out"
 	done
+	# The guests have formatted the region for the last time.
+	s=1000
+	"$x" barrier "$ctl" 2 $s 1 || return 1
 	mkdir -p "$hmnt"
 	"$BUILD_DIR/fs/ivshmfs" -o id=2 "$fs" "$hmnt" >"$WORK/xvm-hostfs.log" 2>&1 || { cat "$WORK/xvm-hostfs.log" >&2; return 1; }
 	HOST_CLEANUP="${HOST_CLEANUP:-}; fusermount3 -u -z '$hmnt' 2>/dev/null"
@@ -50,17 +55,21 @@ run_xvm() {
 	local t=$SECONDS rc=0 sizes rounds fsz mem ring mult port share pid0 pid1 v0 v1 s0=$WORK/xvm-vfs0.sock s1=$WORK/xvm-vfs1.sock
 	local x=$BUILD_DIR/bench/ivshm-xvm fs ctl hostlog=$WORK/xvm-host.log
 	[ -x "$x" ] || die "xvm: $x is not built (cmake --build $BUILD_DIR --target ivshm-xvm)"
-	# QEMU wants BAR sizes that are powers of two.
 	[ -x "$XVM_VIRTIOFSD" ] || die "xvm: no virtiofsd at $XVM_VIRTIOFSD (Debian 12's qemu-system-common ships it there)"
+	# The region (a power of two: QEMU's BAR) holds three partitions of the largest size.
 	if [ "${XVM_FULL:-0}" = 1 ]; then
 		sizes=16777216:67108864 rounds=1000 fsz=256M mem=512M ring=1048576 mult=12
 	else
 		sizes=1048576 rounds=50 fsz=8M mem=256M ring=262144 mult=12
 	fi
 	sizes=${XVM_SIZES:-$sizes} rounds=${XVM_ROUNDS:-$rounds}
+	# The raw rings use /dev/ivshm0 before it is formatted: a bulk ring as
+	# large as the largest transfer, then two small ones (see the scenario).
+	local raw_ring
+	raw_ring=$(echo "$sizes" | tr : '\n' | sort -n | tail -n 1)
 	log "xvm: two guests ($mem each), sizes $sizes, $rounds round trips, a ring of $ring streamed $mult times"
 	fs=$(new_shm xvm-fs "$fsz")
-	ctl=$(new_shm xvm-ctl 8M)
+	ctl=$(new_shm xvm-ctl 1M)
 	share=$WORK/xvm-share
 	rm -rf "$share" && mkdir -p "$share"
 	rm -f "$s0" "$s1"
@@ -82,7 +91,7 @@ run_xvm() {
 	XVM_QEMU0="$XVM_QEMU0 -netdev socket,id=n0,listen=127.0.0.1:$port -device virtio-net-pci,netdev=n0"
 	XVM_QEMU1="$common -chardev socket,id=vfs,path=$s1 -device vhost-user-fs-pci,chardev=vfs,tag=xvmfs"
 	XVM_QEMU1="$XVM_QEMU1 -netdev socket,id=n0,connect=127.0.0.1:$port -device virtio-net-pci,netdev=n0"
-	local args="$sizes,$rounds,$ring,$mult"
+	local args="$sizes,$rounds,$ring,$mult,$raw_ring"
 	pid0=$(GUEST_MEM=$mem GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} $XVM_QEMU0" \
 		guest_start vm0 "$INITRD" "$fs" xvm "$args" "$WORK/xvm-vm0.log" "$ctl")
 	PIDS+=("$pid0")
@@ -92,7 +101,7 @@ run_xvm() {
 	PIDS+=("$pid1")
 	log "xvm: vm0 QEMU: $(tr '\0' ' ' </proc/"$pid0"/cmdline 2>/dev/null)"
 	log "xvm: vm1 QEMU: $(tr '\0' ' ' </proc/"$pid1"/cmdline 2>/dev/null)"
-	IVSHM_XVM_WAIT=$TIMEOUT xvm_host_side "$ctl" "$fs" "$(echo "$sizes" | tr : ' ')" >"$hostlog" 2>&1 ||
+	IVSHM_XVM_WAIT=$TIMEOUT xvm_host_side "$ctl" "$fs" "$(echo "$sizes" | tr : ' ')" "$raw_ring" >"$hostlog" 2>&1 ||
 		{ log "xvm: the host side failed: $(tail -n 3 "$hostlog")"; rc=1; }
 	guest_finish "$pid0" "$WORK/xvm-vm0.log" "$TIMEOUT" || rc=1
 	guest_finish "$pid1" "$WORK/xvm-vm1.log" "$TIMEOUT" || rc=1
