@@ -108,7 +108,7 @@ run_xvm() {
 	kill "$v0" "$v1" 2>/dev/null
 	wait "$v0" "$v1" 2>/dev/null
 	HOST_CLEANUP=
-	rm -rf "$share"
+	rm -rf "$share" "$s0" "$s1"
 	tr -d '\r' <"$WORK/xvm-vm0.log" | grep '^IVSHM-INFO' >&2 || true
 	tr -d '\r' <"$WORK/xvm-vm1.log" | grep '^IVSHM-INFO' >&2 || true
 	cat "$hostlog" "$WORK/xvm-vm0.log" "$WORK/xvm-vm1.log" | tr -d '\r' | grep -E '^IVSHM-XVM(-COST)? ' >"$WORK/xvm-results.txt" || true
