@@ -56,17 +56,20 @@ run_xvm() {
 	local x=$BUILD_DIR/bench/ivshm-xvm fs ctl hostlog=$WORK/xvm-host.log
 	[ -x "$x" ] || die "xvm: $x is not built (cmake --build $BUILD_DIR --target ivshm-xvm)"
 	[ -x "$XVM_VIRTIOFSD" ] || die "xvm: no virtiofsd at $XVM_VIRTIOFSD (Debian 12's qemu-system-common ships it there)"
-	# The region (a power of two: QEMU's BAR) holds three partitions of the largest size.
 	if [ "${XVM_FULL:-0}" = 1 ]; then
-		sizes=16777216:67108864 rounds=1000 fsz=256M mem=512M ring=1048576 mult=12
+		sizes=16777216:67108864 rounds=1000 mem=512M ring=1048576 mult=12
 	else
-		sizes=1048576 rounds=50 fsz=8M mem=256M ring=262144 mult=12
+		sizes=1048576 rounds=50 mem=256M ring=262144 mult=12
 	fi
 	sizes=${XVM_SIZES:-$sizes} rounds=${XVM_ROUNDS:-$rounds}
 	# The raw rings use /dev/ivshm0 before it is formatted: a bulk ring as
 	# large as the largest transfer, then two small ones (see the scenario).
-	local raw_ring
+	# The region holds three partitions of the largest size, and is a power
+	# of two (QEMU's BAR): 8 MiB for 1 MiB, 256 MiB for 64 MiB.
+	local raw_ring fsz=8
 	raw_ring=$(echo "$sizes" | tr : '\n' | sort -n | tail -n 1)
+	while [ $((fsz << 20)) -lt $((3 * raw_ring + 4194304)) ]; do fsz=$((fsz * 2)); done
+	fsz=${fsz}M
 	log "xvm: two guests ($mem each), sizes $sizes, $rounds round trips, a ring of $ring streamed $mult times"
 	fs=$(new_shm xvm-fs "$fsz")
 	ctl=$(new_shm xvm-ctl 1M)

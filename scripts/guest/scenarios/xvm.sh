@@ -1,16 +1,20 @@
 # SPDX-License-Identifier: GPL-2.0
 # Guest-to-guest transfers (issue 13) and a ring stream (issue 12), run in
-# vm0 and vm1 booted together by run-e2e.sh --mode xvm. vm0 sends, vm1
-# receives, over: raw shared memory (a ring in /dev/ivshm1: the floor), the
-# library's C API on /dev/ivshm0, TCP over virtio-net, virtiofs, 9p and the
-# ivshmfs mount. For each: bulk transfers of every size in SIZES and a 64-byte
-# ping-pong of ROUNDS round trips. Then vm0 streams RING_MULT times a ring
-# partition of RING bytes into vm0 while vm1 follows it; then the host sends
-# bulk to vm1 (raw and through the mount). The peers pace each other through
-# the control page of /dev/ivshm1 (ivshm-xvm barrier). Every result is an
-# IVSHM-XVM line; the host checks each received stream's sha256 against the
-# pattern it was sent from and prints the table. Steps numbered from 1000 are
-# shared with the host (run-e2e.sh). Transfers that fail print a FAIL.
+# vm0 and vm1 booted together by run-e2e.sh --mode xvm (host side:
+# scripts/guest/xvm.sh). First the host sends bulk to vm1 through a raw ring on
+# the blank /dev/ivshm0. Then vm0 sends, vm1 receives, over: raw shared memory
+# (rings on the still blank /dev/ivshm0: the floor), the library's C API on
+# /dev/ivshm0 (formatted by vm0 now), TCP over virtio-net, virtiofs, 9p and
+# the ivshmfs mount (and its ping-pong again with -o poll_min_us=1000). For
+# each: bulk transfers of every size in SIZES and a 64-byte ping-pong of
+# ROUNDS round trips. Then vm0 streams RING_MULT times a ring partition of
+# RING bytes into vm0 while vm1 follows it; then the host sends bulk to vm1
+# through its own mount. The peers pace each other through the control page
+# of /dev/ivshm1 (ivshm-xvm barrier). Every result is an IVSHM-XVM line (the
+# mount's daemon counters IVSHM-XVM-COST lines); the host checks each
+# received stream's sha256 against the pattern it was sent from and prints
+# the table. Steps from 1000 are shared with the host, as are the first
+# ones (host -> vm1 raw). Transfers that fail print a FAIL.
 # Arguments: SIZES (bytes, joined by ':') ROUNDS RING RING_MULT RAW_RING
 . /scenarios/common.sh
 SIZES=$(echo "$1" | tr : ' ') ROUNDS=$2 RING=$3 RING_MULT=$4
