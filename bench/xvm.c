@@ -155,19 +155,19 @@ struct ctl {
 static volatile uint64_t* slot(struct ctl* c, unsigned kind, unsigned id) { return c->base + kind * 128 + id * 8; }
 enum { SLOT_BARRIER = 0, SLOT_DONE = 1, SLOT_PROGRESS = 2 };
 
-static void* map_file(const char* path, uint64_t len, int writable) {
-  int fd = open(path, writable ? O_RDWR : O_RDONLY);
+static void* map_at(const char* path, uint64_t off, uint64_t len, int writable) {
+  int fd = open(path, O_RDWR);
   void* p;
 
   if (fd < 0) die("open %s: %s", path, strerror(errno));
-  p = mmap(NULL, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, 0);
+  p = mmap(NULL, len, PROT_READ | (writable ? PROT_WRITE : 0), MAP_SHARED, fd, (off_t)off);
   close(fd);
   if (p == MAP_FAILED) die("mmap %s (%llu bytes): %s", path, (unsigned long long)len, strerror(errno));
   return p;
 }
 
 static struct ctl ctl_open(const char* path) {
-  struct ctl c = {map_file(path, 4096, 1)};
+  struct ctl c = {map_at(path, 0, 4096, 1)};
 
   return c;
 }
@@ -175,21 +175,40 @@ static struct ctl ctl_open(const char* path) {
 static uint64_t load(volatile uint64_t* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 static void store(volatile uint64_t* p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 
-static void wait_slot(struct ctl* c, unsigned kind, unsigned id, uint64_t at_least, const char* what) {
+/* Spins for SPIN_S, then sleeps NAP_NS between looks: a peer waiting at a
+ * barrier for minutes (the host while the guests run, a guest while the
+ * other one works) must not take a core from the two guests, whose vCPUs
+ * are all the machine's cores can run here. */
+static void wait_slot_for(struct ctl* c, unsigned kind, unsigned id, uint64_t at_least, const char* what, double spin_s,
+                          long nap_ns) {
   double t0 = now_s();
   unsigned spins = 0;
 
   while (load(slot(c, kind, id)) < at_least) {
     if (++spins % 4096 == 0) {
-      if (now_s() - t0 > wait_limit()) die("peer %u never reached %s %llu", id, what, (unsigned long long)at_least);
-      sched_yield();
+      double waited = now_s() - t0;
+
+      if (waited > wait_limit()) die("peer %u never reached %s %llu", id, what, (unsigned long long)at_least);
+      if (waited > spin_s) {
+        struct timespec nap = {0, nap_ns};
+
+        nanosleep(&nap, NULL);
+      } else {
+        sched_yield();
+      }
     }
   }
 }
 
+/* The receiver's mark ends a timed transfer: look often (50 µs) once the first 20 ms passed. */
+static void wait_slot(struct ctl* c, unsigned kind, unsigned id, uint64_t at_least, const char* what) {
+  wait_slot_for(c, kind, id, at_least, what, 0.02, 50000);
+}
+
+/* Nothing is timed across a barrier: after 1 ms, look every millisecond. */
 static void barrier(struct ctl* c, unsigned me, uint64_t step, const unsigned* peers, int npeers) {
   store(slot(c, SLOT_BARRIER, me), step);
-  for (int i = 0; i < npeers; i++) wait_slot(c, SLOT_BARRIER, peers[i], step, "barrier");
+  for (int i = 0; i < npeers; i++) wait_slot_for(c, SLOT_BARRIER, peers[i], step, "barrier", 0.001, 1000000);
 }
 
 static unsigned peer_id(const char* s) {
@@ -262,13 +281,16 @@ static void parse(const char* spec, struct endpoint* e) {
   }
 }
 
-static void raw_map(struct endpoint* e) {
-  unsigned char* base = map_file(e->path, e->off + RAW_HEADER + e->ring.size, 1);
+/* The indices writable, the data writable only for the producer: a consumer
+ * maps it read-only, as the library's readers do. */
+static void raw_map(struct endpoint* e, int producer) {
+  unsigned char* header;
 
   if (e->off % 4096) die("raw ring offset %llu is not page aligned", (unsigned long long)e->off);
-  e->ring.head = (volatile uint64_t*)(base + e->off);
-  e->ring.tail = (volatile uint64_t*)(base + e->off + 64);
-  e->ring.data = base + e->off + RAW_HEADER;
+  header = map_at(e->path, e->off, RAW_HEADER, 1);
+  e->ring.head = (volatile uint64_t*)header;
+  e->ring.tail = (volatile uint64_t*)(header + 64);
+  e->ring.data = map_at(e->path, e->off + RAW_HEADER, e->ring.size, producer);
 }
 
 static void lib_open(struct endpoint* e, int write) {
@@ -331,7 +353,7 @@ static void open_out_early(struct endpoint* e) {
       break;
     case K_LIB: lib_open(e, 1); break;
     case K_RAW:
-      raw_map(e);
+      raw_map(e, 1);
       /* Map every page of the ring before the clock runs, as the other kinds do at open. */
       memset(e->ring.data, 0, e->ring.size);
       break;
@@ -350,7 +372,7 @@ static void open_in_early(struct endpoint* e) {
     case K_RAW: {
       volatile unsigned char sink = 0;
 
-      raw_map(e);
+      raw_map(e, 0);
       for (size_t i = 0; i < e->ring.size; i += 4096) sink ^= e->ring.data[i];
       (void)sink;
       break;
@@ -483,7 +505,7 @@ static int cmd_prepare(const char* spec) {
   parse(spec, &e);
   switch (e.kind) {
     case K_RAW:
-      raw_map(&e);
+      raw_map(&e, 0);
       store(e.ring.head, 0);
       store(e.ring.tail, 0);
       break;
