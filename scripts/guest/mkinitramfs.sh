@@ -2,8 +2,10 @@
 # SPDX-License-Identifier: GPL-2.0
 # Build the test initramfs (gzip'd newc cpio) for the guest harness.
 #
-#   mkinitramfs.sh [--build-dir DIR] --module ivshm.ko --test-prog ivshm-test -o OUT
+#   mkinitramfs.sh [--build-dir DIR] [--modules "NAME..."] --module ivshm.ko --test-prog ivshm-test -o OUT
 #
+# --modules adds Debian kernel modules (with their dependencies), loaded at
+# boot before ivshm.ko.
 # Contents: static busybox, the Debian kernel's fuse.ko (and its
 # dependencies), ivshm.ko, ivshmctl and ivshmfs from the CMake build DIR (when
 # built) with every shared library they need, ivshm-test, /init and the
@@ -11,11 +13,12 @@
 set -euo pipefail
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-build_dir= module= test_prog= out=
+build_dir= module= test_prog= out= extra_modules=
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--build-dir) build_dir=$2; shift 2 ;;
 	--module) module=$2; shift 2 ;;
+	--modules) extra_modules=$2; shift 2 ;;
 	--test-prog) test_prog=$2; shift 2 ;;
 	-o) out=$2; shift 2 ;;
 	*) die "mkinitramfs.sh: unknown argument $1" ;;
@@ -57,6 +60,7 @@ add_module() {
 	order+=("$name.ko")
 }
 add_module fuse
+for m in $extra_modules; do add_module "$m"; done
 cp "$module" "$stage/lib/modules/ivshm.ko"
 order+=(ivshm.ko)
 printf '%s\n' "${order[@]}" > "$stage/lib/modules/load-order"
@@ -89,6 +93,11 @@ if [ -n "$build_dir" ]; then
 			log "warning: $build_dir/$p is not built; left out of the initramfs"
 		fi
 	done
+	# The transfers of --mode xvm, when built.
+	if [ -x "$build_dir/bench/ivshm-xvm" ]; then
+		copy_with_libs "$build_dir/bench/ivshm-xvm" /usr/local/bin/ivshm-xvm
+		programs="$programs ivshm-xvm"
+	fi
 fi
 if [ -x /usr/bin/fusermount3 ]; then
 	copy_with_libs /usr/bin/fusermount3 /usr/bin/fusermount3

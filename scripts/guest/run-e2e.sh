@@ -29,6 +29,12 @@
 #           ivshmfs/ivshmctl: GUEST_MODULE (an ivshm.ko) and GUEST_PROGRAMS
 #           (a directory with ivshmfs and ivshmctl) name them; the clean-room
 #           test (tests/package/cleanroom_test.sh) runs this
+#   xvm     two guests together: bulk and 64-byte ping-pong vm0 -> vm1 over
+#           raw shared memory, the library, the ivshmfs mount, TCP over
+#           virtio-net, virtiofs and 9p, a ring partition streamed past 10x
+#           its size, host -> guest bulk; every transfer checked by sha256;
+#           prints a table (see scripts/guest/xvm.sh; XVM_FULL=1: the
+#           figures of docs/benchmarks.md; needs BUILD_DIR/bench/ivshm-xvm)
 #   all     driver, doorbell, then e2e (default)
 # BUILD_DIR is the CMake build directory (default: build/ in the repository).
 # Installs missing packages (needs root), builds ivshm.ko against the installed
@@ -43,7 +49,7 @@ mode=all
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--mode) mode=$2; shift 2 ;;
-	-h|--help) sed -n '3,38p' "$0"; exit 0 ;;
+	-h|--help) sed -n '3,/^set -e/{/^set -e/d;p}' "$0"; exit 0 ;;
 	-*) die "unknown option $1" ;;
 	*) break ;;
 	esac
@@ -76,7 +82,11 @@ fi
 TESTPROG=$(guest_build_test_prog "$WORK")
 GUEST_KERNEL=$(guest_kernel "$WORK")
 INITRD=$WORK/initramfs.cpio.gz
-"$GUEST_DIR/mkinitramfs.sh" --build-dir "$PROGRAMS_DIR" --module "$MODULE" --test-prog "$TESTPROG" -o "$INITRD"
+EXTRA_MODULES=
+# xvm compares ivshmfs with the transports a user would pick instead.
+[ "$mode" = xvm ] && EXTRA_MODULES="virtio_pci virtio_net virtiofs 9p 9pnet_virtio"
+"$GUEST_DIR/mkinitramfs.sh" --build-dir "$PROGRAMS_DIR" --module "$MODULE" --test-prog "$TESTPROG" \
+	${EXTRA_MODULES:+--modules "$EXTRA_MODULES"} -o "$INITRD"
 log "build: $((SECONDS - t)) s; booting $GUEST_KERNEL"
 
 SHMS=()
@@ -213,6 +223,7 @@ boot) run_boot || rc=1 ;;
 doorbell) run_doorbell || rc=1 ;;
 driver|package) run_driver || rc=1 ;;
 bench) run_bench || rc=1 ;;
+xvm) . "$GUEST_DIR/xvm.sh"; run_xvm || rc=1 ;;
 e2e) . "$GUEST_DIR/e2e.sh"; run_e2e || rc=1 ;;
 split) . "$GUEST_DIR/split.sh"; run_split || rc=1 ;;
 all)
