@@ -93,7 +93,6 @@ uint64_t Filesystem::settle_tail(Slot& slot, uint64_t length, bool shows_size) n
   constexpr auto kSettleBound = std::chrono::seconds(1);
   const auto deadline = clock::now() + kSettleBound;
   uint64_t shown = length;
-  bool drop = false;
   {
     std::unique_lock lock(slot.tail_mutex);
     for (;;) {
@@ -111,17 +110,18 @@ uint64_t Filesystem::settle_tail(Slot& slot, uint64_t length, bool shows_size) n
       slot.tail_settled.wait_until(lock, wake);
     }
     // A new size in an attribute reply: the kernel zero-fills the cached
-    // page holding it past it (and then drops the file's pages itself).
-    // Until that page is gone and the grace passed, no larger size goes out.
+    // page holding it past it, then drops the file's pages itself. A larger
+    // size must not land in between: none goes out within the grace. (Not
+    // a drop of ours: it would make the kernel ignore this very reply.)
     if (shows_size && shown != slot.last_shown) {
       slot.last_shown = shown;
       if (shown % page_size() != 0) {
-        slot.short_low = std::min(slot.short_low, shown);
-        drop = true;
+        const auto now = clock::now();
+        slot.settle_low = now < slot.settle_until ? std::min(slot.settle_low, shown) : shown;
+        slot.settle_until = now + Slot::kTailGrace;
       }
     }
   }
-  if (drop) notify_due();
   return shown;
 }
 

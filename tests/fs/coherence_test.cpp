@@ -337,19 +337,12 @@ TEST_F(Peers, ConcurrentWritersNeverInterleaveWithinAWrite) {
   EXPECT_EQ(records, static_cast<std::size_t>((kThreads + kProcesses) * kRecords));
 }
 
-// The same two peers with the (experimental, opt-in) page cache: what a
-// mapping and cached reads must show.
-class CachedPeers : public Peers {
- protected:
-  std::vector<std::string> extra_options_a() override { return {"page_cache"}; }
-  std::vector<std::string> extra_options_b() override { return {"page_cache"}; }
-};
-
-// Peers' files go through the kernel's page cache: a mapping of another
+// Files opened for reading go through the kernel's page cache (the
+// default; -o direct_io below turns it off): a mapping of another
 // peer's file shows its bytes, picks up what the owner appends into the
 // mapped page, and shows the new contents after a reset.
 
-TEST_F(CachedPeers, AMappingOfAPeersFileFollowsAppendsAndResets) {
+TEST_F(Peers, AMappingOfAPeersFileFollowsAppendsAndResets) {
   append(a_->file("vm0"), "abc");
   const int fd = ::open(b_->file("vm0").c_str(), O_RDONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0) << std::strerror(errno);
@@ -398,7 +391,7 @@ TEST_F(CachedPeers, AMappingOfAPeersFileFollowsAppendsAndResets) {
 // rewrites its file with one byte value per generation while readers in the
 // other mount read it through the page cache; every read() returns bytes of
 // one generation (or fails with ESTALE while a reset is being noticed).
-TEST_F(CachedPeers, CachedReadsNeverMixGenerations) {
+TEST_F(Peers, CachedReadsNeverMixGenerations) {
   constexpr std::size_t kSize = 256 * 1024;
   std::atomic<bool> done{false};
   std::atomic<int> mixed{0};
@@ -470,7 +463,7 @@ TEST_F(CachedPeers, CachedReadsNeverMixGenerations) {
 // wait for the kernel (dropping pages) while holding what a read needs.
 // Should it hang, the test aborts the reading mount's FUSE connection (so
 // the threads stuck in it return) and fails saying so.
-TEST_F(CachedPeers, StatAndReadWhileTheOwnerAppendsNeverHang) {
+TEST_F(Peers, StatAndReadWhileTheOwnerAppendsNeverHang) {
   constexpr int kStatThreads = 24;
   constexpr int kReadThreads = 24;
   constexpr auto kRun = 4s;
