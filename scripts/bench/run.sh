@@ -234,7 +234,7 @@ if [ -z "$mount_skip" ]; then
   if wait_mounted "$mnt/a" "$pid_a" && wait_mounted "$mnt/b" "$pid_b"; then
     # The same two peers over the split region: sa/ and sb/ (started once the
     # first two are up: claims fault whole partitions in).
-    "$ivshmfs" -f -o id=0,log=warn,page_cache "$split_prefix" "$mnt/sa" 2>"$out/ivshmfs-split-a.log" &
+    "$ivshmfs" -f -o id=0,log=warn "$split_prefix" "$mnt/sa" 2>"$out/ivshmfs-split-a.log" &
     pid_sa=$!; pids+=("$pid_sa"); mounts+=("$mnt/sa")
     "$ivshmfs" -f -o id=1,log=warn "$split_prefix" "$mnt/sb" 2>"$out/ivshmfs-split-b.log" &
     pid_sb=$!; pids+=("$pid_sb"); mounts+=("$mnt/sb")
