@@ -21,25 +21,36 @@ using namespace detail;
 // file was read from generation slot.cache_generation:
 //  - a read whose bytes are of another generation is refused (ESTALE), never
 //    cached next to pages of the old one;
-//  - the watcher, on seeing a new generation, drops every cached page of the
-//    file (fuse_lowlevel_notify_inval_inode, from its own thread, never from
-//    inside a request on that inode) and then moves cache_generation on;
-//  - open and getattr (which hold no page of the file) wait for the watcher
-//    when the generation moved, so stat-then-read and reopen-then-read see
-//    the new contents at once; reads in flight across a reset get ESTALE.
-// The last page: a page cached while it held the partition's end is short.
-// A read past the size the kernel knows asks for the attributes, and the
-// kernel drops the file's pages whenever the size changed (we leave
-// FUSE_CAP_EXPLICIT_INVAL_DATA off for that); the watcher also drops the old
-// last page of a peer's file when it grows (mappings see the new bytes); an
-// own append through a direct-I/O writer drops it before the write returns.
+//  - the watcher, on seeing a new generation, hands it to the notifier,
+//    which drops every cached page of the file and then moves
+//    cache_generation on;
+//  - open and getattr (which hold no page of the file) wait for that, a
+//    bounded time, so stat-then-read and reopen-then-read see the new
+//    contents at once; reads in flight across a reset get ESTALE.
+// The last page: a cached read answered short leaves a page whose bytes past
+// the end are zeros, and the kernel takes zeros below the size it knows for
+// data. With FUSE_CAP_EXPLICIT_INVAL_DATA the kernel keeps its pages when a
+// size grows (an append changes no cached byte), so the daemon keeps this
+// rule itself: no reply shows the kernel a size past a short page that may
+// be cached. The notifier drops every short page as soon as its reply went
+// out; an attribute reply (getattr, lookup) shows the committed length once
+// no short page below it waits for that drop and no read that began when
+// the file was shorter is in flight (their replies could end below it). It
+// waits for those a bounded time and otherwise shows the largest size that
+// is safe: an attribute reply never waits for the kernel or for a read that
+// has no thread yet. An own append through a direct-I/O writer (the kernel
+// raises its size itself) drops the old last page before write() returns.
+//
+// Deadlocks this avoids: dropping pages (fuse_lowlevel_notify_inval_inode)
+// waits for the reads of those pages in flight, which worker threads answer.
+// So no worker drops pages for the rule while others wait for it, and no lock
+// a read takes is held while pages are dropped.
 bool Filesystem::may_cache(Node node) const noexcept {
   if (!page_cache_ || node.kind != NodeKind::partition) return false;
   // A ring's bytes change without a reset: never cached.
   if (slots_[node.index]->info.ring) return false;
-  // Dropping a file's last page happens inside a request (an own write, a
-  // getattr that shows a peer's file grew) and waits for reads other
-  // threads serve: not with a single thread.
+  // An own append drops the file's last page inside the write request, which
+  // waits for reads other threads serve: not with a single thread.
   return !single_thread_;
 }
 
@@ -50,8 +61,8 @@ bool Filesystem::wait_cache_current(Slot& slot, uint64_t generation) {
     lock.unlock();
     changes_->kick();
     lock.lock();
-    // Bounded: the watcher normally answers within a tick; should it be held
-    // up, the caller goes on (its reads are refused until it answered).
+    // Bounded: the notifier normally answers within a tick; should it be
+    // held up, the caller goes on (its reads are refused until it answered).
     if (!slot.cache_moved.wait_for(lock, std::chrono::milliseconds(500),
                                    [&] { return slot.cache_generation == generation; })) {
       return false;
@@ -72,42 +83,146 @@ void Filesystem::sync_cache(Node node) {
   if (auto s = region_->snapshot(slot.info.id)) wait_cache_current(slot, s->generation);
 }
 
-// The last page. The kernel raises a file's size when an attribute reply
-// shows more, and only then drops the file's pages: a read in between copies
-// the old last page, cached while it was short (zeros past its end), with the
-// new size, and the zeros read as data. So an attribute reply (getattr,
-// lookup: they hold no page of the file) that shows more than the end of a
-// short reply since the last drop, or than where a read still in flight
-// starts, first drops the file's pages from there. Dropping waits for the
-// pages of reads in flight, which other threads answer: see may_cache() for
-// -s. A drop makes the kernel ignore the size in the attribute reply it
-// crosses (the reply is older): stat still shows it, and a read at the old
-// end may see the end of file once; the next look shows the new size.
-void Filesystem::drop_short_tail(Slot& slot, uint64_t length) noexcept {
-  uint64_t from = UINT64_MAX;
+// The reads in flight this waits for have a worker thread already (they are
+// registered inside read_partition) and take no lock while they run; the
+// notifier's drops may wait for reads that have none yet, hence the bound:
+// when every worker waits here, the replies go out with the safe size and
+// the workers come free for those reads. Returns the safe size (<= length).
+uint64_t Filesystem::settle_tail(Slot& slot, uint64_t length, bool shows_size) noexcept {
+  using clock = std::chrono::steady_clock;
+  constexpr auto kSettleBound = std::chrono::seconds(1);
+  const auto deadline = clock::now() + kSettleBound;
+  uint64_t shown = length;
   {
-    std::lock_guard lock(slot.tail_mutex);
-    from = std::min(slot.short_low, slot.inflight_low);
-    if (from >= length) return;
-    // Short replies from now on end at or past `length`, or were in flight.
-    slot.short_low = UINT64_MAX;
+    std::unique_lock lock(slot.tail_mutex);
+    for (;;) {
+      const auto now = clock::now();
+      const uint64_t safe = slot.tail_safe(now);
+      if (safe >= length) break;
+      if (now >= deadline) {
+        spdlog::debug("{}: showing the kernel {} of {} bytes: a short last page is still being dropped", slot.name,
+                      safe, length);
+        shown = safe;
+        break;
+      }
+      auto wake = deadline;
+      if (now < slot.settle_until && slot.settle_low < length) wake = std::min(wake, slot.settle_until);
+      slot.tail_settled.wait_until(lock, wake);
+    }
+    // A new size in an attribute reply: the kernel zero-fills the cached
+    // page holding it past it, then drops the file's pages itself. A larger
+    // size must not land in between: none goes out within the grace. (Not
+    // a drop of ours: it would make the kernel ignore this very reply.)
+    if (shows_size && shown != slot.last_shown) {
+      slot.last_shown = shown;
+      if (shown % page_size() != 0) {
+        const auto now = clock::now();
+        slot.settle_low = now < slot.settle_until ? std::min(slot.settle_low, shown) : shown;
+        slot.settle_until = now + Slot::kTailGrace;
+      }
+    }
   }
-  inval_partition(slot, static_cast<off_t>(from & ~(page_size() - 1)), 0);
+  return shown;
 }
 
 int Filesystem::attributes_for_reply(Node node, struct stat& out) {
-  if (node.kind != NodeKind::partition || !may_cache(node)) return attributes(node, out);
-  Slot& slot = *slots_[node.index];
-  slot.last_attr_reply.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
-  std::lock_guard drop(slot.drop_mutex);
   if (const int error = attributes(node, out); error != 0) return error;
-  drop_short_tail(slot, static_cast<uint64_t>(out.st_size));
+  if (node.kind != NodeKind::partition || !may_cache(node)) return 0;
+  const auto length = static_cast<uint64_t>(out.st_size);
+  const uint64_t shown = settle_tail(*slots_[node.index], length, true);
+  if (shown < length) {
+    out.st_size = static_cast<off_t>(shown);
+    out.st_blocks = static_cast<blkcnt_t>((shown + 511) / 512);
+  }
   return 0;
 }
 
-void Filesystem::invalidate_own_tail(uint64_t old_length) noexcept {
+// An own append through a direct-I/O writer: the kernel raises the size
+// itself when the write returns, so the old last page must be gone first
+// (settle_tail, as for an attribute reply). Should that take longer than
+// its bound, the write drops the pages itself: it holds no lock here, and
+// the kernel lets one write of a file run at a time.
+void Filesystem::invalidate_own_tail(uint64_t new_length) noexcept {
   if (fuse_ == nullptr || self_index_ == kNoPartition) return;
-  inval_partition(*slots_[self_index_], static_cast<off_t>(old_length & ~(page_size() - 1)), 0);
+  Slot& slot = *slots_[self_index_];
+  const uint64_t safe = settle_tail(slot, new_length, false);
+  if (safe >= new_length) return;
+  inval_partition(slot, static_cast<off_t>(safe & ~(page_size() - 1)), 0);
+}
+
+// ---------------------------------------------------------------------------
+// The notifier
+
+void Filesystem::notify_due() noexcept {
+  const std::shared_ptr<Notifier> control = notifier_;
+  if (!control) return;
+  {
+    std::lock_guard lock(control->mutex);
+    control->due = true;
+  }
+  control->wake.notify_one();
+}
+
+// Everything the notifier touches between two drops is checked against
+// `stopping` first: at shutdown, a drop can wait for reads nobody answers
+// any more until the connection is gone, and stop() does not wait for it.
+void Filesystem::notifier_loop(const std::shared_ptr<Notifier>& control) noexcept {
+  constexpr auto kCacheGrace = std::chrono::milliseconds(50);
+  const auto stopping = [&] {
+    std::lock_guard lock(control->mutex);
+    return control->stopping;
+  };
+  for (;;) {
+    {
+      std::unique_lock lock(control->mutex);
+      control->wake.wait(lock, [&] { return control->due || control->stopping; });
+      if (control->stopping) break;
+      control->due = false;
+    }
+    for (auto& slot : slots_) {
+      // A new generation: every page of the old one goes, then the cache
+      // follows.
+      bool generation_due = false;
+      uint64_t generation = 0;
+      {
+        std::lock_guard lock(slot->cache_mutex);
+        generation_due = slot->generation_due;
+        generation = slot->pending_generation;
+        slot->generation_due = false;
+      }
+      if (generation_due) {
+        const bool dropped = inval_partition(*slot, 0, 0) > 0;
+        if (stopping()) break;
+        {
+          std::lock_guard lock(slot->cache_mutex);
+          slot->cache_generation = generation;
+          // The grace protects a read() in flight over the dropped pages;
+          // when the kernel held none, there is nothing to protect.
+          slot->cache_ready_at =
+              std::chrono::steady_clock::now() + (dropped ? kCacheGrace : std::chrono::milliseconds(0));
+          slot->fetched_end.store(0, std::memory_order_relaxed);
+        }
+        slot->cache_moved.notify_all();
+      }
+      // Short last pages: dropped from the lowest end on.
+      uint64_t from = UINT64_MAX;
+      {
+        std::lock_guard lock(slot->tail_mutex);
+        from = slot->short_low;
+        slot->short_low = UINT64_MAX;
+        if (from != UINT64_MAX) slot->dropping_low = from;
+      }
+      if (from == UINT64_MAX) continue;
+      inval_partition(*slot, static_cast<off_t>(from & ~(page_size() - 1)), 0);
+      if (stopping()) break;
+      {
+        std::lock_guard lock(slot->tail_mutex);
+        slot->dropped(from, std::chrono::steady_clock::now());
+      }
+      slot->tail_settled.notify_all();
+    }
+  }
+  control->done.store(true);
 }
 
 int Filesystem::reset_own_partition() {
@@ -334,30 +449,44 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
     return true;
   };
   // A short reply through the cache: the kernel completes its last page with
-  // zeros. Attribute replies know of this read from its start, and of where
-  // a short reply ended from just before the reply goes out (its pages stay
-  // locked until the kernel took it, so a drop waits for them); see
-  // drop_short_tail().
+  // zeros. Attribute replies know of this read from its start (with the
+  // file's length then: a short reply ends at or past it), and of where a
+  // short reply ended from just before the reply goes out (its pages stay
+  // locked until the kernel took it, so the notifier's drop waits for
+  // them); see settle_tail().
   struct InFlight {
+    Filesystem& fs;
     Slot& slot;
     bool cached;
     uint64_t offset;
     std::size_t size;
+    std::multiset<uint64_t>::iterator entry;
     bool ended = false;
-    InFlight(Slot& s, bool through_cache, uint64_t o, std::size_t n)
-        : slot(s), cached(through_cache), offset(o), size(n) {
-      if (cached) slot.read_starts(offset);
+    InFlight(Filesystem& f, Slot& s, bool through_cache, uint64_t o, std::size_t n)
+        : fs(f), slot(s), cached(through_cache), offset(o), size(n) {
+      if (!cached) return;
+      const auto now = f.region_->snapshot(s.info.id);
+      std::lock_guard lock(slot.tail_mutex);
+      entry = slot.inflight_from.insert(now ? now->length : 0);
     }
     InFlight(const InFlight&) = delete;
     InFlight& operator=(const InFlight&) = delete;
     InFlight(InFlight&&) = delete;
     InFlight& operator=(InFlight&&) = delete;
     void replying(std::size_t got) noexcept {
-      if (cached && !ended) slot.read_ended(got < size ? offset + got : UINT64_MAX);
+      if (!cached || ended) return;
       ended = true;
+      const bool short_reply = got < size;
+      {
+        std::lock_guard lock(slot.tail_mutex);
+        slot.inflight_from.erase(entry);
+        if (short_reply) slot.short_low = std::min(slot.short_low, offset + got);
+      }
+      slot.tail_settled.notify_all();
+      if (short_reply) fs.notify_due();
     }
     ~InFlight() { replying(size); }
-  } in_flight(slot, h.cached, offset, size);
+  } in_flight(*this, slot, h.cached, offset, size);
   if (h.index == self_index_ && !copy_own_reads_) {
     // Only this daemon resets its own partition, and a reset waits for this
     // lock: the bytes go to the kernel straight from the mapping.
@@ -480,6 +609,8 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
   }
   // One copy: from the request (libfuse's buffer, or the pipe the kernel
   // spliced the writer's pages into) straight into the partition.
+  // A read-only open of the own file used the page cache: its old last page
+  // goes before this write returns.
   const bool drop_tail = own_cached_.load(std::memory_order_relaxed);
   uint64_t old_length = 0;
   if (drop_tail) {
@@ -515,7 +646,7 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
                                                                                  : errno_of(appended.error()));
       return;
     }
-    if (drop_tail) invalidate_own_tail(old_length);
+    if (drop_tail) invalidate_own_tail(old_length + *appended);
     fuse_reply_write(req, *appended);
     own_partition_changed();
     return;
@@ -545,7 +676,7 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
     fuse_reply_err(req, EIO);
     return;
   }
-  if (drop_tail) invalidate_own_tail(old_length);
+  if (drop_tail) invalidate_own_tail(old_length + n);
   fuse_reply_write(req, n);
   own_partition_changed();
 }

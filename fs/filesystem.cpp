@@ -40,6 +40,8 @@ Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<Partition
       slot->seen_length = s->length;
       slot->seen_generation = s->generation;
       slot->cache_generation = s->generation;
+      slot->requested_generation = s->generation;
+      slot->pending_generation = s->generation;
     }
     if (self_id_ && p.id == *self_id_) self_index_ = p.index;
     index_by_name_.emplace(slot->name, static_cast<uint32_t>(slots_.size()));
@@ -108,6 +110,10 @@ void raise_readahead(const std::string& mountpoint) {
 
 void Filesystem::start(fuse_session* fuse) {
   fuse_ = fuse;
+  if (page_cache_ && !single_thread_) {
+    notifier_ = std::make_shared<Notifier>();
+    notifier_thread_ = std::thread([this, control = notifier_] { notifier_loop(control); });
+  }
   changes_->start({[this] { return tick(); }, [this] { return waited_for(); }});
 }
 
@@ -120,6 +126,26 @@ void Filesystem::after_init() {
 void Filesystem::stop() noexcept {
   changes_->stop();
   fail_parked(EINTR, false, 0);
+  if (notifier_thread_.joinable()) {
+    {
+      std::lock_guard lock(notifier_->mutex);
+      notifier_->stopping = true;
+    }
+    notifier_->wake.notify_one();
+    // A drop in progress waits for reads no worker answers now that the loop
+    // ended; it returns when the connection goes, after this. The notifier
+    // then touches nothing (see notifier_loop).
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    while (!notifier_->done.load() && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    if (notifier_->done.load()) {
+      notifier_thread_.join();
+    } else {
+      spdlog::warn("dropping cached pages still waits for reads; not waiting for it");
+      notifier_thread_.detach();
+    }
+  }
 }
 
 // ---------------------------------------------------------------------------
@@ -134,8 +160,10 @@ void Filesystem::init(fuse_conn_info* conn) {
   conn->want &= ~static_cast<unsigned>(FUSE_CAP_SPLICE_READ);
   // Page cache (see data_path.cpp): with AUTO_INVAL_DATA the kernel would ask
   // for the attributes before every read, one round trip per read again.
-  // EXPLICIT_INVAL_DATA stays off: the kernel drops a file's pages whenever
-  // it sees its size change, which is what keeps the last page right.
+  // EXPLICIT_INVAL_DATA stays off: whenever the kernel learns a new size it
+  // zero-fills the cached page holding that size past it (truncate_pagecache,
+  // growing sizes too), and only its own drop of the file's pages, which
+  // EXPLICIT_INVAL_DATA turns off, removes that page again.
   conn->want &= ~static_cast<unsigned>(FUSE_CAP_AUTO_INVAL_DATA | FUSE_CAP_EXPLICIT_INVAL_DATA);
   spdlog::debug("FUSE protocol {}.{}, max_write {}, capable {:#x}, want {:#x}", conn->proto_major, conn->proto_minor,
                 conn->max_write, conn->capable, conn->want);

@@ -6,7 +6,8 @@
 //
 // Threads: libfuse's worker threads run the operations; the change source's
 // thread (polling or doorbells, change_source.hpp) looks at the control
-// blocks and wakes poll handles and parked follow reads; the
+// blocks and wakes poll handles and parked follow reads; the notifier
+// thread drops pages from the kernel's page cache (data_path.cpp); the
 // writer's own thread heartbeats the claim.
 //
 // The data path (getattr, read, write, poll, follow reads, watcher ticks)
@@ -26,6 +27,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
 #include <unordered_set>
 #include <vector>
@@ -107,11 +109,20 @@ class Filesystem {
   [[nodiscard]] bool may_cache(Node node) const noexcept;
   bool wait_cache_current(Slot& slot, uint64_t generation);
   void sync_cache(Node node);
-  void drop_short_tail(Slot& slot, uint64_t length) noexcept;
-  // 0 and `out` filled, or an errno; for a cached partition file, after the
-  // pages a reply showing out.st_size must not leave were dropped.
+  // The largest size up to `length` the kernel may be shown now (see
+  // data_path.cpp); waits a bounded time for it to reach `length`.
+  // `shows_size`: an attribute reply will show the result.
+  uint64_t settle_tail(Slot& slot, uint64_t length, bool shows_size) noexcept;
+  // 0 and `out` filled, or an errno; for a cached partition file, a size
+  // that leaves no short page cached below it (settle_tail).
   int attributes_for_reply(Node node, struct stat& out);
-  void invalidate_own_tail(uint64_t old_length) noexcept;
+  void invalidate_own_tail(uint64_t new_length) noexcept;
+  // The notifier thread: the only one that drops pages for the page cache
+  // rule (a reset, a short last page). It never holds a lock a request needs
+  // while the kernel waits for the reads of the pages it drops.
+  struct Notifier;
+  void notifier_loop(const std::shared_ptr<Notifier>& control) noexcept;
+  void notify_due() noexcept;
   void read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off);
   void read_ring(fuse_req_t req, Handle& h, std::size_t size, off_t off);
 
@@ -176,6 +187,9 @@ class Filesystem {
   std::unordered_map<fuse_req_t, ParkedRead> parked_;
 
   std::unique_ptr<ChangeSource> changes_;
+
+  std::shared_ptr<Notifier> notifier_;
+  std::thread notifier_thread_;
 };
 
 }  // namespace ivshmfs::fs

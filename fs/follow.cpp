@@ -220,16 +220,14 @@ bool Filesystem::tick() {
     go_stale(r.error().message);
     return false;
   }
-  // The kernel caches no attributes (zero timeouts); what a refresh drops is
-  // cached pages (see the page cache rule in data_path.cpp). At a peer's
-  // reset every page at once; while a peer's file grows, its old last page
-  // (short when it was cached) and the attributes, at most every kInvalEvery
-  // per file and once more after the flow stops.
+  // The kernel caches no attributes (zero timeouts). Cached pages are the
+  // notifier's (see the page cache rule in data_path.cpp): at a peer's reset
+  // the watcher hands it the new generation. The follow view's attributes
+  // are refreshed while a peer's file grows, at most every kInvalEvery.
   constexpr auto kInvalEvery = std::chrono::milliseconds(1);
-  constexpr auto kCacheGrace = std::chrono::milliseconds(50);
-  constexpr auto kAttrQuiet = std::chrono::milliseconds(50);
   bool peer_changed = false;
   bool reset_seen = false;
+  bool notify = false;
   std::optional<std::chrono::steady_clock::time_point> now;
   for (auto& slot : slots_) {
     auto s = region_->snapshot(slot->info.id);
@@ -239,8 +237,6 @@ bool Filesystem::tick() {
     if (s->length != slot->seen_length || s->generation != slot->seen_generation) {
       const bool reset = s->generation != slot->seen_generation;
       reset_seen = reset_seen || reset;
-      const uint64_t from = reset ? 0 : slot->seen_length;
-      slot->inval_from = slot->inval_pending ? std::min(slot->inval_from, from) : from;
       slot->seen_length = s->length;
       slot->seen_generation = s->generation;
       // Our own appends are not news: own_partition_changed() woke their
@@ -248,62 +244,36 @@ bool Filesystem::tick() {
       if (!own) peer_changed = true;
       if (own && reset) changes_->committed();  // peers following us see the reset
       partition_changed(*slot);
-      // The kernel knows the size of what it wrote through us, and the write
-      // dropped the old last page itself: own appends need no refresh.
       if (!own || reset) slot->inval_pending = true;
       if (reset) slot->last_inval = {};
     }
-    // A new generation: drop every page the kernel may hold of the old one,
-    // then let the cache follow (reads of the new one were refused so far).
-    uint64_t cached = 0;
-    {
-      std::lock_guard lock(slot->cache_mutex);
-      cached = slot->cache_generation;
-    }
-    if (cached != s->generation) {
-      bool dropped = false;
-      // Lookups from now on hand out a new node (see inodes.cpp).
+    // A new generation: lookups from now on hand out a new node (see
+    // inodes.cpp); the notifier drops every page the kernel may hold of the
+    // old one, then lets the cache follow (reads of the new one are refused
+    // until then).
+    if (s->generation != slot->requested_generation) {
+      slot->requested_generation = s->generation;
       slot->epoch.fetch_add(1, std::memory_order_acq_rel);
-      if (fuse_ != nullptr && slot->lookups.load(std::memory_order_relaxed) > 0) {
-        dropped = inval_partition(*slot, 0, 0) > 0;
-      } else {
-        spdlog::debug("{}: generation {} -> {}, the kernel holds no inode (lookups {})", slot->name, cached,
-                      s->generation, slot->lookups.load());
-      }
       {
         std::lock_guard lock(slot->cache_mutex);
-        slot->cache_generation = s->generation;
-        // The grace protects a read() in flight over the dropped pages;
-        // when the kernel held none, there is nothing to protect.
-        slot->cache_ready_at =
-            std::chrono::steady_clock::now() + (dropped ? kCacheGrace : std::chrono::milliseconds(0));
-        slot->fetched_end.store(0, std::memory_order_relaxed);
+        slot->pending_generation = s->generation;
+        slot->generation_due = true;
       }
-      slot->cache_moved.notify_all();
+      notify = true;
     }
     if (slot->inval_pending && fuse_ != nullptr) {
       if (!now) now = std::chrono::steady_clock::now();
       if (*now - slot->last_inval >= kInvalEvery) {
         slot->inval_pending = false;
         slot->last_inval = *now;
-        // A mapping sees a peer's appends into its last page: that page, left
-        // short by a read, is dropped here (drop_short_tail). Not while
-        // attribute replies come: a drop makes the kernel ignore one it
-        // crosses, and they drop the page themselves when they show more.
-        const auto asked = std::chrono::steady_clock::time_point(
-            std::chrono::steady_clock::duration(slot->last_attr_reply.load(std::memory_order_relaxed)));
-        if (*now - asked >= kAttrQuiet) {
-          std::lock_guard drop(slot->drop_mutex);
-          drop_short_tail(*slot, s->length);
-        } else {
-          slot->inval_pending = true;  // look again at a later tick
-        }
+        // Attributes only (offset -1): this waits for no page.
         if (slot->follow_lookups.load(std::memory_order_relaxed) > 0) {
           fuse_lowlevel_notify_inval_inode(fuse_, follow_ino(index), -1, 0);
         }
       }
     }
   }
+  if (notify) notify_due();
   if (self_index_ != kNoPartition && !lost_claim_logged_.load(std::memory_order_relaxed)) {
     std::shared_lock lock(writer_mutex_);
     if (writer_ && !writer_->owns() && !lost_claim_logged_.exchange(true)) {

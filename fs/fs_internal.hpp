@@ -18,6 +18,7 @@
 #include <map>
 #include <mutex>
 #include <new>
+#include <set>
 #include <span>
 #include <string>
 #include <system_error>
@@ -113,6 +114,16 @@ struct Filesystem::Handle {
   fuse_pollhandle* poll = nullptr;  // guarded by the slot's poll_mutex
 };
 
+// The notifier thread's controls (data_path.cpp), shared with the thread so
+// that it can outlive a stop() that did not wait for it.
+struct Filesystem::Notifier {
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool due = false;       // guarded by mutex
+  bool stopping = false;  // guarded by mutex
+  std::atomic<bool> done{false};
+};
+
 // One partition of the region.
 struct Filesystem::Slot {
   PartitionInfo info;
@@ -128,8 +139,7 @@ struct Filesystem::Slot {
   // The watcher's last view; only the watcher thread touches these.
   uint64_t seen_length = 0;
   uint64_t seen_generation = 0;
-  bool inval_pending = false;  // the kernel's view of the inode is due a refresh
-  uint64_t inval_from = 0;     // pages from here on are due a refresh (valid while inval_pending)
+  bool inval_pending = false;  // the follow file's attributes are due a refresh
   std::chrono::steady_clock::time_point last_inval{};
   std::mutex poll_mutex;
   std::unordered_set<Handle*> pollers;  // handles holding a poll handle
@@ -147,29 +157,41 @@ struct Filesystem::Slot {
   // The end of what reads of that generation handed to the kernel: pages
   // below it may be read from the cache without asking us (poll uses it).
   std::atomic<uint64_t> fetched_end{0};
-  // The last page (see data_path.cpp, drop_short_tail()): a cached read
-  // answered short leaves the kernel a page whose bytes past the end are
-  // zeros. No attribute reply may show the kernel a larger size before that
-  // page is dropped. Under tail_mutex: where the reads in flight start (reset
-  // when none is) and the lowest end a short reply left since the last drop;
-  // drop_mutex makes a second attribute reply wait for the first one's drop.
+  // The generation the watcher saw last and handed to the notifier; the
+  // notifier moves cache_generation to it after dropping every page.
+  uint64_t requested_generation = 0;  // the watcher's
+  uint64_t pending_generation = 0;    // guarded by cache_mutex
+  bool generation_due = false;        // guarded by cache_mutex
+  // The last page (see data_path.cpp, settle_tail()): a cached read answered
+  // short leaves the kernel a page whose bytes past the end are zeros. No
+  // reply may show the kernel a larger size while that page is cached, nor
+  // for kTailGrace after it was dropped (a read() that found the page before
+  // the drop may still copy from it). Under tail_mutex: the file's length
+  // when each cached read in flight began (its reply, if short, ends at or
+  // past it), the lowest end of a short reply the notifier has not taken
+  // yet, the lowest one it is dropping now, and the lowest one dropped
+  // within the grace. tail_settled: one of them moved.
+  static constexpr std::chrono::milliseconds kTailGrace{50};
   std::mutex tail_mutex;
-  uint64_t inflight_low = UINT64_MAX;  // guarded by tail_mutex
-  uint32_t inflight = 0;               // guarded by tail_mutex
-  uint64_t short_low = UINT64_MAX;     // guarded by tail_mutex
-  std::mutex drop_mutex;
-  // When an attribute reply of this file was last prepared (steady clock).
-  std::atomic<std::chrono::steady_clock::rep> last_attr_reply{0};
-  void read_starts(uint64_t offset) noexcept {
-    std::lock_guard lock(tail_mutex);
-    ++inflight;
-    inflight_low = std::min(inflight_low, offset);
+  std::multiset<uint64_t> inflight_from;                 // guarded by tail_mutex
+  uint64_t short_low = UINT64_MAX;                       // guarded by tail_mutex
+  uint64_t dropping_low = UINT64_MAX;                    // guarded by tail_mutex
+  uint64_t settle_low = UINT64_MAX;                      // guarded by tail_mutex
+  std::chrono::steady_clock::time_point settle_until{};  // guarded by tail_mutex
+  uint64_t last_shown = UINT64_MAX;  // the size the last attribute reply showed; guarded by tail_mutex
+  std::condition_variable tail_settled;
+  // Below this size no short page is cached, or was within the grace, and
+  // none can be: what a reply may show. Guarded by tail_mutex.
+  [[nodiscard]] uint64_t tail_safe(std::chrono::steady_clock::time_point now) const noexcept {
+    uint64_t safe = std::min(short_low, dropping_low);
+    if (now < settle_until) safe = std::min(safe, settle_low);
+    if (!inflight_from.empty()) safe = std::min(safe, *inflight_from.begin());
+    return safe;
   }
-  // `end`: where a short reply ended, or UINT64_MAX.
-  void read_ended(uint64_t end) noexcept {
-    std::lock_guard lock(tail_mutex);
-    short_low = std::min(short_low, end);
-    if (--inflight == 0) inflight_low = UINT64_MAX;
+  void dropped(uint64_t from, std::chrono::steady_clock::time_point now) noexcept {
+    dropping_low = UINT64_MAX;
+    settle_low = now < settle_until ? std::min(settle_low, from) : from;
+    settle_until = now + kTailGrace;
   }
   void note_fetched(uint64_t end) noexcept {
     uint64_t seen = fetched_end.load(std::memory_order_relaxed);

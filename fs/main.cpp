@@ -93,13 +93,13 @@ std::unique_ptr<fuse_loop_config, LoopConfigDeleter> loop_config(const Options& 
   if (options.max_threads != 0 && options.max_threads <= kMaxThreadsLimit) {
     fuse_loop_cfg_set_max_threads(config.get(), options.max_threads);
   } else if (options.page_cache) {
-    // With the page cache, an attribute reply that shows a file grew first
-    // drops the file's last page, which waits for the reads of that page in
-    // flight; other attribute replies of the file wait meanwhile. Those
-    // reads need a free worker: with libfuse's default of 10 workers, ten
-    // programs stat()ing a growing file while others read it held every
-    // worker and the mount hung. Allow many more workers (they exist only
-    // while requests wait), and let idle ones go.
+    // With the page cache (the default), an attribute reply of a growing
+    // file may wait, a bounded time, for reads in flight and for the
+    // notifier's drop of a short last page, which waits for the reads of
+    // that page: those need a free worker. With libfuse's default of 10
+    // workers, ten programs stat()ing a growing file would hold every
+    // worker for that bound. Allow many more workers (they exist only while
+    // requests wait), and let idle ones go.
     constexpr unsigned kCachedMaxThreads = 1000;
     constexpr unsigned kCachedIdleThreads = 16;
     fuse_loop_cfg_set_max_threads(config.get(), kCachedMaxThreads);

@@ -118,7 +118,9 @@ bool convert(const RawOptions& raw, Options& options) {
   }
   options.create = raw.create != 0;
   options.read_only = raw.read_only != 0;
-  options.page_cache = raw.page_cache != 0 && raw.direct_io == 0;
+  // -o page_cache is the default; it stays accepted so scripts written when
+  // the cache was opt-in keep working. -o direct_io turns it off.
+  options.page_cache = raw.direct_io == 0;
   options.doorbell = raw.nodoorbell == 0;
   if (raw.overrun != nullptr) {
     const std::string_view mode = raw.overrun;
@@ -238,14 +240,15 @@ void print_help(const char* program) {
       "                         read-only and claims no partition (every file\n"
       "                         0444, writes fail with EROFS); -o id= is not\n"
       "                         needed\n"
-      "    -o direct_io         the default: every read() of a file is one\n"
-      "                         request to the daemon, nothing is cached, and\n"
-      "                         mmap fails with ENODEV\n"
-      "    -o page_cache        EXPERIMENTAL: files opened for reading go through\n"
-      "                         the kernel's page cache (readahead, mmap), which\n"
-      "                         the daemon keeps coherent (docs/filesystem.md,\n"
-      "                         Coherence); a read racing a peer's reset can fail\n"
-      "                         with ESTALE, so it is not the default yet\n"
+      "    -o direct_io         no page cache: every read() of a file is one\n"
+      "                         request to the daemon, and mmap fails with\n"
+      "                         ENODEV. By default files opened for reading go\n"
+      "                         through the kernel's page cache (readahead,\n"
+      "                         mmap), which the daemon keeps coherent with\n"
+      "                         appends and resets (docs/filesystem.md,\n"
+      "                         Coherence); a read racing a peer's reset can\n"
+      "                         fail with ESTALE (read again)\n"
+      "    -o page_cache        the default; accepted for older scripts\n"
       "    -o overrun=MODE      what a reader of a ring partition that its writer\n"
       "                         lapped (overwrote bytes it had not read yet) sees:\n"
       "                         error (default): its next read fails once with\n"

@@ -41,7 +41,7 @@ struct Options {
   FileOwnership ownership;
   PollBounds poll;
   bool read_only = false;   // -o ro: claim nothing, every file 0444
-  bool page_cache = false;  // -o page_cache: read-only opens through the page cache (experimental)
+  bool page_cache = true;  // read-only opens through the page cache; off with -o direct_io
   bool doorbell = true;     // -o nodoorbell clears it: poll even where doorbells work
   // -o overrun=skip: a reader a ring's writer lapped goes on at the oldest
   // retained byte silently (counted in user.ivshmfs.skipped) instead of

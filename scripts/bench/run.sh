@@ -212,7 +212,7 @@ fileio() {  # write|read PATH SIZE [create|OFFSET]
 }
 
 if [ -z "$mount_skip" ]; then
-  log "-- through the mount: ivshmfs (-o page_cache: reads through the page cache) vs tmpfs vs passthrough_ll (direct I/O)"
+  log "-- through the mount: ivshmfs (default: reads through the page cache) vs tmpfs vs passthrough_ll (direct I/O)"
   work=$(mktemp -d /dev/shm/ivshmfs-bench.XXXXXX)
   mnt=$(mktemp -d /tmp/ivshmfs-bench-mnt.XXXXXX)
   mkdir -p "$work/tmpfs" "$work/pt-src" "$mnt/a" "$mnt/b" "$mnt/sa" "$mnt/sb" "$mnt/pt"
@@ -226,7 +226,7 @@ if [ -z "$mount_skip" ]; then
 fi
 if [ -z "$mount_skip" ]; then
   # Two peers over one region: peer 0 mounted at a/, peer 1 at b/.
-  "$ivshmfs" -f -o id=0,log=warn,page_cache "$region" "$mnt/a" 2>"$out/ivshmfs-a.log" &
+  "$ivshmfs" -f -o id=0,log=warn "$region" "$mnt/a" 2>"$out/ivshmfs-a.log" &
   pid_a=$!; pids+=("$pid_a"); mounts+=("$mnt/a")
   "$ivshmfs" -f -o id=1,log=warn "$region" "$mnt/b" 2>"$out/ivshmfs-b.log" &
   pid_b=$!; pids+=("$pid_b"); mounts+=("$mnt/b")
@@ -234,7 +234,7 @@ if [ -z "$mount_skip" ]; then
   if wait_mounted "$mnt/a" "$pid_a" && wait_mounted "$mnt/b" "$pid_b"; then
     # The same two peers over the split region: sa/ and sb/ (started once the
     # first two are up: claims fault whole partitions in).
-    "$ivshmfs" -f -o id=0,log=warn,page_cache "$split_prefix" "$mnt/sa" 2>"$out/ivshmfs-split-a.log" &
+    "$ivshmfs" -f -o id=0,log=warn "$split_prefix" "$mnt/sa" 2>"$out/ivshmfs-split-a.log" &
     pid_sa=$!; pids+=("$pid_sa"); mounts+=("$mnt/sa")
     "$ivshmfs" -f -o id=1,log=warn "$split_prefix" "$mnt/sb" 2>"$out/ivshmfs-split-b.log" &
     pid_sb=$!; pids+=("$pid_sb"); mounts+=("$mnt/sb")

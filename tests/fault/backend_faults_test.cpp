@@ -276,7 +276,10 @@ TEST_F(BackendFaults, FullTmpfsGivesEnospcAndDaemonSurvives) {
         << "the committed bytes are not exactly the acknowledged ones";
   }
   if (const int e = read_errno(d.file("vm0")); e != 0) {
-    EXPECT_EQ(e, EIO) << "reading the partition after the tmpfs filled";
+    // A read through the page cache (the default) asks at open whether the
+    // backend lost pages, and says why: ENOSPC when its filesystem is full
+    // (docs/filesystem.md, Errors at a glance); a direct read says EIO.
+    EXPECT_TRUE(e == EIO || e == ENOSPC) << "reading the partition after the tmpfs filled: " << std::strerror(e);
   } else {
     EXPECT_EQ(slurp(d.file("vm0")), acknowledged) << "the daemon serves bytes that were not acknowledged";
   }
@@ -500,8 +503,19 @@ TEST_F(BackendFaults, LiveScribblerPeer) {
   // the scribbler overwriting the magic but not the format id: a damaged
   // header, reported as such rather than as a new format.
   const std::set<int> clear = {EIO, EAGAIN, ENOSPC, ENOENT, ENOTCONN, EUCLEAN};
+  // Readers read through the page cache (the default). The writers reset
+  // their partitions whenever they fill (several times a second here), and
+  // the scribbler rewrites generation fields: a cached read that meets a
+  // generation the cache does not hold yet, or a page past the end the
+  // kernel still has the old size for, fails with ESTALE, the documented
+  // error of that race (docs/filesystem.md, Coherence and Errors at a
+  // glance), rather than caching bytes of two generations. Writers never
+  // meet it.
+  std::set<int> clear_for_readers = clear;
+  clear_for_readers.insert(ESTALE);
   for (std::size_t i = 0; i < 3; ++i) {
-    expect_only(errnos_in(dir.file("reader-errors-" + std::to_string(i))), clear, "reader " + std::to_string(i));
+    expect_only(errnos_in(dir.file("reader-errors-" + std::to_string(i))), clear_for_readers,
+                "reader " + std::to_string(i));
   }
   for (std::size_t i = 0; i < 2; ++i) {
     expect_only(errnos_in(dir.file("writer-errors-" + std::to_string(i))), clear, "writer " + std::to_string(i));

@@ -337,19 +337,12 @@ TEST_F(Peers, ConcurrentWritersNeverInterleaveWithinAWrite) {
   EXPECT_EQ(records, static_cast<std::size_t>((kThreads + kProcesses) * kRecords));
 }
 
-// The same two peers with the (experimental, opt-in) page cache: what a
-// mapping and cached reads must show.
-class CachedPeers : public Peers {
- protected:
-  std::vector<std::string> extra_options_a() override { return {"page_cache"}; }
-  std::vector<std::string> extra_options_b() override { return {"page_cache"}; }
-};
-
-// Peers' files go through the kernel's page cache: a mapping of another
+// Files opened for reading go through the kernel's page cache (the
+// default; -o direct_io below turns it off): a mapping of another
 // peer's file shows its bytes, picks up what the owner appends into the
 // mapped page, and shows the new contents after a reset.
 
-TEST_F(CachedPeers, AMappingOfAPeersFileFollowsAppendsAndResets) {
+TEST_F(Peers, AMappingOfAPeersFileFollowsAppendsAndResets) {
   append(a_->file("vm0"), "abc");
   const int fd = ::open(b_->file("vm0").c_str(), O_RDONLY | O_CLOEXEC);
   ASSERT_GE(fd, 0) << std::strerror(errno);
@@ -398,7 +391,7 @@ TEST_F(CachedPeers, AMappingOfAPeersFileFollowsAppendsAndResets) {
 // rewrites its file with one byte value per generation while readers in the
 // other mount read it through the page cache; every read() returns bytes of
 // one generation (or fails with ESTALE while a reset is being noticed).
-TEST_F(CachedPeers, CachedReadsNeverMixGenerations) {
+TEST_F(Peers, CachedReadsNeverMixGenerations) {
   constexpr std::size_t kSize = 256 * 1024;
   std::atomic<bool> done{false};
   std::atomic<int> mixed{0};
@@ -461,6 +454,111 @@ TEST_F(CachedPeers, CachedReadsNeverMixGenerations) {
   EXPECT_GT(reads.load(), 0);
   RecordProperty("generations", generation);
   RecordProperty("estale", static_cast<int>(stale.load()));
+}
+
+// Many programs stat()ing and reading a peer's file through the page cache
+// while its owner appends: every attribute reply may show a new size, and
+// reads keep pages locked until the daemon answers them. The mount must
+// never hang: no attribute reply may wait for a read, no daemon thread may
+// wait for the kernel (dropping pages) while holding what a read needs.
+// Should it hang, the test aborts the reading mount's FUSE connection (so
+// the threads stuck in it return) and fails saying so.
+TEST_F(Peers, StatAndReadWhileTheOwnerAppendsNeverHang) {
+  constexpr int kStatThreads = 24;
+  constexpr int kReadThreads = 24;
+  constexpr auto kRun = 4s;
+  constexpr auto kHang = 60s;  // far beyond any slow machine's pace
+  struct stat mount_st {};
+  ASSERT_EQ(::stat(b_->mountpoint().c_str(), &mount_st), 0) << std::strerror(errno);
+  append(a_->file("vm0"), std::string(10000, 'x'));
+
+  std::atomic<bool> stop{false};
+  std::atomic<long> stats{0};
+  std::atomic<long> reads{0};
+  std::atomic<long> failures{0};
+  std::mutex first_mutex;
+  std::string first_failure;
+  const auto fail = [&](const std::string& what) {
+    ++failures;
+    std::lock_guard lock(first_mutex);
+    if (first_failure.empty()) first_failure = what;
+  };
+  std::vector<std::thread> threads;
+  std::atomic<int> finished{0};
+  for (int t = 0; t < kStatThreads; ++t) {
+    threads.emplace_back([&] {
+      while (!stop) {
+        struct stat st {};
+        if (::stat(b_->file("vm0").c_str(), &st) != 0) {
+          fail(std::string("stat: ") + std::strerror(errno));
+        } else {
+          ++stats;
+        }
+      }
+      ++finished;
+    });
+  }
+  for (int t = 0; t < kReadThreads; ++t) {
+    threads.emplace_back([&, t] {
+      std::vector<char> buf(4096);
+      while (!stop) {
+        const int fd = ::open(b_->file("vm0").c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+          fail(std::string("open: ") + std::strerror(errno));
+          continue;
+        }
+        // Sequential 4 KiB reads to the end; half the readers go on waiting
+        // at the end for the owner's next append, as tail -f does.
+        for (int rounds = 0; !stop && rounds < (t % 2 == 0 ? 1 : 20);) {
+          const ssize_t n = ::read(fd, buf.data(), buf.size());
+          if (n < 0) {
+            fail(std::string("read: ") + std::strerror(errno));
+            break;
+          }
+          ++reads;
+          for (ssize_t k = 0; k < n; ++k) {
+            if (buf[static_cast<std::size_t>(k)] != 'x') {
+              fail("a read returned byte " + std::to_string(buf[static_cast<std::size_t>(k)]) + " (not 'x')");
+              break;
+            }
+          }
+          if (n == 0) ++rounds;
+        }
+        ::close(fd);
+      }
+      ++finished;
+    });
+  }
+  // The owner appends continuously, in pieces that leave the last page short.
+  const int writer = ::open(a_->file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+  ASSERT_GE(writer, 0) << std::strerror(errno);
+  const std::string piece(777, 'x');
+  long appends = 0;
+  const auto until = std::chrono::steady_clock::now() + kRun;
+  while (std::chrono::steady_clock::now() < until) {
+    if (::write(writer, piece.data(), piece.size()) != static_cast<ssize_t>(piece.size())) {
+      fail(std::string("append: ") + std::strerror(errno));
+      break;
+    }
+    ++appends;
+    std::this_thread::sleep_for(500us);
+  }
+  ::close(writer);
+  stop = true;
+  const bool hung = !eventually([&] { return finished.load() == kStatThreads + kReadThreads; }, kHang);
+  const int waiting = kStatThreads + kReadThreads - finished.load();
+  if (hung) {
+    ASSERT_TRUE(abort_fuse_connection(mount_st.st_dev)) << "could not abort the hung mount";
+  }
+  for (auto& t : threads) t.join();
+  ASSERT_FALSE(hung) << "the reading mount hung: " << waiting << " threads were still waiting in it " << kHang.count()
+                     << " s after the run ended; its connection was aborted";
+  EXPECT_EQ(failures.load(), 0) << "the first failure: " << first_failure;
+  EXPECT_GT(stats.load(), 0);
+  EXPECT_GT(reads.load(), 0);
+  RecordProperty("appends", static_cast<int>(appends));
+  RecordProperty("stats", static_cast<int>(stats.load()));
+  RecordProperty("reads", static_cast<int>(reads.load()));
 }
 
 // -o direct_io turns the page cache off: every read() reaches the daemon,

@@ -9,6 +9,7 @@
 #include <signal.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -144,6 +145,23 @@ inline void unmount(const std::string& dir) {
   if (!is_mounted(dir)) return;
   run_program({"fusermount3", "-u", "-q", dir});
   if (is_mounted(dir)) ::umount2(dir.c_str(), MNT_DETACH);
+}
+
+// A mount whose daemon stopped answering hangs every process touching it
+// (and anything that stats it, such as ps or a shell's completion). The way
+// out is the kernel's: abort the FUSE connection through fusectl, so every
+// waiting request fails with ENOTCONN and the threads stuck in it return.
+// `device` is the mount's st_dev, taken before it could hang. Returns whether
+// the abort was written.
+inline bool abort_fuse_connection(dev_t device) {
+  const std::string connections = "/sys/fs/fuse/connections";
+  const std::string abort_path = connections + "/" + std::to_string(::minor(device)) + "/abort";
+  if (::access(abort_path.c_str(), W_OK) != 0) ::mount("none", connections.c_str(), "fusectl", 0, nullptr);
+  const int fd = ::open(abort_path.c_str(), O_WRONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  const bool written = ::write(fd, "1", 1) == 1;
+  ::close(fd);
+  return written;
 }
 
 // The fixture knob that runs every mount test on both layouts: with

@@ -247,14 +247,8 @@ TEST_F(Programs, GzipThroughThePartition) {
   EXPECT_EQ(output_, std::to_string(2 * text.size()) + "\n") << "two gzip members, appended";
 }
 
-// mmap needs the page cache, which is opt-in (-o page_cache).
-class CachedPrograms : public Programs {
- protected:
-  std::vector<std::string> extra_options_a() override { return {"page_cache"}; }
-  std::vector<std::string> extra_options_b() override { return {"page_cache"}; }
-};
-
-TEST_F(CachedPrograms, PythonMapsAPeersFile) {
+// mmap goes through the page cache, the default.
+TEST_F(Programs, PythonMapsAPeersFile) {
   REQUIRE_PROGRAM("python3", "python3");
   ASSERT_EQ(sh("printf 'mapped bytes' > \"$A/vm0\""), 0);
   EXPECT_EQ(sh("python3 -c \"import mmap\n"
