@@ -71,6 +71,9 @@ void FutexSource::run(const std::stop_token& stop) {
     // Everything the wait compares is loaded before the look: a kick, a
     // commit or a reset after this point makes the wait end at once.
     const uint32_t kicks = std::atomic_ref<uint32_t>(kick_word_).load(std::memory_order_acquire);
+    // stop() kicks after requesting the stop: a kick already loaded above
+    // would not end the wait below.
+    if (stop.stop_requested()) break;
     uint64_t waited = 0;
     try {
       waited = listener_.waited_for() & ~(uint64_t{1} << own_id_);
