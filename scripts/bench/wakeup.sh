@@ -13,11 +13,10 @@
 #   scripts/bench/wakeup.sh [--quick] [--only host|guest] BUILD_DIR
 #
 # --quick: 10 messages after 0.3 s of quiet; default: 50 after 1 s.
-# --only: run one part. Needs
-# root, /dev/fuse, BUILD_DIR/fs/ivshmfs, ivshmctl and server/ivshm-server;
-# the guest part needs what the guest harness needs (it installs it). Figures
-# are printed, never judged: the exit status is non-zero only when a part
-# fails to run.
+# --only: run one part. Needs root, /dev/fuse, BUILD_DIR/fs/ivshmfs, ivshmctl
+# and server/ivshm-server; the guest part needs what the guest harness needs
+# (it installs it). Figures are printed, never judged: the exit status is
+# non-zero only when a part fails to run.
 set -u -o pipefail
 
 quick=0
@@ -30,7 +29,7 @@ while [ $# -gt 0 ]; do
       only=${2:-}
       case "$only" in host|guest) ;; *) echo "wakeup.sh: --only takes host or guest" >&2; exit 2 ;; esac
       shift ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     -*) echo "wakeup.sh: unknown option $1" >&2; exit 2 ;;
     *) build="$1" ;;
   esac
