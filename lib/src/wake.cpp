@@ -66,8 +66,7 @@ bool owner_on_this_host(const Region& region, uint32_t id) noexcept {
   return load_acquire(c->owner_token) != 0 && load_relaxed(c->owner_host) == local_host_id();
 }
 
-Result<WaitOutcome> wait_any(std::span<const FutexWord> words, std::chrono::nanoseconds timeout,
-                             std::size_t* index) {
+Result<WaitOutcome> wait_any(std::span<const FutexWord> words, std::chrono::nanoseconds timeout, std::size_t* index) {
   if (words.empty() || words.size() > kMaxFutexWords) {
     return make_error(Errc::invalid_argument, "futex_waitv: 1 to 128 words, not " + std::to_string(words.size()));
   }
@@ -94,14 +93,10 @@ Result<WaitOutcome> wait_any(std::span<const FutexWord> words, std::chrono::nano
     return WaitOutcome::woken;
   }
   switch (errno) {
-    case EAGAIN:
-      return WaitOutcome::changed;
-    case ETIMEDOUT:
-      return WaitOutcome::timed_out;
-    case EINTR:
-      return WaitOutcome::woken;  // a signal: the caller looks again
-    default:
-      return make_sys_error("futex_waitv");
+    case EAGAIN: return WaitOutcome::changed;
+    case ETIMEDOUT: return WaitOutcome::timed_out;
+    case EINTR: return WaitOutcome::woken;  // a signal: the caller looks again
+    default: return make_sys_error("futex_waitv");
   }
 }
 
