@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: MIT
 #include "change_source.hpp"
 
+#include <algorithm>
+
 #include <spdlog/spdlog.h>
 
 #include "doorbell_source.hpp"
+#include "futex_source.hpp"
+#include "ivshmfs/wake.hpp"
 #include "polling_source.hpp"
 
 namespace ivshmfs::fs {
@@ -35,6 +39,23 @@ std::unique_ptr<ChangeSource> make_change_source(const std::shared_ptr<Region>& 
     }
     spdlog::warn("doorbells: {}", fd.error().message);
     why = "the doorbell could not be opened";
+  }
+  if (device) {
+    // A guest: its peers run under other kernels; no futex reaches them.
+  } else if (!options.futex) {
+    why = "-o nofutex";
+  } else if (!own_id) {
+    why = "a read-only peer cannot announce what it waits for";
+  } else if (!std::ranges::all_of(region->backends(), [](const Backend* b) { return futex_wakes_possible(*b); })) {
+    why = "a backend is not a host file";
+  } else if (!futex_waitv_available()) {
+    why = "this kernel has no futex_waitv (Linux 5.16 or later)";
+  } else {
+    spdlog::info(
+        "wake-ups: futex on peers' control blocks (owners on this host wake us); partitions of other systems "
+        "polled every {} us to {} ms; a fallback look every {} s",
+        options.poll.min.count(), options.poll.max.count() / 1000, FutexSource::kFallback.count() / 1000);
+    return std::make_unique<FutexSource>(region, *own_id, options.poll);
   }
   spdlog::info("wake-ups: polling peers' control blocks every {} us to {} ms ({})", options.poll.min.count(),
                options.poll.max.count() / 1000, why);

@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: MIT
 // "A partition changed": how the filesystem learns of peers' commits. Peers
 // in other systems write behind our back; a change source decides when to
-// look at the control blocks. Two implementations: PollingSource (an
-// adaptive timer, polling_source.hpp) and DoorbellSource (ivshmem-doorbell
-// interrupts, doorbell_source.hpp). The filesystem sees only this interface;
+// look at the control blocks. Three implementations: PollingSource (an
+// adaptive timer, polling_source.hpp), DoorbellSource (ivshmem-doorbell
+// interrupts, doorbell_source.hpp) and FutexSource (peers on this host,
+// futex_source.hpp). The filesystem sees only this interface;
 // make_change_source() picks one and logs which.
 #pragma once
 
@@ -11,6 +12,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 
 #include "ivshmfs/region.hpp"
 #include "options.hpp"
@@ -42,11 +44,16 @@ class ChangeSource {
   // This peer committed to its own partition (its own waiters were woken
   // already): tell the peers that wait for it. Any thread.
   virtual void committed() noexcept = 0;
+  // The .status line "wakeups source=NAME ...": which source runs and why
+  // its waits ended (counters since the mount), newline-terminated.
+  [[nodiscard]] virtual std::string status() const = 0;
 };
 
 // A DoorbellSource when the backend is a device with doorbell interrupts,
 // `own_id` (the partition this peer writes) is its IVPosition and doorbells
-// are not turned off; otherwise a PollingSource. Logs its choice and why.
+// are not turned off; a FutexSource when the backend is a host file, this
+// peer owns a partition (to announce what it waits for) and futexes are not
+// turned off; otherwise a PollingSource. Logs its choice and why.
 std::unique_ptr<ChangeSource> make_change_source(const std::shared_ptr<Region>& region, std::optional<uint32_t> own_id,
                                                  const Options& options);
 

@@ -312,7 +312,7 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   handle->index = node.index;
   handle->writable = node.kind == NodeKind::partition && (fi->flags & O_ACCMODE) != O_RDONLY;
   handle->append = (fi->flags & O_APPEND) != 0;
-  if (node.kind == NodeKind::status) handle->text = format_status(*region_, self_id_, stale_);
+  if (node.kind == NodeKind::status) handle->text = format_status(*region_, self_id_, stale_, changes_->status());
   if (node.kind == NodeKind::partition || node.kind == NodeKind::follow) {
     if (node.kind == NodeKind::partition && (fi->flags & O_TRUNC) != 0) {
       if (const int error = reset_own_partition(); error != 0) {

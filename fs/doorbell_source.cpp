@@ -12,6 +12,7 @@
 #include <exception>
 #include <system_error>
 
+#include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
 namespace ivshmfs::fs {
@@ -73,6 +74,12 @@ void DoorbellSource::ring(uint32_t peer) noexcept {
     return;
   }
   rings_.fetch_add(1, std::memory_order_relaxed);
+}
+
+std::string DoorbellSource::status() const {
+  return fmt::format("wakeups source=doorbell doorbells={} kicks={} timeouts={} rings={}\n",
+                     doorbell_wakes_.load(std::memory_order_relaxed), kicks_.load(std::memory_order_relaxed),
+                     timeouts_.load(std::memory_order_relaxed), rings_.load(std::memory_order_relaxed));
 }
 
 void DoorbellSource::committed() noexcept {
@@ -151,10 +158,14 @@ void DoorbellSource::run(const std::stop_token& stop) {
     pollfd fds[2] = {{doorbell_fd_, POLLIN, 0}, {event_fd_, POLLIN, 0}};
     const int ms = static_cast<int>(std::max<int64_t>(
         1, std::chrono::duration_cast<std::chrono::milliseconds>(timeout + std::chrono::microseconds(999)).count()));
-    if (::poll(fds, 2, ms) < 0 && errno != EINTR) {
+    const int ready = ::poll(fds, 2, ms);
+    if (ready < 0 && errno != EINTR) {
       spdlog::error("doorbells: poll: {}", std::strerror(errno));
       ::usleep(100'000);
     }
+    if (ready == 0) timeouts_.fetch_add(1, std::memory_order_relaxed);
+    if ((fds[0].revents & POLLIN) != 0) doorbell_wakes_.fetch_add(1, std::memory_order_relaxed);
+    if ((fds[1].revents & POLLIN) != 0) kicks_.fetch_add(1, std::memory_order_relaxed);
     uint64_t counter = 0;
     if ((fds[0].revents & POLLIN) != 0 && ::read(doorbell_fd_, &counter, sizeof counter) < 0) {
       // EAGAIN: read by a racing wake-up already.

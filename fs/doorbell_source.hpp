@@ -41,6 +41,7 @@ class DoorbellSource final : public ChangeSource {
   void stop() noexcept override;
   void kick() noexcept override;
   void committed() noexcept override;
+  [[nodiscard]] std::string status() const override;
 
  private:
   void run(const std::stop_token& stop);
@@ -59,6 +60,11 @@ class DoorbellSource final : public ChangeSource {
   std::atomic<uint64_t> deferred_{0};  // peers to ring at the end of their gap
   std::array<std::atomic<int64_t>, 64> last_ring_ns_{};
   std::atomic<uint64_t> rings_{0};
+  // Why each wait ended (.status "wakeups"): our vector fired, a kick (or a
+  // deferred ring due), a timeout (fallback or follow-up look).
+  std::atomic<uint64_t> doorbell_wakes_{0};
+  std::atomic<uint64_t> kicks_{0};
+  std::atomic<uint64_t> timeouts_{0};
   uint64_t announced_ = 0;
   bool announce_failed_logged_ = false;
   std::jthread thread_;

@@ -95,7 +95,7 @@ int Filesystem::attributes(Node node, struct stat& st) const {
       st.st_ino = kStatusIno;
       st.st_mode = S_IFREG | (0444 & ~ownership_.umask);
       st.st_nlink = 1;
-      st.st_size = static_cast<off_t>(format_status(*region_, self_id_, stale_).size());
+      st.st_size = static_cast<off_t>(format_status(*region_, self_id_, stale_, changes_->status()).size());
       st.st_mtim = st.st_ctim = to_timespec(wall_clock_ns());
       return 0;
     case NodeKind::partition:

@@ -35,6 +35,7 @@ struct RawOptions {
   int page_cache = 0;
   int direct_io = 0;
   int nodoorbell = 0;
+  int nofutex = 0;
   char* overrun = nullptr;
   std::vector<std::string>* positional = nullptr;
 };
@@ -58,6 +59,7 @@ const fuse_opt kOptionSpecs[] = {
     IVSHMFS_OPT("page_cache", page_cache, 1),
     IVSHMFS_OPT("direct_io", direct_io, 1),
     IVSHMFS_OPT("nodoorbell", nodoorbell, 1),
+    IVSHMFS_OPT("nofutex", nofutex, 1),
     IVSHMFS_OPT("overrun=%s", overrun, 0),
     // Also FUSE's (the kernel mounts read-only): kept for it by keep_or_collect.
     FUSE_OPT_KEY("ro", kKeyReadOnly),
@@ -122,6 +124,7 @@ bool convert(const RawOptions& raw, Options& options) {
   // the cache was opt-in keep working. -o direct_io turns it off.
   options.page_cache = raw.direct_io == 0;
   options.doorbell = raw.nodoorbell == 0;
+  options.futex = raw.nofutex == 0;
   if (raw.overrun != nullptr) {
     const std::string_view mode = raw.overrun;
     if (mode != "error" && mode != "skip") return fail("overrun", raw.overrun, "error or skip");
@@ -235,6 +238,10 @@ void print_help(const char* program) {
       "                         an ivshmem-doorbell device whose IVPosition is\n"
       "                         the partition id wakes readers by interrupts\n"
       "                         and polls nothing; see docs/filesystem.md)\n"
+      "    -o nofutex           poll even on a host file (by default a peer that\n"
+      "                         owns a partition there waits on a futex that\n"
+      "                         writers on this host wake after each commit,\n"
+      "                         and polls only partitions of other systems)\n"
       "    -o ro                a read-only peer: opens and maps BACKEND\n"
       "                         read-only (a read-only file works), mounts\n"
       "                         read-only and claims no partition (every file\n"

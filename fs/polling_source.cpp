@@ -8,6 +8,7 @@
 #include <chrono>
 #include <exception>
 
+#include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
 namespace ivshmfs::fs {
@@ -35,6 +36,11 @@ void PollingSource::kick() noexcept {
   wake_.notify_one();
 }
 
+std::string PollingSource::status() const {
+  return fmt::format("wakeups source=polling looks={} poll_min_us={} poll_max_ms={}\n",
+                     looks_.load(std::memory_order_relaxed), bounds_.min.count(), bounds_.max.count() / 1000);
+}
+
 void PollingSource::run(const std::stop_token& stop) {
   using clock = std::chrono::steady_clock;
   ::prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);  // 1 us
@@ -45,6 +51,7 @@ void PollingSource::run(const std::stop_token& stop) {
   auto last_change = clock::now();
   while (!stop.stop_requested()) {
     bool changed = false;
+    looks_.fetch_add(1, std::memory_order_relaxed);
     try {
       changed = listener_.look();
     } catch (const std::exception& e) {

@@ -10,6 +10,7 @@
 // sleeps are plain nanosleeps (a kick does not shorten them; they are short).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <mutex>
 #include <stop_token>
@@ -31,6 +32,7 @@ class PollingSource final : public ChangeSource {
   void kick() noexcept override;
   // Peers poll: nothing to tell them.
   void committed() noexcept override {}
+  [[nodiscard]] std::string status() const override;
 
  private:
   void run(const std::stop_token& stop);
@@ -40,6 +42,7 @@ class PollingSource final : public ChangeSource {
   std::mutex mutex_;
   std::condition_variable_any wake_;
   bool kicked_ = false;
+  std::atomic<uint64_t> looks_{0};  // .status
   std::jthread thread_;
 };
 

@@ -21,7 +21,8 @@ std::string field(std::string value) {
 
 }  // namespace
 
-std::string format_status(const Region& region, std::optional<uint32_t> self_id, bool stale) {
+std::string format_status(const Region& region, std::optional<uint32_t> self_id, bool stale,
+                          const std::string& wakeups) {
   const RegionInfo& info = region.info();
   std::string out = fmt::format(
       "region backend={} kind={} size={} version={} format_id={:#018x} format_time_ns={} partitions={} self={} "
@@ -29,7 +30,7 @@ std::string format_status(const Region& region, std::optional<uint32_t> self_id,
       field(region.path()), field(to_string(region.backends().front()->kind())), info.region_size, info.version,
       info.format_id, info.format_time_ns, info.partition_count,
       self_id ? std::to_string(*self_id) : std::string("none"), stale ? "reformatted" : "ok", info.split_pieces);
-  if (stale) return out;  // the partition table we hold no longer describes the region
+  if (stale) return out + wakeups;  // the partition table we hold no longer describes the region
   for (const PartitionInfo& p : region.partitions()) {
     auto s = region.stat(p.id);
     if (!s) {
@@ -47,7 +48,7 @@ std::string format_status(const Region& region, std::optional<uint32_t> self_id,
         s->generation, s->last_write_ns, s->fenced, s->mid_reset ? 1 : 0, s->ring ? 1 : 0, s->retained_from,
         s->retained_from);
   }
-  return out;
+  return out + wakeups;
 }
 
 std::vector<std::pair<std::string, std::string>> partition_xattrs(const PartitionStat& s, bool self, uint64_t skipped) {

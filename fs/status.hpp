@@ -18,8 +18,10 @@ namespace ivshmfs::fs {
 std::string partition_file_name(uint32_t id);
 
 // The whole .status text. `stale` once the region was formatted anew; no
-// `self_id` on a read-only peer (self=none).
-std::string format_status(const Region& region, std::optional<uint32_t> self_id, bool stale);
+// `self_id` on a read-only peer (self=none). `wakeups`: the change source's
+// line (ChangeSource::status), the last line.
+std::string format_status(const Region& region, std::optional<uint32_t> self_id, bool stale,
+                          const std::string& wakeups = {});
 
 // Prefix of every extended attribute of a partition file.
 inline constexpr const char* kXattrPrefix = "user.ivshmfs.";

@@ -12,6 +12,7 @@
 #include <spdlog/spdlog.h>
 
 #include "ivshmfs/failpoint.hpp"
+#include "ivshmfs/wake.hpp"
 #include "shared.hpp"
 
 namespace ivshmfs {
@@ -170,7 +171,8 @@ PartitionWriter::PartitionWriter(std::shared_ptr<Region> region, const Partition
       header_(reinterpret_cast<ivshmfs_header*>(backend_.bytes().data())),
       format_id_(region_->info().format_id),
       token_(token),
-      identity_(local_process_identity()) {
+      identity_(local_process_identity()),
+      futex_wakes_(futex_wakes_possible(backend_)) {
   load_positions();
 }
 
@@ -390,6 +392,7 @@ PartitionWriter::Placement PartitionWriter::place(std::size_t want, bool contigu
   if (!compare_exchange(control_->head, expected, end)) [[unlikely]]
     return publish_over(expected, end);
   head_ = end;
+  if (futex_wakes_) wake_peers(*region_, partition_);
   return true;
 }
 
@@ -405,6 +408,7 @@ PartitionWriter::Placement PartitionWriter::place(std::size_t want, bool contigu
   if (detail::load_seq_cst(control_->owner_token) != token_) return false;
   if (!compare_exchange(control_->head, seen, end)) return false;
   head_ = end;
+  if (futex_wakes_) wake_peers(*region_, partition_);
   return true;
 }
 
@@ -526,6 +530,7 @@ Result<void> PartitionWriter::reset() {
   const bool closed = compare_exchange(control_->generation, expected, gen + 2);
   if (!moved || !closed) return lost_claim(*this);
   base_ = head_;
+  if (futex_wakes_) wake_peers(*region_, partition_);  // waiters compare the generation too
   return {};
 }
 

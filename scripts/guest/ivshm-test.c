@@ -31,7 +31,7 @@
  *   ivshm-test echo FOLLOW OUT TAG      for each line "ping TAG-X" read from
  *                                       FOLLOW (a follow/ file) append
  *                                       "pong TAG-X" to OUT; stop after
- *                                       "ping TAG end"
+ *                                       "ping TAG end" (OUT stays open)
  *   ivshm-test ping OUT FOLLOW TAG COUNT QUIET_MS
  *                                       COUNT times: stay quiet QUIET_MS, then
  *                                       append "ping TAG-i" to OUT and wait for
@@ -39,7 +39,10 @@
  *                                       one-way latency (round trip / 2):
  *                                       "latency TAG n=.. p50_us=.. p99_us=.. max_us=.."
  *                                       (one warm-up round trip first, not
- *                                       counted); "ping TAG end" ends the echo
+ *                                       counted); "ping TAG end" ends the echo.
+ *                                       OUT is opened once: each message is
+ *                                       one write(), as a request/reply
+ *                                       program sends it
  *
  * PATH may be /dev/ivshmN (size from the ioctl), a sysfs resource2 file or a
  * regular file (size from fstat). Exit status 0 means success.
@@ -597,20 +600,26 @@ static int cmd_pingpong(const char* dev, unsigned me, unsigned peer, uint64_t of
   return failures ? 1 : 0;
 }
 
-/* Appends one line with a single write(), as an application would. */
-static int append_line(const char* path, const char* line) {
-  int fd = open(path, O_WRONLY | O_APPEND);
-  size_t len = strlen(line);
-  int ok;
+/* Opens OUT once for the messages of ping and echo: a request/reply program
+ * keeps its descriptor, so the latency measured is the commit's, not that of
+ * an open and a close through the mount (three requests, milliseconds in a
+ * TCG guest). */
+static int open_out(const char* path) {
+  int fd = open(path, O_WRONLY | O_APPEND | O_CLOEXEC);
 
-  if (fd < 0) {
-    fprintf(stderr, "open %s: %s\n", path, strerror(errno));
+  if (fd < 0) fprintf(stderr, "open %s: %s\n", path, strerror(errno));
+  return fd;
+}
+
+/* Appends one line with a single write(), as an application would. */
+static int append_line(int fd, const char* line) {
+  size_t len = strlen(line);
+
+  if (write(fd, line, len) != (ssize_t)len) {
+    fprintf(stderr, "write: %s\n", strerror(errno));
     return -1;
   }
-  ok = write(fd, line, len) == (ssize_t)len;
-  if (!ok) fprintf(stderr, "write %s: %s\n", path, strerror(errno));
-  close(fd);
-  return ok ? 0 : -1;
+  return 0;
 }
 
 /* Line reader over a follow/ file (reads wait for data). */
@@ -646,18 +655,20 @@ static int next_line(struct lines* l, char* out, size_t cap) {
 static int cmd_echo(const char* follow, const char* out, const char* tag) {
   struct lines l = {open(follow, O_RDONLY), {0}, 0};
   char line[256], reply[300], mine[128], end[128];
+  int out_fd;
 
   if (l.fd < 0) {
     fprintf(stderr, "open %s: %s\n", follow, strerror(errno));
     return 1;
   }
+  if ((out_fd = open_out(out)) < 0) return 1;
   snprintf(mine, sizeof(mine), "ping %s-", tag);
   snprintf(end, sizeof(end), "ping %s end", tag);
   while (next_line(&l, line, sizeof(line)) == 0) {
     if (!strcmp(line, end)) return 0;
     if (strncmp(line, mine, strlen(mine)) != 0) continue;
     snprintf(reply, sizeof(reply), "pong %s\n", line + 5);
-    if (append_line(out, reply) != 0) return 1;
+    if (append_line(out_fd, reply) != 0) return 1;
   }
   fprintf(stderr, "echo: %s ended\n", follow);
   return 1;
@@ -670,7 +681,7 @@ static int cmp_double(const void* a, const void* b) {
 }
 
 /* One round trip: "ping TAG-i" out, wait for "pong TAG-i"; seconds or < 0. */
-static double round_trip(struct lines* l, const char* out, const char* tag, int i) {
+static double round_trip(struct lines* l, int out, const char* tag, int i) {
   char msg[128], want[128], line[256];
   double t0;
 
@@ -689,18 +700,20 @@ static int cmd_ping(const char* out, const char* follow, const char* tag, unsign
   double* lat = calloc(count ? count : 1, sizeof(double));
   char end[128];
   unsigned i;
+  int out_fd;
 
   if (l.fd < 0 || !lat) {
     fprintf(stderr, "open %s: %s\n", follow, strerror(errno));
     return 1;
   }
-  if (round_trip(&l, out, tag, -1) < 0) return 1; /* warm-up: the echo may start late */
+  if ((out_fd = open_out(out)) < 0) return 1;
+  if (round_trip(&l, out_fd, tag, -1) < 0) return 1; /* warm-up: the echo may start late */
   for (i = 0; i < count; i++) {
     struct timespec q = {quiet_ms / 1000, (long)(quiet_ms % 1000) * 1000000L};
     double rt;
 
     nanosleep(&q, NULL);
-    rt = round_trip(&l, out, tag, (int)i);
+    rt = round_trip(&l, out_fd, tag, (int)i);
     if (rt < 0) {
       fprintf(stderr, "ping: %s ended before pong %s-%u\n", follow, tag, i);
       return 1;
@@ -708,7 +721,7 @@ static int cmd_ping(const char* out, const char* follow, const char* tag, unsign
     lat[i] = rt / 2 * 1e6;
   }
   snprintf(end, sizeof(end), "ping %s end\n", tag);
-  if (append_line(out, end) != 0) return 1;
+  if (append_line(out_fd, end) != 0) return 1;
   qsort(lat, count, sizeof(double), cmp_double);
   printf("latency %s n=%u p50_us=%.0f p99_us=%.0f max_us=%.0f\n", tag, count, count ? lat[count / 2] : 0.0,
          count ? lat[(count * 99) / 100 < count ? (count * 99) / 100 : count - 1] : 0.0, count ? lat[count - 1] : 0.0);

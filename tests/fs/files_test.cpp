@@ -284,8 +284,10 @@ TEST_F(TwoPeers, StatusFileDescribesRegionAndEveryPartition) {
   std::vector<std::string> lines;
   std::istringstream in(status);
   for (std::string line; std::getline(in, line);) lines.push_back(line);
-  ASSERT_EQ(lines.size(), 3U) << status;
+  ASSERT_EQ(lines.size(), 4U) << status;
   EXPECT_EQ(lines[0].rfind("region ", 0), 0U) << lines[0];
+  // Two daemons over host files: peers on one host wake each other by futex.
+  EXPECT_EQ(lines[3].rfind("wakeups source=futex ", 0), 0U) << lines[3];
   EXPECT_NE(lines[0].find(" backend=" + region_.path() + " "), std::string::npos) << lines[0];
   EXPECT_NE(lines[0].find(split_mode() ? " split_pieces=2" : " split_pieces=0"), std::string::npos) << lines[0];
   EXPECT_NE(lines[0].find(" partitions=2 self=0 state=ok"), std::string::npos) << lines[0];
@@ -462,6 +464,8 @@ TEST_F(TwoPeers, AReadOnlyPeerClaimsNothingAndSeesEverything) {
   const std::string status = read_all(ro.file(".status"));
   EXPECT_NE(status.find(" self=none "), std::string::npos) << status;
   EXPECT_EQ(status.find(" self=1 "), std::string::npos) << "no partition is this peer's own:\n" << status;
+  // No own control block to announce what it waits for: it polls.
+  EXPECT_NE(status.find("\nwakeups source=polling "), std::string::npos) << status;
   EXPECT_NE(ro.log().find("no partition claimed"), std::string::npos) << ro.log();
   // Claiming nothing, it displaced no one: vm0's owner still writes.
   append(a_->file("vm0"), "still mine\n");

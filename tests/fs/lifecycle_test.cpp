@@ -193,15 +193,28 @@ TEST_F(Lifecycle, ThePeerIdComesFromTheHostnameWithoutDashOId) {
 
 // A host file has no doorbell: the daemon polls, and says so and why, with
 // or without -o nodoorbell (doorbells are tested in guests: guest_doorbell).
-TEST_F(Lifecycle, OnAHostFileTheDaemonSaysItPolls) {
+TEST_F(Lifecycle, OnAHostFileTheDaemonWakesByFutexUnlessToldToPoll) {
+  // No doorbell on a host file; peers on this host wake each other by futex.
   for (const std::vector<std::string>& more : {std::vector<std::string>{}, std::vector<std::string>{"nodoorbell"}}) {
     Daemon d({region_.path(), dir_a_.path(), 0, more});
     ASSERT_TRUE(d.start()) << d.log();
     const std::string log = d.log();
+    EXPECT_NE(log.find("wake-ups: futex on peers' control blocks"), std::string::npos) << log;
+    EXPECT_EQ(log.find("wake-ups: doorbells"), std::string::npos) << log;
+    EXPECT_EQ(log.find("wake-ups: polling"), std::string::npos) << log;
+    d.stop();
+  }
+  // -o nofutex, and a read-only peer (it owns no control block to announce
+  // in): polling, with the reason.
+  for (const auto& [option, why] : {std::pair<std::string, std::string>{"nofutex", "(-o nofutex)"},
+                                    std::pair<std::string, std::string>{"ro", "(a read-only peer cannot announce"}}) {
+    Daemon d({region_.path(), dir_a_.path(), 0, {option}});
+    ASSERT_TRUE(d.start()) << d.log();
+    const std::string log = d.log();
     const auto line = log.find("wake-ups: polling peers' control blocks every ");
     EXPECT_NE(line, std::string::npos) << log;
-    EXPECT_NE(log.find("(no ivshmem-doorbell device)", line == std::string::npos ? 0 : line), std::string::npos) << log;
-    EXPECT_EQ(log.find("wake-ups: doorbells"), std::string::npos) << log;
+    EXPECT_NE(log.find(why, line == std::string::npos ? 0 : line), std::string::npos) << log;
+    EXPECT_EQ(log.find("wake-ups: futex"), std::string::npos) << log;
     d.stop();
   }
 }

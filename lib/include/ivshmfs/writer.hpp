@@ -150,6 +150,7 @@ class PartitionWriter {
   uint64_t hole_length_ = 0;            // 0: no hole
   uint64_t announced_ = 0;              // reserve_end is at least this
   ProcessIdentity identity_;            // as the claim recorded it
+  bool futex_wakes_ = false;            // a host file: wake peers' futex waiters after commits (wake.hpp)
   bool reserved_ = false;               // a Reservation is outstanding
   std::atomic<bool> resetting_{false};  // reset() runs (the heartbeat thread reads it)
   std::jthread heartbeat_thread_;

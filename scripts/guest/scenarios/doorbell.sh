@@ -125,6 +125,8 @@ if [ -n "$OTHER" ] && command -v ivshmfs >/dev/null && command -v ivshmctl >/dev
 				wait $CAT 2>/dev/null
 			fi
 		fi
+		# Why the change source's waits ended (doorbell, kick, timeout).
+		sed -n "s/^wakeups /IVSHM-INFO fs-$round wakeups: /p" $MNT/.status
 		fs_umount
 	done
 fi
