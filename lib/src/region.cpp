@@ -451,7 +451,7 @@ Result<std::shared_ptr<Region>> Region::open_pieces(std::vector<std::unique_ptr<
       seen[p.id] = true;
       p.piece = static_cast<uint32_t>(i);
       // A live table's partitions keep their slot; pieces count in order.
-      if (!split) p.index = static_cast<uint32_t>(partitions.size());
+      if (split) p.index = static_cast<uint32_t>(partitions.size());
       partitions.push_back(p);
     }
     Piece piece;
