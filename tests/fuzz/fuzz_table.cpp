@@ -93,9 +93,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, std::size_t size) {
         break;
       }
       case 1:
-        (void)(*admin)->add_partition(ivshmfs::NewPartition{
-            (arg & 0x80U) != 0 ? std::optional<uint32_t>(arg % 70U) : std::nullopt, (value % 40U) * 4096U,
-            (arg & 1U) != 0});
+        (void)(*admin)->add_partition(
+            ivshmfs::NewPartition{(arg & 0x80U) != 0 ? std::optional<uint32_t>(arg % 70U) : std::nullopt,
+                                  (value % 40U) * 4096U, (arg & 1U) != 0});
         break;
       case 2: (void)(*admin)->remove_partition(arg % 70U); break;
       case 3: {  // a peer that writes into a partition it finds
