@@ -48,7 +48,7 @@ using namespace detail;
 bool Filesystem::may_cache(Node node) const noexcept {
   if (!page_cache_ || node.kind != NodeKind::partition) return false;
   // A ring's bytes change without a reset: never cached.
-  if (slots_[node.index]->info.ring) return false;
+  if (slots_[node.index]->info().ring) return false;
   // An own append drops the file's last page inside the write request, which
   // waits for reads other threads serve: not with a single thread.
   return !single_thread_;
@@ -80,7 +80,7 @@ bool Filesystem::wait_cache_current(Slot& slot, uint64_t generation) {
 void Filesystem::sync_cache(Node node) {
   if (stale_ || !may_cache(node)) return;
   Slot& slot = *slots_[node.index];
-  if (auto s = region_->snapshot(slot.info.id)) wait_cache_current(slot, s->generation);
+  if (auto s = region_->snapshot(slot.info().id)) wait_cache_current(slot, s->generation);
 }
 
 // The reads in flight this waits for have a worker thread already (they are
@@ -100,7 +100,7 @@ uint64_t Filesystem::settle_tail(Slot& slot, uint64_t length, bool shows_size) n
       const uint64_t safe = slot.tail_safe(now);
       if (safe >= length) break;
       if (now >= deadline) {
-        spdlog::debug("{}: showing the kernel {} of {} bytes: a short last page is still being dropped", slot.name,
+        spdlog::debug("{}: showing the kernel {} of {} bytes: a short last page is still being dropped", slot.name(),
                       safe, length);
         shown = safe;
         break;
@@ -263,7 +263,7 @@ void Filesystem::setattr(fuse_req_t req, fuse_ino_t ino, const struct stat* attr
     // to the committed length changes nothing and succeeds (rsync --append
     // and others set the size they just wrote), any other size is refused.
     if (attr->st_size != 0) {
-      auto s = region_->snapshot(slots_[node.index]->info.id);
+      auto s = region_->snapshot(slots_[node.index]->info().id);
       if (!s) {
         fuse_reply_err(req, errno_of(s.error()));
         return;
@@ -310,6 +310,13 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   auto handle = std::make_unique<Handle>();
   handle->kind = node.kind;
   handle->index = node.index;
+  if (node.kind == NodeKind::partition || node.kind == NodeKind::follow) {
+    handle->row = &slots_[node.index]->info();
+    if (handle->row->id == UINT32_MAX) {  // the partition left the table
+      fuse_reply_err(req, ENOENT);
+      return;
+    }
+  }
   handle->writable = node.kind == NodeKind::partition && (fi->flags & O_ACCMODE) != O_RDONLY;
   handle->append = (fi->flags & O_APPEND) != 0;
   if (node.kind == NodeKind::status) handle->text = format_status(*region_, self_id_, stale_, changes_->status());
@@ -320,7 +327,7 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
         return;
       }
     }
-    auto s = region_->snapshot(slots_[node.index]->info.id);
+    auto s = region_->snapshot(slots_[node.index]->info().id);
     if (!s) {
       fuse_reply_err(req, errno_of(s.error()));
       return;
@@ -371,7 +378,7 @@ void Filesystem::open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 // `shift` bytes ahead of the kernel's file offset, until it seeks.
 void Filesystem::read_ring(fuse_req_t req, Handle& h, std::size_t size, off_t off) {
   Slot& slot = *slots_[h.index];
-  const uint32_t id = slot.info.id;
+  const uint32_t id = slot.info().id;
   const auto offset = static_cast<uint64_t>(std::max<off_t>(off, 0));
   auto out = scratch(size);
   int error = 0;
@@ -406,7 +413,7 @@ void Filesystem::read_ring(fuse_req_t req, Handle& h, std::size_t size, off_t of
         continue;
       }
       error = EPIPE;  // once: the read after it, at the same offset, goes on at the oldest byte
-      spdlog::debug("{}: a reader at {} was lapped by {} bytes", slot.name, stream, lost);
+      spdlog::debug("{}: a reader at {} was lapped by {} bytes", slot.name(), stream, lost);
       break;
     }
     h.read_once = true;
@@ -421,11 +428,11 @@ void Filesystem::read_ring(fuse_req_t req, Handle& h, std::size_t size, off_t of
 
 void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off_t off) {
   Slot& slot = *slots_[h.index];
-  if (slot.info.ring) {
+  if (slot.info().ring) {
     read_ring(req, h, size, off);
     return;
   }
-  const uint32_t id = slot.info.id;
+  const uint32_t id = slot.info().id;
   const auto offset = static_cast<uint64_t>(std::max<off_t>(off, 0));
   // What goes into the page cache must be of the generation the cache holds
   // (see may_cache()). A read that raced a reset the watcher has not yet
@@ -444,7 +451,7 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
     }
     if (!refuse) return false;
     changes_->kick();
-    spdlog::debug("read of {} at {} of {} refused: a reset the kernel may not know yet", size, offset, slot.name);
+    spdlog::debug("read of {} at {} of {} refused: a reset the kernel may not know yet", size, offset, slot.name());
     fuse_reply_err(req, ESTALE);
     return true;
   };
@@ -465,7 +472,7 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
     InFlight(Filesystem& f, Slot& s, bool through_cache, uint64_t o, std::size_t n)
         : fs(f), slot(s), cached(through_cache), offset(o), size(n) {
       if (!cached) return;
-      const auto now = f.region_->snapshot(s.info.id);
+      const auto now = f.region_->snapshot(s.info().id);
       std::lock_guard lock(slot.tail_mutex);
       entry = slot.inflight_from.insert(now ? now->length : 0);
     }
@@ -547,7 +554,8 @@ void Filesystem::read(fuse_req_t req, std::size_t size, off_t off, fuse_file_inf
     fuse_reply_buf(req, slice.data(), slice.size());
     return;
   }
-  if (stale_) {
+  // A partition removed from the table since the open: EIO, as after a new format.
+  if (stale_ || gone(h)) {
     fuse_reply_err(req, EIO);
     return;
   }
@@ -564,7 +572,7 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
     fuse_reply_err(req, EBADF);
     return;
   }
-  if (stale_) {
+  if (stale_ || gone(h)) {
     fuse_reply_err(req, EIO);
     return;
   }

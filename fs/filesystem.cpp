@@ -32,20 +32,22 @@ Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<Partition
     copy_own_reads_ = copy_own_reads_ || backend->kind() == BackendKind::pci_resource ||
                       (backend->device_info() && !backend->device_info()->struct_pages);
   }
+  // One slot per table slot (a live table's free ones too, so slots never
+  // move while the table changes); a partition's index is its slot.
+  const uint32_t count = std::max<uint32_t>(region_->info().table_slots, 1);
+  for (uint32_t i = 0; i < count; ++i) slots_.push_back(std::make_unique<Slot>(i));
   for (const PartitionInfo& p : region_->partitions()) {
-    auto slot = std::make_unique<Slot>();
-    slot->info = p;
-    slot->name = partition_file_name(p.id);
+    if (p.index >= slots_.size()) continue;
+    Slot& slot = *slots_[p.index];
+    slot.row.store(&p, std::memory_order_release);
     if (auto s = region_->snapshot(p.id)) {
-      slot->seen_length = s->length;
-      slot->seen_generation = s->generation;
-      slot->cache_generation = s->generation;
-      slot->requested_generation = s->generation;
-      slot->pending_generation = s->generation;
+      slot.seen_length = s->length;
+      slot.seen_generation = s->generation;
+      slot.cache_generation = s->generation;
+      slot.requested_generation = s->generation;
+      slot.pending_generation = s->generation;
     }
     if (self_id_ && p.id == *self_id_) self_index_ = p.index;
-    index_by_name_.emplace(slot->name, static_cast<uint32_t>(slots_.size()));
-    slots_.push_back(std::move(slot));
   }
 }
 

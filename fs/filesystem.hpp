@@ -27,6 +27,7 @@
 #include <optional>
 #include <shared_mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <unordered_map>
 #include <unordered_set>
@@ -136,6 +137,14 @@ class Filesystem {
 
   // The change source's look and what it does on a change.
   bool tick();
+  // A live partition table: takes in the region's table changes (slots
+  // gaining or losing a partition). Returns whether any did.
+  bool follow_table();
+  // The slot of the partition file named `name` (vmN), if it is present.
+  [[nodiscard]] std::optional<uint32_t> slot_named(std::string_view name) const;
+  // An open partition or follow file whose partition left its slot since.
+  [[nodiscard]] bool gone(const Handle& h) const noexcept;
+  std::string last_table_error_;  // the watcher's: logged once until it changes
   // Partition ids (bits) with a poll handle or a parked follow read.
   uint64_t waited_for();
   [[nodiscard]] bool pending_invalidation() const noexcept;
@@ -163,8 +172,7 @@ class Filesystem {
   // drop the kernel's stale copy of the old last page.
   std::atomic<bool> own_cached_{false};
   FileOwnership ownership_;
-  std::vector<std::unique_ptr<Slot>> slots_;
-  std::unordered_map<std::string, uint32_t> index_by_name_;
+  std::vector<std::unique_ptr<Slot>> slots_;  // by table slot; never resized after construction
 
   // Shared by appends and own-partition reads; exclusive for a reset (so a
   // zero-copy read of the own partition never races it) and for dropping the

@@ -8,6 +8,9 @@
 
 #include <cstring>
 #include <optional>
+#include <vector>
+
+#include "ivshmfs/identity.hpp"
 
 namespace ivshmfs::fs {
 
@@ -20,7 +23,7 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
     fuse_reply_poll(req, POLLIN | POLLRDNORM);
     return;
   }
-  if (stale_) {
+  if (stale_ || gone(h)) {
     if (ph != nullptr) fuse_pollhandle_destroy(ph);
     fuse_reply_err(req, EIO);
     return;
@@ -39,7 +42,7 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
   if (h.kind == NodeKind::follow) {
     if (follow_has_data(h)) revents |= POLLIN | POLLRDNORM;
   } else {
-    auto s = region_->snapshot(slot.info.id);
+    auto s = region_->snapshot(slot.info().id);
     if (!s) {
       fuse_reply_err(req, errno_of(s.error()));
       return;
@@ -50,7 +53,7 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
     uint64_t read_to = h.position + h.shift;  // a ring's descriptor may read ahead of its offset
     if (h.cached) read_to = std::max(read_to, slot.fetched_end.load(std::memory_order_relaxed));
     if (s->length > read_to || s->generation != h.generation) revents |= POLLIN | POLLRDNORM;
-    if (h.writable && (slot.info.ring || s->length < slot.info.capacity)) revents |= POLLOUT | POLLWRNORM;
+    if (h.writable && (slot.info().ring || s->length < slot.info().capacity)) revents |= POLLOUT | POLLWRNORM;
   }
   fuse_reply_poll(req, revents);
 }
@@ -59,7 +62,7 @@ void Filesystem::poll(fuse_req_t req, fuse_file_info* fi, fuse_pollhandle* ph) {
 // The follow view
 
 bool Filesystem::follow_has_data(Handle& h) const {
-  auto s = region_->snapshot(slots_[h.index]->info.id);
+  auto s = region_->snapshot(slots_[h.index]->info().id);
   if (!s) return true;  // let the read report the error
   std::lock_guard lock(h.mutex);
   return h.eof_once || s->generation != h.generation || s->length > h.position;
@@ -75,7 +78,7 @@ bool Filesystem::try_serve_follow(fuse_req_t req, Handle& h, std::size_t size) {
     if (stale_) {
       error = EIO;
     } else {
-      const uint32_t id = slots_[h.index]->info.id;
+      const uint32_t id = slots_[h.index]->info().id;
       for (;;) {
         auto s = region_->snapshot(id);
         if (!s) {
@@ -136,6 +139,10 @@ bool Filesystem::try_serve_follow(fuse_req_t req, Handle& h, std::size_t size) {
 // interrupt callback is registered before the entry becomes visible to the
 // watcher, because the watcher's answer frees the request.
 void Filesystem::follow_read(fuse_req_t req, Handle& h, std::size_t size) {
+  if (gone(h)) {
+    fuse_reply_err(req, EIO);
+    return;
+  }
   for (;;) {
     if (try_serve_follow(req, h, size)) return;
     {
@@ -220,6 +227,8 @@ bool Filesystem::tick() {
     go_stale(r.error().message);
     return false;
   }
+  const bool table_changed = region_->live_table() && follow_table();
+  if (stale_) return false;
   // The kernel caches no attributes (zero timeouts). Cached pages are the
   // notifier's (see the page cache rule in data_path.cpp): at a peer's reset
   // the watcher hands it the new generation. The follow view's attributes
@@ -230,9 +239,9 @@ bool Filesystem::tick() {
   bool notify = false;
   std::optional<std::chrono::steady_clock::time_point> now;
   for (auto& slot : slots_) {
-    auto s = region_->snapshot(slot->info.id);
+    auto s = region_->snapshot(slot->info().id);
     if (!s) continue;
-    const uint32_t index = slot->info.index;
+    const uint32_t index = slot->info().index;
     const bool own = index == self_index_;
     if (s->length != slot->seen_length || s->generation != slot->seen_generation) {
       const bool reset = s->generation != slot->seen_generation;
@@ -285,7 +294,84 @@ bool Filesystem::tick() {
   // the watcher backs off even while peers write, so it does not take CPU
   // from them; a new waiter kicks it back to the fast bound. A reset keeps
   // it quick a while; pending invalidations ride on the slower ticks.
-  return ((peer_changed || pending_invalidation()) && has_waiters()) || reset_seen;
+  return ((peer_changed || pending_invalidation()) && has_waiters()) || reset_seen || table_changed;
+}
+
+bool Filesystem::follow_table() {
+  auto change = region_->refresh_table();
+  if (!change) {
+    if (change.error().message != last_table_error_) {
+      last_table_error_ = change.error().message;
+      spdlog::warn("{}", last_table_error_);
+    }
+    return false;
+  }
+  last_table_error_.clear();
+  if (!change->changed) return false;
+  std::vector<const PartitionInfo*> now(slots_.size(), nullptr);
+  for (const PartitionInfo& p : region_->partitions()) {
+    if (p.index < now.size()) now[p.index] = &p;
+  }
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    Slot& slot = *slots_[i];
+    const PartitionInfo& before = slot.info();
+    const PartitionInfo* after = now[i];
+    if (after != nullptr && slot.present() && same_partition(before, *after)) {
+      slot.row.store(after, std::memory_order_release);  // the same partition, in the newer table
+      continue;
+    }
+    if (after == nullptr && !slot.present()) continue;
+    if (slot.present()) {
+      spdlog::info("{} left the partition table", slot.name());
+      if (i == self_index_) {
+        go_stale(region_->path() + ": this peer's partition " + std::to_string(before.id) +
+                 " was removed from the partition table");
+        return true;
+      }
+    }
+    // A new partition in the slot is another file: new lookups get new nodes
+    // (inodes.cpp), and descriptors of the old one fail with EIO (gone()).
+    slot.epoch.fetch_add(1, std::memory_order_acq_rel);
+    slot.row.store(after != nullptr ? after : &slot.absent, std::memory_order_release);
+    std::vector<fuse_req_t> orphans;  // follow reads parked on the old partition
+    {
+      std::lock_guard lock(park_mutex_);
+      for (auto it = parked_.begin(); it != parked_.end();) {
+        if (it->second.parked && it->second.handle->index == i && gone(*it->second.handle)) {
+          orphans.push_back(it->first);
+          it = parked_.erase(it);
+        } else {
+          ++it;
+        }
+      }
+    }
+    for (fuse_req_t r : orphans) fuse_reply_err(r, EIO);
+    wake_pollers(slot);
+    inval_partition(slot, 0, 0);
+    uint64_t length = 0;
+    uint64_t generation = 0;
+    if (after != nullptr) {
+      if (auto s = region_->snapshot(after->id)) {
+        length = s->length;
+        generation = s->generation;
+      }
+      spdlog::info("{} joined the partition table ({}{})", slot.name(), format_size(after->capacity),
+                   after->ring ? ", a ring" : "");
+    }
+    slot.seen_length = length;
+    slot.seen_generation = generation;
+    slot.inval_pending = false;
+    slot.requested_generation = generation;
+    {
+      std::lock_guard lock(slot.cache_mutex);
+      slot.cache_generation = generation;
+      slot.pending_generation = generation;
+      slot.generation_due = false;
+      slot.fetched_end.store(0, std::memory_order_relaxed);
+    }
+    slot.cache_moved.notify_all();
+  }
+  return true;
 }
 
 bool Filesystem::pending_invalidation() const noexcept {
@@ -299,11 +385,11 @@ uint64_t Filesystem::waited_for() {
   uint64_t mask = 0;
   {
     std::lock_guard lock(park_mutex_);
-    for (const auto& [req, parked] : parked_) mask |= uint64_t{1} << (slots_[parked.handle->index]->info.id % 64);
+    for (const auto& [req, parked] : parked_) mask |= uint64_t{1} << (slots_[parked.handle->index]->info().id % 64);
   }
   for (auto& slot : slots_) {
     std::lock_guard lock(slot->poll_mutex);
-    if (!slot->pollers.empty()) mask |= uint64_t{1} << (slot->info.id % 64);
+    if (!slot->pollers.empty()) mask |= uint64_t{1} << (slot->info().id % 64);
   }
   return mask;
 }
@@ -323,7 +409,7 @@ bool Filesystem::has_waiters() {
 void Filesystem::partition_changed(Slot& slot) {
   // Waiters first: they are what the latency is about.
   wake_pollers(slot);
-  answer_parked(slot.info.index);
+  answer_parked(slot.info().index);
 }
 
 void Filesystem::answer_parked(uint32_t index) {

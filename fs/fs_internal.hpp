@@ -28,6 +28,7 @@
 #include <spdlog/spdlog.h>
 
 #include "filesystem.hpp"
+#include "status.hpp"
 
 namespace ivshmfs::fs {
 
@@ -96,6 +97,7 @@ inline Filesystem& self(fuse_req_t req) noexcept { return *static_cast<Filesyste
 struct Filesystem::Handle {
   NodeKind kind = NodeKind::none;
   uint32_t index = 0;
+  const PartitionInfo* row = nullptr;  // partition files: what the slot held at open (see gone())
   bool writable = false;
   bool append = false;  // opened with O_APPEND
   bool cached = false;  // a partition file read through the kernel's page cache
@@ -124,10 +126,21 @@ struct Filesystem::Notifier {
   std::atomic<bool> done{false};
 };
 
-// One partition of the region.
+// One slot of the region's partition table: the partition it holds now, if
+// any. In a live table (docs/layout.md) the watcher moves `row` when the
+// table changes; every other member lives on across the change.
 struct Filesystem::Slot {
-  PartitionInfo info;
-  std::string name;
+  explicit Slot(uint32_t index) { absent.id = UINT32_MAX, absent.index = index; }
+  // The partition now in this slot: a row of one of the region's table
+  // versions (they stay valid while the region lives), or `absent` (id
+  // UINT32_MAX, which the region has no partition for: ENOENT).
+  std::atomic<const PartitionInfo*> row{&absent};
+  PartitionInfo absent;
+  [[nodiscard]] const PartitionInfo& info() const noexcept { return *row.load(std::memory_order_acquire); }
+  [[nodiscard]] bool present() const noexcept { return info().id != UINT32_MAX; }
+  [[nodiscard]] std::string name() const {
+    return present() ? partition_file_name(info().id) : std::string("(free slot)");
+  }
   std::atomic<uint64_t> lookups{0};  // of all epochs' nodes
   // The node id lookups hand out now; the watcher moves it on at a reset.
   std::atomic<uint64_t> epoch{0};

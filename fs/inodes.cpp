@@ -63,15 +63,34 @@ int Filesystem::inval_partition(Slot& slot, off_t from, off_t len) noexcept {
       }
     }
     for (std::size_t i = 0; i < n; ++i) {
-      const int r = fuse_lowlevel_notify_inval_inode(fuse_, partition_node(slot.info.index, batch[i]), from, len);
+      const int r = fuse_lowlevel_notify_inval_inode(fuse_, partition_node(slot.info().index, batch[i]), from, len);
       if (r == 0) ++dropped;
-      if (r != 0 && r != -ENOENT) spdlog::warn("dropping the cached pages of {}: {}", slot.name, std::strerror(-r));
+      if (r != 0 && r != -ENOENT) spdlog::warn("dropping the cached pages of {}: {}", slot.name(), std::strerror(-r));
     }
     if (n < batch.size()) return dropped;
     next = batch[n - 1] + 1;
   }
 }
 fuse_ino_t Filesystem::follow_ino(uint32_t index) const noexcept { return kFollowIno0 + index; }
+
+std::optional<uint32_t> Filesystem::slot_named(std::string_view name) const {
+  // vmN, N a partition id as partition_file_name() writes it.
+  uint32_t id = 0;
+  if (name.size() < 3 || name.size() > 4 || name.substr(0, 2) != "vm") return std::nullopt;
+  for (const char c : name.substr(2)) {
+    if (c < '0' || c > '9') return std::nullopt;
+    id = id * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (partition_file_name(id) != name) return std::nullopt;  // "vm01"
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    if (slots_[i]->info().id == id) return i;
+  }
+  return std::nullopt;
+}
+
+bool Filesystem::gone(const Handle& h) const noexcept {
+  return h.row != nullptr && slots_[h.index]->row.load(std::memory_order_acquire) != h.row;
+}
 
 int Filesystem::attributes(Node node, struct stat& st) const {
   st = {};
@@ -102,10 +121,13 @@ int Filesystem::attributes(Node node, struct stat& st) const {
     case NodeKind::follow: {
       if (stale_) return EIO;
       const Slot& slot = *slots_[node.index];
-      auto s = region_->snapshot(slot.info.id);
+      auto s = region_->snapshot(slot.info().id);
       if (!s) return errno_of(s.error());
       const bool own = node.kind == NodeKind::partition && node.index == self_index_;
-      st.st_ino = node.kind == NodeKind::partition ? partition_ino(node.index) : follow_ino(node.index);
+      // A partition added where another was removed is another file: its
+      // st_ino counts the slot's serial (0 in a fixed table: unchanged).
+      st.st_ino =
+          node.kind == NodeKind::partition ? partition_node(node.index, slot.info().serial) : follow_ino(node.index);
       st.st_mode = S_IFREG | ((own ? 0666 : 0444) & ~ownership_.umask);
       st.st_nlink = 1;
       st.st_size = static_cast<off_t>(s->length);
@@ -160,10 +182,9 @@ void Filesystem::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
     if (n == kFollowName) return reply_entry(req, kFollowDirIno, {NodeKind::follow_dir, 0});
   }
   if (dir.kind == NodeKind::root || dir.kind == NodeKind::follow_dir) {
-    if (auto it = index_by_name_.find(std::string(n)); it != index_by_name_.end()) {
-      if (dir.kind == NodeKind::root)
-        return reply_entry(req, partition_ino(it->second), {NodeKind::partition, it->second});
-      return reply_entry(req, follow_ino(it->second), {NodeKind::follow, it->second});
+    if (auto index = slot_named(n)) {
+      if (dir.kind == NodeKind::root) return reply_entry(req, partition_ino(*index), {NodeKind::partition, *index});
+      return reply_entry(req, follow_ino(*index), {NodeKind::follow, *index});
     }
     fuse_reply_err(req, ENOENT);
     return;
@@ -177,10 +198,11 @@ void Filesystem::forget(fuse_ino_t ino, uint64_t nlookup) noexcept {
     Slot& slot = *slots_[node.index];
     std::lock_guard lock(slot.nodes_mutex);
     if (auto it = slot.node_lookups.find(node.epoch); it != slot.node_lookups.end()) {
-      it->second -= std::min(it->second, nlookup);
+      const uint64_t n = std::min(it->second, nlookup);
+      it->second -= n;
       if (it->second == 0) slot.node_lookups.erase(it);
+      slot.lookups.fetch_sub(n, std::memory_order_relaxed);
     }
-    slot.lookups.fetch_sub(nlookup, std::memory_order_relaxed);
   }
   if (node.kind == NodeKind::follow) slots_[node.index]->follow_lookups.fetch_sub(nlookup, std::memory_order_relaxed);
 }
@@ -210,11 +232,15 @@ void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t
     entries.push_back({"..", FUSE_ROOT_ID, S_IFDIR});
     entries.push_back({kStatusName, kStatusIno, S_IFREG});
     entries.push_back({kFollowName, kFollowDirIno, S_IFDIR});
-    for (uint32_t i = 0; i < slots_.size(); ++i) entries.push_back({slots_[i]->name, partition_ino(i), S_IFREG});
+    for (uint32_t i = 0; i < slots_.size(); ++i) {
+      if (slots_[i]->present()) entries.push_back({slots_[i]->name(), partition_ino(i), S_IFREG});
+    }
   } else if (node.kind == NodeKind::follow_dir) {
     entries.push_back({".", kFollowDirIno, S_IFDIR});
     entries.push_back({"..", FUSE_ROOT_ID, S_IFDIR});
-    for (uint32_t i = 0; i < slots_.size(); ++i) entries.push_back({slots_[i]->name, follow_ino(i), S_IFREG});
+    for (uint32_t i = 0; i < slots_.size(); ++i) {
+      if (slots_[i]->present()) entries.push_back({slots_[i]->name(), follow_ino(i), S_IFREG});
+    }
   } else {
     fuse_reply_err(req, node.kind == NodeKind::none ? ENOENT : ENOTDIR);
     return;
@@ -247,14 +273,14 @@ void Filesystem::statfs(fuse_req_t req) {
   st.f_favail = 0;
   if (!stale_ && self_index_ != kNoPartition) {
     // df shows the own partition: what this peer can still write.
-    const PartitionInfo& p = slots_[self_index_]->info;
+    const PartitionInfo& p = slots_[self_index_]->info();
     if (auto s = region_->snapshot(p.id)) {
       st.f_blocks = p.capacity / IVSHMFS_PAGE_SIZE;
       st.f_bfree = st.f_bavail = s->free / IVSHMFS_PAGE_SIZE;
     }
   } else if (!stale_) {
     // A read-only peer writes nothing: every partition, no free space.
-    for (const auto& slot : slots_) st.f_blocks += slot->info.capacity / IVSHMFS_PAGE_SIZE;
+    for (const auto& slot : slots_) st.f_blocks += slot->info().capacity / IVSHMFS_PAGE_SIZE;
   }
   fuse_reply_statfs(req, &st);
 }
@@ -283,7 +309,7 @@ void Filesystem::getxattr(fuse_req_t req, fuse_ino_t ino, const char* name, std:
     fuse_reply_err(req, EIO);
     return;
   }
-  auto s = region_->stat(slots_[node.index]->info.id);
+  auto s = region_->stat(slots_[node.index]->info().id);
   if (!s) {
     fuse_reply_err(req, errno_of(s.error()));
     return;

@@ -108,6 +108,45 @@ std::unique_ptr<fuse_loop_config, LoopConfigDeleter> loop_config(const Options& 
   return config;
 }
 
+// -o id=auto: the lowest partition whose claim is free or stale, else a new
+// partition added to a live table (of join_size bytes, or the largest free
+// extent). Peers joining at once may take the same one: the loser tries the
+// next.
+Result<std::unique_ptr<PartitionWriter>> join(const std::shared_ptr<Region>& region, const Options& options) {
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    if (auto r = region->refresh_table(); !r) spdlog::warn("{}", r.error().message);
+    for (const PartitionInfo& p : region->partitions()) {
+      auto st = region->stat(p.id);
+      if (!st || (st->claimed && st->alive)) continue;
+      auto claimed = PartitionWriter::claim(region, p.id);
+      if (claimed) {
+        spdlog::info("id=auto: partition {} was {}", p.id, st->claimed ? "claimed by a stale owner" : "unclaimed");
+        return claimed;
+      }
+      if (claimed.error().code != Errc::claimed) return claimed;
+    }
+    if (!region->live_table()) {
+      return make_error(Errc::claimed, region->path() +
+                                           ": id=auto: every partition has a live owner, and the partition table is "
+                                           "fixed (format with 'ivshmctl format --slots N' to let peers join)");
+    }
+    const FreeSpace free = region->free_space();
+    const uint64_t size = options.join_size.value_or(free.largest);
+    if (size == 0) {
+      return make_error(Errc::no_space,
+                        region->path() + ": id=auto: every partition has a live owner and there is no " +
+                            "room for another (" + std::to_string(free.free_slots) + " free table slots, " +
+                            format_size(free.largest) + " in the largest free extent)");
+    }
+    auto added = region->add_partition(NewPartition{std::nullopt, size, false});
+    if (!added) return std::move(added).error();
+    spdlog::info("id=auto: added partition {} ({})", added->id, format_size(added->capacity));
+    auto claimed = PartitionWriter::claim(region, added->id);
+    if (claimed || claimed.error().code != Errc::claimed) return claimed;
+  }
+  return make_error(Errc::busy, region->path() + ": id=auto: other peers kept taking the free partitions; try again");
+}
+
 int serve(fuse_args& args, const Options& options, Detacher& detacher) {
   if (!mountpoint_usable(options.mountpoint)) return 1;
   std::string path;
@@ -159,6 +198,14 @@ int serve(fuse_args& args, const Options& options, Detacher& detacher) {
       spdlog::info("read-only (-o ro): -o id={} ignored, no partition claimed", *options.id);
     else
       spdlog::info("read-only (-o ro): no partition claimed");
+  } else if (options.id_auto) {
+    auto claimed = join(*region, options);
+    if (!claimed) {
+      spdlog::error("{}", claimed.error().message);
+      return 1;
+    }
+    writer = std::move(*claimed);
+    spdlog::info("claimed partition {} ({})", writer->id(), partition_file_name(writer->id()));
   } else {
     auto identity = discovered_id && !options.id
                         ? Result<PeerIdentity>(PeerIdentity{*discovered_id, "the only writable piece"})

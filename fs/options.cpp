@@ -11,7 +11,9 @@
 #include <cstdlib>
 #include <string_view>
 #include <system_error>
+
 #include <vector>
+#include "ivshmfs/layout.h"
 
 #include "ivshmfs/identity.hpp"
 
@@ -113,9 +115,11 @@ std::optional<spdlog::level::level_enum> parse_level(std::string_view name) {
 bool convert(const RawOptions& raw, Options& options) {
   options.ownership.uid = getuid();
   options.ownership.gid = getgid();
-  if (raw.id != nullptr) {
+  if (raw.id != nullptr && std::string_view(raw.id) == "auto") {
+    options.id_auto = true;
+  } else if (raw.id != nullptr) {
     uint32_t id = 0;
-    if (!parse_number(raw.id, id)) return fail("id", raw.id, "a partition number such as 0 or 1");
+    if (!parse_number(raw.id, id)) return fail("id", raw.id, "a partition number such as 0 or 1, or auto");
     options.id = id;
   }
   options.create = raw.create != 0;
@@ -134,14 +138,19 @@ bool convert(const RawOptions& raw, Options& options) {
     auto size = parse_size(raw.size);
     if (!size || *size == 0) return fail("size", raw.size, "a size such as 64M or 1G");
     options.create_size = *size;
+    if (options.id_auto && raw.create == 0) {
+      if (*size % IVSHMFS_PAGE_SIZE != 0) return fail("size", raw.size, "a multiple of 4K with id=auto, e.g. 1M");
+      options.join_size = *size;
+    }
   }
   if (raw.partitions != nullptr) {
     uint32_t n = 0;
     if (!parse_number(raw.partitions, n) || n == 0) return fail("partitions", raw.partitions, "a count such as 4");
     options.partitions = n;
   }
-  if ((raw.size != nullptr || raw.partitions != nullptr) && !options.create) {
-    std::fprintf(stderr, "ivshmfs: -o size= and -o partitions= only apply with -o create\n");
+  if ((raw.partitions != nullptr || (raw.size != nullptr && !options.join_size)) && !options.create) {
+    std::fprintf(stderr,
+                 "ivshmfs: -o size= only applies with -o create or -o id=auto, -o partitions= only with -o create\n");
     return false;
   }
   if (raw.log != nullptr) {
@@ -218,11 +227,21 @@ void print_help(const char* program) {
       "                         ivshmem-doorbell device the IVPosition the\n"
       "                         server gave, else from the hostname, vmN,\n"
       "                         vmN-suffix or N_suffix)\n"
+      "    -o id=auto[,size=SIZE]\n"
+      "                         join a running region: claim the lowest\n"
+      "                         partition whose claim is free or stale; if\n"
+      "                         none, add a partition of SIZE (a multiple of\n"
+      "                         4K; default: the largest free extent) to a\n"
+      "                         region formatted with free table slots\n"
+      "                         ('ivshmctl format --slots'); every mounted peer\n"
+      "                         shows the new vmN without a remount\n"
       "    -o create            create and format BACKEND if it is a missing or\n"
       "                         blank host file (its whole header area zero, as\n"
       "                         a new sparse file); anything else is never\n"
       "                         formatted: a damaged region is reported\n"
-      "    -o size=SIZE         size of a created region, e.g. 64M (default 64M)\n"
+      "    -o size=SIZE         size of a created region, e.g. 64M (default 64M);\n"
+      "                         with id=auto and without create: the size of\n"
+      "                         a partition to add\n"
       "    -o partitions=N      partitions of a created region (default 4)\n"
       "    -o log=LEVEL         trace, debug, info (default), warn, error, off\n"
       "    -o uid=USER          owner of the files (default: the daemon's user)\n"

@@ -34,16 +34,21 @@ struct Options {
   std::optional<std::string> backend;  // omitted: find_default_backend()
   std::string mountpoint;              // absolute (FUSE resolves it)
   std::optional<uint32_t> id;          // -o id=N; omitted: resolve_peer_id
+  // -o id=auto: claim the lowest free partition of the region, or add one
+  // (of `join_size` bytes if given, else of the largest free extent) to a
+  // region with a live partition table.
+  bool id_auto = false;
+  std::optional<uint64_t> join_size;   // -o id=auto,size=SIZE
   bool create = false;                 // -o create: create and format a missing host file
   uint64_t create_size = 64ULL << 20;  // -o size=SIZE
   uint32_t partitions = 4;             // -o partitions=N
   spdlog::level::level_enum log_level = spdlog::level::info;
   FileOwnership ownership;
   PollBounds poll;
-  bool read_only = false;   // -o ro: claim nothing, every file 0444
+  bool read_only = false;  // -o ro: claim nothing, every file 0444
   bool page_cache = true;  // read-only opens through the page cache; off with -o direct_io
-  bool doorbell = true;     // -o nodoorbell clears it: poll even where doorbells work
-  bool futex = true;        // -o nofutex clears it: poll host peers instead of futex wake-ups
+  bool doorbell = true;    // -o nodoorbell clears it: poll even where doorbells work
+  bool futex = true;       // -o nofutex clears it: poll host peers instead of futex wake-ups
   // -o overrun=skip: a reader a ring's writer lapped goes on at the oldest
   // retained byte silently (counted in user.ivshmfs.skipped) instead of
   // failing one read with EPIPE first.

@@ -31,7 +31,8 @@ build=${1:?usage: scripts/fuzz.sh [--target NAME] [--seconds N] BUILD_DIR}
 case "$target" in
   fuzz_region) corpus=corpus; timeout=5 ;;
   fuzz_live) corpus="corpus-fuzz_live"; timeout=30 ;;
-  *) echo "fuzz.sh: unknown target '$target' (fuzz_region, fuzz_live)" >&2; exit 2 ;;
+  fuzz_table) corpus="corpus-fuzz_table"; timeout=30 ;;
+  *) echo "fuzz.sh: unknown target '$target' (fuzz_region, fuzz_live, fuzz_table)" >&2; exit 2 ;;
 esac
 
 command -v clang++ >/dev/null || { echo "fuzz.sh: clang++ not found (scripts/setup.sh installs it)" >&2; exit 1; }

@@ -40,12 +40,15 @@ const char* const kUsage =
     "\n"
     "Commands:\n"
     "  format [--size SIZE] [--partitions N] [--partition ID=[SIZE][,ring]]... [--ring]\n"
-    "         [--force] BACKEND\n"
+    "         [--slots N [--free SIZE]] [--force] BACKEND\n"
     "                         lay out a fresh region (every partition empty)\n"
     "  format --split --size SIZE [--partitions N] [--force] PREFIX\n"
     "                         lay out a split region: PREFIX.vm0 .. PREFIX.vm{N-1}\n"
     "  status [--json] BACKEND\n"
     "                         show the layout and every partition's owner and length\n"
+    "  add [--id N] --size SIZE [--ring] BACKEND\n"
+    "                         add a partition to a running region (format --slots)\n"
+    "  remove --id N BACKEND  remove partition N (no live owner) so its space is reused\n"
     "  read BACKEND ID        write partition ID's committed bytes to stdout\n"
     "  write [--force] BACKEND ID\n"
     "                         append stdin to partition ID\n"
@@ -93,6 +96,9 @@ struct Args {
   std::optional<std::string> size;
   std::optional<std::string> partitions;
   std::optional<std::string> peer;
+  std::optional<std::string> slots;
+  std::optional<std::string> free;
+  std::optional<std::string> id;
   std::vector<std::string> partition;  // --partition ID=[SIZE][,ring], repeatable
   bool ring = false;
   bool force = false;
@@ -110,7 +116,8 @@ std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::str
   Args args;
   std::vector<option> longopts;
   for (const auto& name : allowed) {
-    const bool has_value = name == "size" || name == "partitions" || name == "partition" || name == "peer";
+    const bool has_value = name == "size" || name == "partitions" || name == "partition" || name == "peer" ||
+                           name == "slots" || name == "free" || name == "id";
     longopts.push_back({name.c_str(), has_value ? required_argument : no_argument, nullptr, 0});
   }
   longopts.push_back({"help", no_argument, nullptr, 'h'});
@@ -140,6 +147,9 @@ std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::str
     if (name == "libvirt") args.libvirt = true;
     if (name == "bridge") args.bridge = true;
     if (name == "peer") args.peer = optarg;
+    if (name == "slots") args.slots = optarg;
+    if (name == "free") args.free = optarg;
+    if (name == "id") args.id = optarg;
   }
   for (int i = optind; i < argc; ++i) args.positional.emplace_back(argv[i]);
   return args;
@@ -210,9 +220,24 @@ int cmd_format(const Args& args) {
   }
   FormatOptions format;
   format.force = args.force;
+  if (args.slots) {
+    auto n = parse_id(args.slots->c_str());
+    if (!n || *n == 0 || *n > IVSHMFS_MAX_PARTITIONS) {
+      return usage_error("--slots '" + *args.slots + "' is not a number from 1 to " +
+                         std::to_string(IVSHMFS_MAX_PARTITIONS));
+    }
+    format.slots = *n;
+    format.partitions = std::min(format.partitions, *n);
+  }
+  if (args.free) {
+    if (!args.slots) return usage_error("--free only applies with --slots (a table that can grow)");
+    auto parsed = parse_size(*args.free);
+    if (!parsed) return usage_error("--free: " + parsed.error().message);
+    format.free_bytes = *parsed;
+  }
   if (args.partitions) {
     auto id = parse_id(args.partitions->c_str());
-    if (!id || *id == 0 || *id > IVSHMFS_MAX_PARTITIONS) {
+    if (!id || (*id == 0 && !args.slots) || *id > IVSHMFS_MAX_PARTITIONS) {
       return usage_error("--partitions '" + *args.partitions + "' is not a number from 1 to " +
                          std::to_string(IVSHMFS_MAX_PARTITIONS));
     }
@@ -270,13 +295,24 @@ int cmd_format(const Args& args) {
   auto region = Region::open(std::move(backend).value());
   if (!region) return fail(region.error());
   const auto& parts = (*region)->partitions();
+  std::string grow;
+  if ((*region)->live_table()) {
+    const FreeSpace free = (*region)->free_space();
+    grow = "; " + std::to_string(free.free_slots) + " free table slots, " + format_size(free.total) + " free";
+  }
+  if (parts.empty()) {
+    std::printf("formatted %s: %s, no partitions%s\n", path.c_str(), format_size((*region)->info().region_size).c_str(),
+                grow.c_str());
+    return 0;
+  }
   const bool uniform = std::all_of(parts.begin(), parts.end(), [&](const PartitionInfo& p) {
     return p.capacity == parts.front().capacity && p.ring == parts.front().ring;
   });
   if (uniform) {
-    std::printf("formatted %s: %s, %zu %s of %s each\n", path.c_str(),
+    std::printf("formatted %s: %s, %zu %s of %s each%s\n", path.c_str(),
                 format_size((*region)->info().region_size).c_str(), parts.size(),
-                parts.front().ring ? "ring partitions" : "partitions", format_size(parts.front().capacity).c_str());
+                parts.front().ring ? "ring partitions" : "partitions", format_size(parts.front().capacity).c_str(),
+                grow.c_str());
     return 0;
   }
   std::printf("formatted %s: %s, %zu partitions:", path.c_str(), format_size((*region)->info().region_size).c_str(),
@@ -284,7 +320,45 @@ int cmd_format(const Args& args) {
   for (const PartitionInfo& p : parts) {
     std::printf(" %u=%s%s", p.id, format_size(p.capacity).c_str(), p.ring ? ",ring" : "");
   }
-  std::printf("\n");
+  std::printf("%s\n", grow.c_str());
+  return 0;
+}
+
+int cmd_add(const Args& args) {
+  if (args.positional.size() != 1) return usage_error("add takes one BACKEND");
+  if (!args.size) return usage_error("add needs --size SIZE (the new partition's capacity, a multiple of 4K)");
+  auto size = parse_size(*args.size);
+  if (!size) return usage_error("--size: " + size.error().message);
+  NewPartition wanted;
+  wanted.capacity = *size;
+  wanted.ring = args.ring;
+  if (args.id) {
+    auto id = parse_id(args.id->c_str());
+    if (!id) return usage_error("--id '" + *args.id + "' is not a partition id");
+    wanted.id = *id;
+  }
+  auto region = open_region(args.positional[0], true);
+  if (!region) return fail(region.error());
+  auto added = (*region)->add_partition(wanted);
+  if (!added) return fail(added.error());
+  const FreeSpace free = (*region)->free_space();
+  std::printf("added partition %u (vm%u): %s%s at offset %" PRIu64 "; %u free table slots, %s free (largest %s)\n",
+              added->id, added->id, format_size(added->capacity).c_str(), added->ring ? " ring" : "",
+              added->data_offset, free.free_slots, format_size(free.total).c_str(), format_size(free.largest).c_str());
+  return 0;
+}
+
+int cmd_remove(const Args& args) {
+  if (args.positional.size() != 1) return usage_error("remove takes one BACKEND");
+  if (!args.id) return usage_error("remove needs --id N (the partition to remove)");
+  auto id = parse_id(args.id->c_str());
+  if (!id) return usage_error("--id '" + *args.id + "' is not a partition id");
+  auto region = open_region(args.positional[0], true);
+  if (!region) return fail(region.error());
+  if (auto r = (*region)->remove_partition(*id); !r) return fail(r.error());
+  const FreeSpace free = (*region)->free_space();
+  std::printf("removed partition %u (vm%u); %u free table slots, %s free (largest %s)\n", *id, *id, free.free_slots,
+              format_size(free.total).c_str(), format_size(free.largest).c_str());
   return 0;
 }
 
@@ -311,6 +385,7 @@ int cmd_status(const Args& args) {
   const RegionInfo& info = r.info();
   // A partition whose generation stays odd (an owner stopped in a reset) is
   // shown as such: the table is always printed.
+  const FreeSpace free = r.free_space();
   std::vector<PartitionStat> stats;
   std::vector<bool> mid_reset;
   std::vector<bool> known;  // false: stat() gave up on the partition, only id and capacity are known
@@ -331,9 +406,11 @@ int cmd_status(const Args& args) {
   if (args.json) {
     std::printf("{\"backend\":\"%s\",\"kind\":\"%s\",\"version\":%u,\"region_size\":%" PRIu64
                 ",\"format_id\":\"%016" PRIx64 "\",\"format_time_ns\":%" PRIu64
-                ",\"partition_count\":%u,\"split_pieces\":%u,\"partitions\":[",
+                ",\"partition_count\":%u,\"split_pieces\":%u,\"live_table\":%s,\"table_slots\":%u,"
+                "\"free_slots\":%u,\"free_bytes\":%" PRIu64 ",\"largest_free\":%" PRIu64 ",\"partitions\":[",
                 json_escape(r.path()).c_str(), to_string(r.backends().front()->kind()), info.version, info.region_size,
-                info.format_id, info.format_time_ns, info.partition_count, info.split_pieces);
+                info.format_id, info.format_time_ns, info.partition_count, info.split_pieces,
+                r.live_table() ? "true" : "false", info.table_slots, free.free_slots, free.total, free.largest);
     for (std::size_t i = 0; i < stats.size(); ++i) {
       const PartitionStat& s = stats[i];
       std::printf(
@@ -360,6 +437,10 @@ int cmd_status(const Args& args) {
   std::printf("region %s (%s): layout v%u, %s, %u partitions, format id %016" PRIx64 ", formatted %s\n",
               r.path().c_str(), kind.c_str(), info.version, format_size(info.region_size).c_str(), info.partition_count,
               info.format_id, iso_time(info.format_time_ns).c_str());
+  if (r.live_table()) {
+    std::printf("live partition table: %u of %u slots free, %s of data area free (largest extent %s)\n",
+                free.free_slots, info.table_slots, format_size(free.total).c_str(), format_size(free.largest).c_str());
+  }
   std::printf("%-4s %-22s %-5s %21s %10s  %s\n", "ID", "OWNER", "ALIVE", "LENGTH/CAPACITY", "GENERATION", "LAST WRITE");
   for (std::size_t i = 0; i < stats.size(); ++i) {
     const PartitionStat& s = stats[i];
@@ -613,10 +694,10 @@ struct Command {
 const std::map<std::string, Command>& commands() {
   static const std::map<std::string, Command> table{
       {"format",
-       {{"size", "partitions", "partition", "ring", "force", "split"},
+       {{"size", "partitions", "partition", "ring", "force", "split", "slots", "free"},
         1,
         "Usage: ivshmctl format [--size SIZE] [--partitions N] [--partition ID=[SIZE][,ring]]...\n"
-        "                       [--ring] [--force] [BACKEND]\n"
+        "                       [--ring] [--slots N [--free SIZE]] [--force] [BACKEND]\n"
         "       ivshmctl format --split --size SIZE [--partitions N] [--force] PREFIX\n\n"
         "Lay out a fresh region: a new format id, N empty, unclaimed partitions. Partitions\n"
         "without a --partition size share what the sized ones leave, equally.\n\n"
@@ -630,6 +711,16 @@ const std::map<std::string, Command>& commands() {
         "  --ring            make every partition a ring: it keeps its newest SIZE bytes,\n"
         "                    and a write never fails for lack of room (one larger than\n"
         "                    the ring fails with EFBIG)\n"
+        "  --slots N         a live partition table of N slots (N >= --partitions, at most\n"
+        "                    64; --partitions may then be 0): peers may add partitions\n"
+        "                    later ('ivshmctl add', 'ivshmfs -o id=auto') and remove them\n"
+        "                    ('ivshmctl remove'), while the region is mounted. Partitions\n"
+        "                    without a size then get the share they would get if every\n"
+        "                    slot held one; the rest of the data area stays free. Peers of\n"
+        "                    ivshmfs versions without live tables refuse such a region\n"
+        "  --free SIZE       with --slots: keep SIZE bytes free instead (rounded to pages;\n"
+        "                    the shares round down, so a little more may stay free); the\n"
+        "                    partitions without a size share the rest\n"
         "  --force           format even if BACKEND already holds data (destroys it)\n"
         "  --split           a split region: one file per partition, PREFIX.vm0 .. PREFIX.vm{N-1},\n"
         "                    each SIZE bytes (a power of two: each becomes a PCI BAR) and holding\n"
@@ -652,6 +743,28 @@ const std::map<std::string, Command>& commands() {
         "So is a range a takeover fenced off (\"fenced\" bytes in JSON).\n\n"
         "  --json            one JSON object instead of the table\n",
         cmd_status}},
+      {"add",
+       {{"id", "size", "ring"},
+        1,
+        "Usage: ivshmctl add [--id N] --size SIZE [--ring] [BACKEND]\n\n"
+        "Add a partition to a region formatted with a live table (format --slots), also\n"
+        "while peers have it mounted: every mounted peer shows the new file vmN within a\n"
+        "poll interval. Its data area is the first free extent (lowest offset) that holds\n"
+        "SIZE; its table slot the lowest free one. It starts empty and unclaimed.\n\n"
+        "  --id N            the new partition's id (default: the lowest unused id)\n"
+        "  --size SIZE       its capacity, a multiple of 4 KiB (K, M, G suffixes)\n"
+        "  --ring            make it a ring partition\n",
+        cmd_add}},
+      {"remove",
+       {{"id"},
+        1,
+        "Usage: ivshmctl remove --id N [BACKEND]\n\n"
+        "Remove partition N from a region with a live table: its file disappears from every\n"
+        "mount (open descriptors of it fail with EIO), and its table slot and data area may\n"
+        "be used by the next 'add'. Refused while a live owner holds it (unmount it first);\n"
+        "a stale or dead owner's claim does not stop it. Its bytes are lost.\n\n"
+        "  --id N            the partition to remove\n",
+        cmd_remove}},
       {"read",
        {{},
         2,

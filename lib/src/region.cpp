@@ -20,6 +20,7 @@
 #include <spdlog/spdlog.h>
 
 #include "ivshmfs/identity.hpp"
+#include "partition_table.hpp"
 #include "shared.hpp"
 
 namespace ivshmfs {
@@ -124,7 +125,18 @@ Result<std::vector<PartitionLayout>> plan_partitions(const std::string& path, ui
     plan[want.id].ring = want.ring || options.ring;
     if (add_overflows(sized, want.capacity, &sized)) sized = UINT64_MAX;
   }
-  const uint64_t room = size > data_offset ? size - data_offset : 0;
+  uint64_t room = size > data_offset ? size - data_offset : 0;
+  // A live table keeps room to grow: `free_bytes` if given, else the share
+  // of every slot no partition takes at format.
+  const uint64_t kept_free = options.free_bytes.value_or(0) / IVSHMFS_PAGE_SIZE * IVSHMFS_PAGE_SIZE;
+  if (options.slots != 0 && options.free_bytes) {
+    if (kept_free > room) {
+      return make_error(Errc::region_too_small, path + ": " + format_size(size) + " cannot keep " +
+                                                    format_size(kept_free) + " free (the data area is " +
+                                                    format_size(room) + ")");
+    }
+    room -= kept_free;
+  }
   const auto unsized = static_cast<uint64_t>(
       std::count_if(plan.begin(), plan.end(), [](const PartitionLayout& p) { return p.capacity == 0; }));
   const uint64_t need =
@@ -138,7 +150,13 @@ Result<std::vector<PartitionLayout>> plan_partitions(const std::string& path, ui
                                                   ")");
   }
   if (unsized > 0) {
-    const uint64_t share = (room - sized) / unsized / IVSHMFS_PAGE_SIZE * IVSHMFS_PAGE_SIZE;
+    const uint64_t empty_slots = options.slots != 0 && !options.free_bytes ? options.slots - count : 0;
+    const uint64_t share = (room - sized) / (unsized + empty_slots) / IVSHMFS_PAGE_SIZE * IVSHMFS_PAGE_SIZE;
+    if (share < IVSHMFS_MIN_CAPACITY) {
+      return make_error(Errc::region_too_small,
+                        path + ": " + format_size(size) + " leaves less than a page for each of " +
+                            std::to_string(unsized + empty_slots) + " partitions or free slots");
+    }
     for (PartitionLayout& p : plan) {
       if (p.capacity == 0) p.capacity = share;
     }
@@ -170,6 +188,10 @@ Result<void> refuse_unless_blank(const Backend& backend) {
 }
 }  // namespace
 
+namespace {
+bool split_of(const FormatOptions& options) { return options.split_pieces != 0; }
+}  // namespace
+
 Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   const std::string& path = backend.path();
   if (!backend.writable()) return make_error(Errc::read_only, path + ": opened read-only, cannot format");
@@ -180,14 +202,23 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
                                                   "the piece count (1.." + std::to_string(IVSHMFS_MAX_PARTITIONS) +
                                                   "), and a non-zero format id");
   }
-  if (count == 0 || count > IVSHMFS_MAX_PARTITIONS) {
+  if ((count == 0 && options.slots == 0) || count > IVSHMFS_MAX_PARTITIONS) {
     return make_error(Errc::invalid_argument, "partition count " + std::to_string(count) + " is out of range 1.." +
                                                   std::to_string(IVSHMFS_MAX_PARTITIONS));
   }
+  if (options.slots != 0 && (options.slots < count || options.slots > IVSHMFS_MAX_PARTITIONS || split_of(options))) {
+    return make_error(Errc::invalid_argument, path + ": " + std::to_string(options.slots) +
+                                                  " table slots: a live table needs at least as many slots as "
+                                                  "partitions (" +
+                                                  std::to_string(count) + "), at most " +
+                                                  std::to_string(IVSHMFS_MAX_PARTITIONS) +
+                                                  ", and a region that is not split");
+  }
+  const uint32_t slots = options.slots != 0 ? options.slots : count;
   const uint64_t size = backend.size();
   const uint64_t control_offset =
-      round_up(sizeof(ivshmfs_header) + count * sizeof(ivshmfs_partition_entry), IVSHMFS_CONTROL_ALIGN);
-  const uint64_t data_offset = round_up(control_offset + count * sizeof(ivshmfs_control), IVSHMFS_PAGE_SIZE);
+      round_up(sizeof(ivshmfs_header) + slots * sizeof(ivshmfs_partition_entry), IVSHMFS_CONTROL_ALIGN);
+  const uint64_t data_offset = round_up(control_offset + slots * sizeof(ivshmfs_control), IVSHMFS_PAGE_SIZE);
   auto plan = plan_partitions(path, size, data_offset, options);
   if (!plan) return std::move(plan).error();
 
@@ -205,19 +236,25 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   const bool split = options.split_pieces != 0;
   store_relaxed(header->format_id, split ? options.format_id : detail::random_nonzero());
   header->format_time_ns = wall_clock_ns();
-  header->partition_count = count;
+  header->partition_count = slots;
   header->page_size = IVSHMFS_PAGE_SIZE;
   header->control_offset = control_offset;
   header->data_offset = data_offset;
   header->features = split ? IVSHMFS_FEATURE_SPLIT : 0;
+  const bool live = options.slots != 0;
+  if (live) header->features |= IVSHMFS_FEATURE_LIVE_TABLE;
   header->split_pieces = options.split_pieces;
   auto* table = reinterpret_cast<ivshmfs_partition_entry*>(backend.bytes().data() + sizeof(ivshmfs_header));
   uint64_t next = data_offset;
+  for (uint32_t i = count; i < slots; ++i) {  // free slots of a live table
+    table[i].control_offset = control_offset + uint64_t{i} * sizeof(ivshmfs_control);
+  }
   for (uint32_t i = 0; i < count; ++i) {
     const PartitionLayout& want = (*plan)[i];
     table[i].id = split ? options.piece_id : i;
     table[i].flags = want.ring ? IVSHMFS_PARTITION_RING : 0;
-    if (want.ring) header->features |= IVSHMFS_FEATURE_RING;
+    if (live) table[i].flags |= IVSHMFS_PARTITION_LIVE | (uint32_t{1} << IVSHMFS_PARTITION_SERIAL_SHIFT);
+    if (want.ring && !live) header->features |= IVSHMFS_FEATURE_RING;
     table[i].control_offset = control_offset + uint64_t{i} * sizeof(ivshmfs_control);
     table[i].data_offset = next;
     table[i].capacity = want.capacity;
@@ -235,6 +272,7 @@ namespace {
 struct ValidPiece {
   ivshmfs_header header{};
   std::vector<PartitionInfo> partitions;  // piece-relative offsets; index and piece not yet set
+  uint64_t table_seq = 0;                 // a live table: the seqlock value it was copied at
 };
 
 // Copies the header and partition table of one backend into private memory
@@ -305,6 +343,13 @@ Result<ValidPiece> validate_piece(const Backend& backend) {
       return corrupt("a piece of a split region holds " + std::to_string(h.partition_count) + " partitions, not 1");
   }
   if (h.reserved32 != 0) return corrupt("reserved32 is " + hex(h.reserved32) + ", not 0");
+  const bool live = (h.features & IVSHMFS_FEATURE_LIVE_TABLE) != 0;
+  if (live && (h.features & IVSHMFS_FEATURE_SPLIT) != 0)
+    return corrupt("a piece of a split region with a live partition table");
+  if (!live && (h.table_seq != 0 || h.table_lock != 0)) {
+    return corrupt("table_seq " + hex(h.table_seq) + " / table_lock " + hex(h.table_lock) +
+                   " set in a region whose partition table is fixed");
+  }
   for (std::size_t i = 0; i < std::size(h.reserved); ++i) {
     if (h.reserved[i] != 0)
       return corrupt("reserved word " + std::to_string(i) + " is " + hex(h.reserved[i]) + ", not 0");
@@ -331,57 +376,23 @@ Result<ValidPiece> validate_piece(const Backend& backend) {
                    " is misaligned, overlaps the control blocks or lies past the end");
   }
 
-  std::vector<ivshmfs_partition_entry> table(count);
-  std::memcpy(table.data(), bytes.data() + sizeof(ivshmfs_header), count * sizeof(ivshmfs_partition_entry));
-
   ValidPiece piece;
   piece.header = h;
-  std::array<bool, IVSHMFS_MAX_PARTITIONS> used{};
-  for (uint32_t i = 0; i < count; ++i) {
-    const ivshmfs_partition_entry& e = table[i];
-    auto bad = [&](const std::string& what) {
-      return make_error(Errc::corrupt_partition_table,
-                        path + ": corrupt partition table: entry " + std::to_string(i) + ": " + what);
-    };
-    if (e.id >= IVSHMFS_MAX_PARTITIONS) return bad("id " + std::to_string(e.id) + " is out of range");
-    if (used[e.id]) return bad("id " + std::to_string(e.id) + " is used twice");
-    used[e.id] = true;
-    if ((h.features & IVSHMFS_FEATURE_SPLIT) != 0 && e.id >= h.split_pieces) {
-      return bad("id " + std::to_string(e.id) + " is not below the piece count " + std::to_string(h.split_pieces));
-    }
-    if ((e.flags & ~IVSHMFS_PARTITION_RING) != 0) return bad("unknown flags " + hex(e.flags));
-    const bool ring = (e.flags & IVSHMFS_PARTITION_RING) != 0;
-    if (ring && (h.features & IVSHMFS_FEATURE_RING) == 0)
-      return bad("flag ring (" + hex(e.flags) + ") without the ring feature bit in the header");
-    if (e.control_offset != h.control_offset + uint64_t{i} * sizeof(ivshmfs_control)) {
-      return bad("control_offset " + hex(e.control_offset) + " is not control block " + std::to_string(i));
-    }
-    uint64_t end = 0;
-    if (e.data_offset % IVSHMFS_PAGE_SIZE != 0 || e.data_offset < h.data_offset) {
-      return bad("data_offset " + hex(e.data_offset) + " is misaligned or inside the metadata");
-    }
-    if (e.capacity < IVSHMFS_MIN_CAPACITY || e.capacity % IVSHMFS_PAGE_SIZE != 0) {
-      return bad("capacity " + std::to_string(e.capacity) + " is not a positive multiple of the page size");
-    }
-    if (add_overflows(e.data_offset, e.capacity, &end) || end > size) {
-      return bad("data area " + hex(e.data_offset) + "+" + hex(e.capacity) + " lies past the end of the region");
-    }
-    piece.partitions.push_back(PartitionInfo{e.id, i, 0, e.control_offset, e.data_offset, e.capacity, ring});
+  std::vector<ivshmfs_partition_entry> table(count);
+  if (live) {
+    // The table changes under its seqlock: a copy taken while it stays odd
+    // (a changer died in a change) is checked entry by entry all the same.
+    detail::TableCopy copy = detail::copy_live_table(bytes.data(), h.partition_count);
+    table = std::move(copy.entries);
+    piece.table_seq = copy.seq;
+  } else {
+    std::memcpy(table.data(), bytes.data() + sizeof(ivshmfs_header), count * sizeof(ivshmfs_partition_entry));
   }
-  if ((h.features & IVSHMFS_FEATURE_RING) != 0 &&
-      std::none_of(piece.partitions.begin(), piece.partitions.end(), [](const PartitionInfo& p) { return p.ring; })) {
-    return corrupt("feature bit ring is set but no partition is a ring");
-  }
-  std::vector<PartitionInfo> by_offset = piece.partitions;
-  std::sort(by_offset.begin(), by_offset.end(),
-            [](const PartitionInfo& a, const PartitionInfo& b) { return a.data_offset < b.data_offset; });
-  for (std::size_t i = 1; i < by_offset.size(); ++i) {
-    if (by_offset[i - 1].data_offset + by_offset[i - 1].capacity > by_offset[i].data_offset) {
-      return make_error(Errc::corrupt_partition_table, path + ": corrupt partition table: data areas of partitions " +
-                                                           std::to_string(by_offset[i - 1].id) + " and " +
-                                                           std::to_string(by_offset[i].id) + " overlap");
-    }
-  }
+  std::vector<std::string> skipped;
+  auto partitions = detail::check_table(path, h, table, size, &skipped);
+  if (!partitions) return std::move(partitions).error();
+  for (const std::string& why : skipped) spdlog::warn("{}", why);
+  piece.partitions = std::move(partitions).value();
   return piece;
 }
 
@@ -427,19 +438,21 @@ Result<std::shared_ptr<Region>> Region::open_pieces(std::vector<std::unique_ptr<
 
   auto region = std::shared_ptr<Region>(new Region());
   region->path_ = std::move(name);
-  region->index_by_id_.fill(-1);
+  std::array<bool, IVSHMFS_MAX_PARTITIONS> seen{};
+  std::vector<PartitionInfo> partitions;
   uint64_t total = 0;
   for (std::size_t i = 0; i < valid.size(); ++i) {
     total += backends[i]->size();
     for (PartitionInfo p : valid[i].partitions) {
-      if (region->index_by_id_[p.id] >= 0) {
+      if (seen[p.id]) {
         return make_error(Errc::invalid_argument, backends[i]->path() + ": partition " + std::to_string(p.id) +
                                                       " is in two of the pieces given: two copies of one piece");
       }
+      seen[p.id] = true;
       p.piece = static_cast<uint32_t>(i);
-      p.index = static_cast<uint32_t>(region->partitions_.size());
-      region->index_by_id_[p.id] = static_cast<int16_t>(p.index);
-      region->partitions_.push_back(p);
+      // A live table's partitions keep their slot; pieces count in order.
+      if (split) p.index = static_cast<uint32_t>(partitions.size());
+      partitions.push_back(p);
     }
     Piece piece;
     piece.damaged = std::make_unique<std::atomic<bool>>(false);
@@ -447,21 +460,26 @@ Result<std::shared_ptr<Region>> Region::open_pieces(std::vector<std::unique_ptr<
     piece.backend = std::move(backends[i]);
     region->pieces_.push_back(std::move(piece));
   }
+  const std::size_t opened = partitions.size();
   region->info_ = RegionInfo{first.version,
                              total,
                              first.format_id,
                              first.format_time_ns,
-                             static_cast<uint32_t>(region->partitions_.size()),
+                             static_cast<uint32_t>(opened),
                              first.data_offset,
                              split ? first.split_pieces : 0,
-                             first.features};
-  if (split && region->partitions_.size() < first.split_pieces) {
+                             first.features,
+                             split ? static_cast<uint32_t>(opened) : first.partition_count};
+  region->header_ = first;
+  region->seen_seq_.store(valid.front().table_seq, std::memory_order_relaxed);
+  region->publish(std::move(partitions));
+  if (split && opened < first.split_pieces) {
     std::string missing;
     for (uint32_t id = 0; id < first.split_pieces; ++id) {
-      if (region->index_by_id_[id] < 0) missing += (missing.empty() ? "" : ", ") + std::to_string(id);
+      if (!seen[id]) missing += (missing.empty() ? "" : ", ") + std::to_string(id);
     }
-    spdlog::warn("{}: {} of {} pieces present; missing partition(s) {} are not shown", region->path_,
-                 region->partitions_.size(), first.split_pieces, missing);
+    spdlog::warn("{}: {} of {} pieces present; missing partition(s) {} are not shown", region->path_, opened,
+                 first.split_pieces, missing);
   }
   return region;
 }
@@ -831,8 +849,9 @@ Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const R
 }
 
 const PartitionInfo* Region::find(uint32_t id) const noexcept {
-  if (id >= index_by_id_.size() || index_by_id_[id] < 0) return nullptr;
-  return &partitions_[static_cast<std::size_t>(index_by_id_[id])];
+  const Table* t = table();
+  if (id >= t->index_by_id.size() || t->index_by_id[id] < 0) return nullptr;
+  return &t->partitions[static_cast<std::size_t>(t->index_by_id[id])];
 }
 
 ivshmfs_control* Region::control(const PartitionInfo& p) const noexcept {
@@ -920,8 +939,8 @@ constexpr int kMaxReadAttempts = 10000;
 
 [[gnu::cold, gnu::noinline]] Error no_partition(const Region& region, uint32_t id) {
   return make_error(Errc::no_such_partition, region.path() + ": no partition " + std::to_string(id) +
-                                                 " (the region has " + std::to_string(region.info().partition_count) +
-                                                 ")");
+                                                 " (the region has " + std::to_string(region.partitions().size()) +
+                                                 (region.live_table() ? " now" : "") + ")");
 }
 
 struct ProcStat {

@@ -557,5 +557,53 @@ run format --force --ring --partitions 2 "$file"
 expect_status 0 "format --ring"
 expect_out "2 ring partitions of" "format --ring makes every partition a ring"
 
+# Live partition tables: format with free slots, add, status, remove, reuse.
+if [ "$mode" = shared ]; then
+  next_file
+  run format --size 1M --partitions 2 --slots 4 "$file"
+  expect_status 0 "format --slots"
+  expect_out "2 free table slots" "format --slots reports the free slots"
+  run add --size 64K "$file"
+  expect_status 0 "add --size 64K"
+  expect_out "added partition 2 (vm2): 64 KiB" "add takes the lowest unused id"
+  first_offset=$(sed -n 's/.* at offset \([0-9]*\);.*/\1/p' "$out")
+  printf 'joined' | "$ctl" write "$file" 2 >/dev/null 2>&1
+  run read "$file" 2
+  expect_out "joined" "the added partition takes writes and reads back"
+  run status "$file"
+  expect_out "live partition table: 1 of 4 slots free" "status shows the free slots"
+  run status --json "$file"
+  expect_out '"live_table":true,"table_slots":4,"free_slots":1' "status --json shows the live table"
+  run add --size 64K --id 2 "$file"
+  expect_status 1 "add of an existing id"
+  expect_err "partition 2 exists" "add names the existing id"
+  run add --size 64M "$file"
+  expect_status 1 "add of more than is free"
+  expect_err "no free extent holds 64 MiB" "add says what does not fit"
+  run add "$file"
+  expect_status 2 "add without --size"
+  run remove --id 2 "$file"
+  expect_status 0 "remove --id 2"
+  run read "$file" 2
+  expect_status 1 "read of a removed partition"
+  expect_err "no partition 2" "a removed partition is gone"
+  run add --size 64K --ring "$file"
+  expect_status 0 "add again after the removal"
+  expect_out "at offset $first_offset;" "the removed partition's space is reused"
+  run read "$file" 2
+  if [ "$status" = 0 ] && [ ! -s "$out" ]; then
+    pass "the new partition starts empty"
+  else
+    fail "the new partition starts empty" "exit $status" "stdout: $(head -c 100 "$out")"
+  fi
+  run remove --id 9 "$file"
+  expect_status 1 "remove of a missing id"
+  next_file
+  run format --size 1M --partitions 2 "$file"
+  run add --size 64K "$file"
+  expect_status 1 "add to a fixed table"
+  expect_err "format it with --slots" "add to a fixed table says how to get a live one"
+fi
+
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]

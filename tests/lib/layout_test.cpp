@@ -152,7 +152,9 @@ std::vector<Corruption> corruptions() {
        {"0x8000000000000000"}},
       // reserved words must be zero
       {"reserved word 0", [](Image& m) { m.header.reserved[0] = 1; }, Errc::corrupt_header, {"reserved word 0"}},
-      {"reserved word 5", [](Image& m) { m.header.reserved[5] = 5; }, Errc::corrupt_header, {"reserved word 5"}},
+      {"reserved word 3", [](Image& m) { m.header.reserved[3] = 5; }, Errc::corrupt_header, {"reserved word 3"}},
+      {"table_seq in a fixed table", [](Image& m) { m.header.table_seq = 2; }, Errc::corrupt_header, {"table_seq"}},
+      {"table_lock in a fixed table", [](Image& m) { m.header.table_lock = 7; }, Errc::corrupt_header, {"table_lock"}},
       {"reserved32", [](Image& m) { m.header.reserved32 = 7; }, Errc::corrupt_header, {"reserved32", "0x7"}},
       {"split_pieces without the split feature",
        [](Image& m) { m.header.split_pieces = 3; },

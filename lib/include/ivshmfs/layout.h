@@ -14,8 +14,9 @@
  *   data areas (page-aligned)     one per partition, capacity bytes each
  *
  * The header and the partition table are written once, by `format`, and are
- * read-only afterwards. The control blocks are live: they are only accessed
- * with 64-bit atomic loads, stores and compare-and-swaps.
+ * read-only afterwards, except in a region with IVSHMFS_FEATURE_LIVE_TABLE,
+ * whose table entries (and its table_seq and table_lock words) change. The control blocks are live: they are only
+ * accessed with 64-bit atomic loads, stores and compare-and-swaps.
  *
  * Version 2 (over version 1): a 128-byte header with incompatible feature
  * bits; absolute positions (head, base) instead of a committed length; an
@@ -50,13 +51,32 @@ extern "C" {
  * IVSHMFS_FEATURE_RING: at least one partition entry has
  *   IVSHMFS_PARTITION_RING: its data area is a ring that keeps the newest
  *   `capacity` bytes (see docs/layout.md, "Ring partitions").
+ * IVSHMFS_FEATURE_LIVE_TABLE: the partition table changes at run time
+ *   (docs/layout.md, "Live partition table"). partition_count is then the
+ *   number of table slots (fixed at format; the table never moves); only
+ *   entries with IVSHMFS_PARTITION_LIVE are partitions. Entries change under
+ *   the seqlock header.table_seq, by the holder of header.table_lock. In
+ *   such a region a ring entry does not need IVSHMFS_FEATURE_RING.
  */
 #define IVSHMFS_FEATURE_SPLIT (UINT64_C(1) << 0)
 #define IVSHMFS_FEATURE_RING (UINT64_C(1) << 1)
-#define IVSHMFS_FEATURES_KNOWN (IVSHMFS_FEATURE_SPLIT | IVSHMFS_FEATURE_RING)
+#define IVSHMFS_FEATURE_LIVE_TABLE (UINT64_C(1) << 2)
+#define IVSHMFS_FEATURES_KNOWN (IVSHMFS_FEATURE_SPLIT | IVSHMFS_FEATURE_RING | IVSHMFS_FEATURE_LIVE_TABLE)
 
 /* Partition entry flags (partition_entry.flags). */
 #define IVSHMFS_PARTITION_RING (UINT32_C(1) << 0)
+/* Live tables only: the slot holds a partition (clear: the slot is free). */
+#define IVSHMFS_PARTITION_LIVE (UINT32_C(1) << 1)
+/* Live tables only: bits 16..31 count the partitions added to this slot, so
+ * a partition added where another was removed is told from it. */
+#define IVSHMFS_PARTITION_SERIAL_SHIFT 16u
+#define IVSHMFS_PARTITION_SERIAL_MASK UINT32_C(0xffff0000)
+
+/* header.table_lock: (milliseconds of CLOCK_REALTIME when taken) << this |
+ * random low bits, never zero; 0 = free. A lock older than
+ * IVSHMFS_TABLE_LOCK_STALE_MS may be broken (its holder died in a change). */
+#define IVSHMFS_TABLE_LOCK_TIME_SHIFT 22u
+#define IVSHMFS_TABLE_LOCK_STALE_MS 2000u
 
 /* Bit 63 of control.head: a takeover is fencing the head (see docs/layout.md). */
 #define IVSHMFS_HEAD_FENCE (UINT64_C(1) << 63)
@@ -81,7 +101,9 @@ struct ivshmfs_header {
   uint64_t features;        /* 64: incompatible feature bits; see IVSHMFS_FEATURES_KNOWN */
   uint32_t split_pieces;    /* 72: IVSHMFS_FEATURE_SPLIT: pieces at format; else zero */
   uint32_t reserved32;      /* 76: zero */
-  uint64_t reserved[6];     /* 80: zero */
+  uint64_t table_seq;       /* 80: live tables: seqlock, odd while an entry changes, +2 per change; else zero */
+  uint64_t table_lock;      /* 88: live tables: the changer's lock word (IVSHMFS_TABLE_LOCK_*); else zero */
+  uint64_t reserved[4];     /* 96: zero */
 };
 
 struct ivshmfs_partition_entry {
@@ -143,7 +165,9 @@ IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, control_offset) == 48, "co
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, data_offset) == 56, "data_offset");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, features) == 64, "features");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, split_pieces) == 72, "split_pieces");
-IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, reserved) == 80, "reserved");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, table_seq) == 80, "table_seq");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, table_lock) == 88, "table_lock");
+IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_header, reserved) == 96, "reserved");
 
 IVSHMFS_LAYOUT_ASSERT(sizeof(struct ivshmfs_partition_entry) == 32, "entry is 32 bytes");
 IVSHMFS_LAYOUT_ASSERT(offsetof(struct ivshmfs_partition_entry, flags) == 4, "flags");

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -43,6 +44,14 @@ struct FormatOptions {
   // Per-partition sizes and ring flags, at most one entry per id (< partitions).
   // Partitions without a size share the rest of the region equally.
   std::vector<PartitionLayout> layout{};
+  // Non-zero: a live partition table of this many slots (>= partitions, <=
+  // IVSHMFS_MAX_PARTITIONS): partitions may be added and removed while the
+  // region is in use (Region::add_partition). Partitions without a size then
+  // get an equal share as if every slot held one, unless `free_bytes` is set.
+  uint32_t slots = 0;
+  // With slots: bytes of the data area left unassigned at format (rounded
+  // down to pages); the partitions without a size share the rest.
+  std::optional<uint64_t> free_bytes{};
 };
 
 // The file of piece `id` of the split region `prefix`: PREFIX.vmID.
@@ -72,7 +81,36 @@ struct PartitionInfo {
   uint64_t control_offset = 0;
   uint64_t data_offset = 0;
   uint64_t capacity = 0;
-  bool ring = false;  // IVSHMFS_PARTITION_RING: keeps the newest capacity bytes
+  bool ring = false;    // IVSHMFS_PARTITION_RING: keeps the newest capacity bytes
+  uint32_t serial = 0;  // live tables: how many partitions this slot held (tells a re-added id from the old)
+};
+
+// Whether two rows describe the same partition (not one removed and another
+// added in its place).
+inline bool same_partition(const PartitionInfo& a, const PartitionInfo& b) noexcept {
+  return a.id == b.id && a.index == b.index && a.piece == b.piece && a.data_offset == b.data_offset &&
+         a.capacity == b.capacity && a.ring == b.ring && a.serial == b.serial;
+}
+
+// What Region::refresh_table found.
+struct TableChange {
+  bool changed = false;
+  std::vector<PartitionInfo> added;    // new rows (a re-added id is in both lists)
+  std::vector<PartitionInfo> removed;  // rows that are gone
+};
+
+// A partition to add to a live table (Region::add_partition).
+struct NewPartition {
+  std::optional<uint32_t> id{};  // none: the lowest id no partition has
+  uint64_t capacity = 0;         // bytes, a page multiple >= IVSHMFS_MIN_CAPACITY
+  bool ring = false;
+};
+
+// The unassigned data area of a live table.
+struct FreeSpace {
+  uint32_t free_slots = 0;
+  uint64_t total = 0;    // bytes in all free extents
+  uint64_t largest = 0;  // the largest partition that can be added now
 };
 
 struct RegionInfo {
@@ -84,6 +122,7 @@ struct RegionInfo {
   uint64_t data_offset = 0;
   uint32_t split_pieces = 0;  // 0: one backend holds the region; else pieces at format
   uint64_t features = 0;      // IVSHMFS_FEATURE_* bits
+  uint32_t table_slots = 0;   // a partition's index is below this (a live table: its slot count)
 };
 
 // When an owner counts as alive.
@@ -200,10 +239,33 @@ class Region {
   Region& operator=(const Region&) = delete;
   ~Region();
 
-  [[nodiscard]] const RegionInfo& info() const noexcept { return info_; }
-  [[nodiscard]] const std::vector<PartitionInfo>& partitions() const noexcept { return partitions_; }
+  // partition_count is that of the current table.
+  [[nodiscard]] RegionInfo info() const noexcept {
+    RegionInfo i = info_;
+    i.partition_count = static_cast<uint32_t>(table()->partitions.size());
+    return i;
+  }
+  // The partition table as this peer last saw it (see refresh_table). The
+  // references and pointers it hands out stay valid while the region lives,
+  // also after the table changed: they then describe a partition as it was.
+  [[nodiscard]] const std::vector<PartitionInfo>& partitions() const noexcept { return table()->partitions; }
   // nullptr when no partition has this id.
   [[nodiscard]] const PartitionInfo* find(uint32_t id) const noexcept;
+
+  // Live partition tables (IVSHMFS_FEATURE_LIVE_TABLE; docs/layout.md).
+  [[nodiscard]] bool live_table() const noexcept { return (info_.features & IVSHMFS_FEATURE_LIVE_TABLE) != 0; }
+  // Takes in changes peers made to the table: one load when nothing changed.
+  // Any thread. Bad entries are left out and logged. Not a live table:
+  // never a change.
+  Result<TableChange> refresh_table();
+  // Adds a partition (first fit over the free extents, the lowest free
+  // slot) and returns it as the table now has it. Needs a writable mapping.
+  Result<PartitionInfo> add_partition(const NewPartition& wanted);
+  // Removes partition `id`, whose claim must be unclaimed or not alive
+  // (Errc::claimed otherwise); its space and slot may then be reused.
+  Result<void> remove_partition(uint32_t id, const LivenessPolicy& policy = {});
+  // Free slots and bytes of the current table (zero unless a live table).
+  [[nodiscard]] FreeSpace free_space() const;
   // The region's name: its backend's path, or a split region's prefix.
   [[nodiscard]] const std::string& path() const noexcept { return path_; }
   [[nodiscard]] bool split() const noexcept { return info_.split_pieces != 0; }
@@ -271,11 +333,25 @@ class Region {
   Result<std::size_t> read_ring(const PartitionInfo& p, uint64_t offset, std::span<std::byte> out,
                                 uint64_t* generation) const;
 
+  // One version of the partition table; never changed once published.
+  struct Table {
+    std::vector<PartitionInfo> partitions;
+    std::array<int16_t, IVSHMFS_MAX_PARTITIONS> index_by_id{};  // -1: no such id
+  };
+  [[nodiscard]] const Table* table() const noexcept { return table_.load(std::memory_order_acquire); }
+  void publish(std::vector<PartitionInfo> partitions);
+  // Holds the table lock while a change is made (add/remove).
+  template <typename Change>
+  auto change_table(Change&& change) -> decltype(change());
+
   std::string path_;
   std::vector<Piece> pieces_;
   RegionInfo info_;
-  std::vector<PartitionInfo> partitions_;
-  std::array<int16_t, IVSHMFS_MAX_PARTITIONS> index_by_id_{};  // -1: no such id
+  ivshmfs_header header_{};  // piece 0's checked header (what live table checks need)
+  std::atomic<const Table*> table_{nullptr};
+  std::atomic<uint64_t> seen_seq_{0};                 // live tables: the table_seq the current table was read at
+  std::mutex tables_mutex_;                           // refresh and publish
+  std::vector<std::unique_ptr<const Table>> tables_;  // every version published; guarded by tables_mutex_
 };
 
 // Identity of this system, to tell whether a claim's owner runs here.
