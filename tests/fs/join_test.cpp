@@ -122,7 +122,11 @@ TEST_F(Join, AThirdPeerJoinsLeavesAndAFourthReusesItsSpace) {
   d_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_d_.path(), std::nullopt, {"id=auto", "size=64K"}});
   ASSERT_TRUE(d_->start()) << "the fourth daemon did not mount:\n" << d_->log();
   EXPECT_EQ(data_offset(2), first_offset) << "the removed partition's space is reused";
-  ASSERT_TRUE(eventually([&] { return exists(a_->file("vm2")); })) << a_->log();
+  // Each peer takes the new table in on its own tick: wait for both before
+  // reading through either (read_all asserts that the file opens).
+  for (Daemon* peer : {a_.get(), b_.get()}) {
+    ASSERT_TRUE(eventually([&] { return exists(peer->file("vm2")); })) << peer->mountpoint() << ":\n" << peer->log();
+  }
   struct stat after {};
   ASSERT_EQ(::stat(a_->file("vm2").c_str(), &after), 0);
   EXPECT_EQ(after.st_size, 0) << "nothing of the old partition shows in the new one";
