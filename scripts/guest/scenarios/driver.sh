@@ -113,11 +113,15 @@ out=$(ivshm-test selftest /dev/ivshm1 2>&1) && pass small-bar-selftest || fail s
 # its own reads through a buffer; replying from the mapping fails with EFAULT.
 if command -v ivshmfs >/dev/null && command -v ivshmctl >/dev/null; then
 	mkdir -p /mnt/small
-	if ivshmctl format --force --partitions 2 /dev/ivshm1 > /tmp/fmt1.log 2>&1 &&
-	   ivshmfs -o id=0 /dev/ivshm1 /mnt/small > /tmp/fs1.log 2>&1 && wait_until 10 is_mounted /mnt/small; then
-		echo small-bar-own-read >> /mnt/small/vm0
-		check small-bar-ivshmfs-own-read test "$(cat /mnt/small/vm0)" = small-bar-own-read
-		umount /mnt/small
+	# Every step bounded: a step that hangs fails here, naming itself, with
+	# the daemon's log, instead of the whole guest timing out.
+	if timeout 60 ivshmctl format --force --partitions 2 /dev/ivshm1 > /tmp/fmt1.log 2>&1 &&
+	   timeout 60 ivshmfs -o id=0 /dev/ivshm1 /mnt/small > /tmp/fs1.log 2>&1 && wait_until 10 is_mounted /mnt/small; then
+		check small-bar-ivshmfs-append timeout 60 sh -c 'echo small-bar-own-read >> /mnt/small/vm0'
+		check small-bar-ivshmfs-own-read test "$(timeout 60 cat /mnt/small/vm0)" = small-bar-own-read
+		check small-bar-ivshmfs-umount timeout 60 umount /mnt/small
+		umount -l /mnt/small 2>/dev/null
+		tail -n 5 /tmp/fs1.log | sed 's/^/IVSHM-INFO small-bar ivshmfs: /'
 	else
 		fail "small-bar-ivshmfs $(cat /tmp/fmt1.log /tmp/fs1.log | tail -n 5 | tr '\n' ' ')"
 	fi
