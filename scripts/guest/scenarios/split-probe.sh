@@ -40,8 +40,9 @@ expect_refused two-regions-mixed \
 
 for d in /dev/ivshm*; do
 	st=$(ivshmctl status --json "$d" 2>/dev/null)
+	# The other region's pieces (2 pieces), and the piece of partition 2.
 	case "$st" in
-	*'"split_pieces":2,'* | *'"split_pieces":3,"partitions":[{"id":2,'*)
+	*'"split_pieces":2,'* | *'"split_pieces":3,'*'"partitions":[{"id":2,'*)
 		bdf=$(ivshm_bdf "${d#/dev/ivshm}")
 		echo "$bdf" > /sys/bus/pci/drivers/ivshm/unbind && info "unbound $d ($bdf)" || fail "unbind $d"
 		;;
