@@ -57,4 +57,15 @@ file_size() { wc -c < "$1" 2>/dev/null || echo 0; }
 has_size() { [ "$(file_size "$1")" -ge "$2" ]; }
 # prefix_sha FILE N
 prefix_sha() { head -c "$2" "$1" | sha256sum | cut -d' ' -f1; }
+# check_partition K MOUNT HOSTID BINLEN: waits until MOUNT/vmK holds K's text
+# and binary data in full, then checks both (the text line, the sha256).
+check_partition() {
+	_k=$1 _m=$2 _n=$(size_of "$1" "$3" "$4")
+	if wait_until 300 has_size "$_m/vm$_k" "$_n"; then
+		check "read-vm$_k-text" test "$(head -n 1 "$_m/vm$_k")" = "$(text_of "$_k" "$3")"
+		check "read-vm$_k-binary-sha256" test "$(prefix_sha "$_m/vm$_k" "$_n")" = "$(sha_of "$_k" "$3" "$4")"
+	else
+		fail "read-vm$_k timed out: $(file_size "$_m/vm$_k") of $_n bytes"
+	fi
+}
 is_mounted() { grep -q " $1 fuse" /proc/mounts; }

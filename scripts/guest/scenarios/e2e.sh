@@ -26,13 +26,7 @@ check write-own-partition test "$(sha256sum < $M/vm$ME | cut -d' ' -f1)" = "$(sh
 
 # The peer's and the host's partitions, as soon as they are complete.
 for k in $PEER $HOSTID; do
-	n=$(size_of "$k" "$HOSTID" "$BINLEN")
-	if wait_until 300 has_size $M/vm$k "$n"; then
-		check "read-vm$k-text" test "$(head -n 1 $M/vm$k)" = "$(text_of "$k" "$HOSTID")"
-		check "read-vm$k-binary-sha256" test "$(prefix_sha $M/vm$k "$n")" = "$(sha_of "$k" "$HOSTID" "$BINLEN")"
-	else
-		fail "read-vm$k timed out: $(file_size $M/vm$k) of $n bytes"
-	fi
+	check_partition "$k" "$M" "$HOSTID" "$BINLEN"
 done
 
 # Others' partitions are read-only to us.

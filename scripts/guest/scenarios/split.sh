@@ -84,13 +84,7 @@ done
 text_of "$ME" "$HOSTID" >> $M/vm$ME && ivshm-test gen $((100 + ME)) "$BINLEN" >> $M/vm$ME
 check write-own-file test "$(sha256sum < $M/vm$ME | cut -d' ' -f1)" = "$(sha_of "$ME" "$HOSTID" "$BINLEN")"
 for k in $(others); do
-	n=$(size_of "$k" "$HOSTID" "$BINLEN")
-	if wait_until 300 has_size $M/vm$k "$n"; then
-		check "read-vm$k-text" test "$(head -n 1 $M/vm$k)" = "$(text_of "$k" "$HOSTID")"
-		check "read-vm$k-binary-sha256" test "$(prefix_sha $M/vm$k "$n")" = "$(sha_of "$k" "$HOSTID" "$BINLEN")"
-	else
-		fail "read-vm$k timed out: $(file_size $M/vm$k) of $n bytes"
-	fi
+	check_partition "$k" "$M" "$HOSTID" "$BINLEN"
 	r=$(echo intrusion | ivshm-test append $M/vm$k)
 	check "append-vm$k-is-EACCES" test "$r" = EACCES
 done
