@@ -24,6 +24,7 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+#include <spdlog/spdlog.h>
 
 #include "ivshmfs/backend.hpp"
 #include "ivshmfs/error.hpp"
@@ -32,6 +33,14 @@
 #include "ivshmfs/writer.hpp"
 
 namespace ivshmfs::test {
+
+// spdlog builds its default logger on first use, behind a function-local
+// static inside the (uninstrumented) shared libspdlog. When two test threads
+// log first, ThreadSanitizer cannot see that guard's synchronisation and
+// reports a race inside spdlog. Programs set logging up on their main thread
+// before any other starts (as fs/main.cpp does); the tests do the same here,
+// before main().
+inline const bool logging_ready = (spdlog::default_logger_raw() != nullptr);
 
 inline std::size_t page_size() { return static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)); }
 
