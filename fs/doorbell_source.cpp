@@ -67,10 +67,10 @@ void DoorbellSource::ring(uint32_t peer) noexcept {
 }
 
 std::string DoorbellSource::status() const {
-  return fmt::format("wakeups source=doorbell doorbells={} kicks={} timeouts={} rings={}{}\n",
+  return fmt::format("wakeups source=doorbell doorbells={} kicks={} timeouts={} rings={} announced={:#x}{}\n",
                      doorbell_wakes_.load(std::memory_order_relaxed), kicks_.load(std::memory_order_relaxed),
                      timeouts_.load(std::memory_order_relaxed), rings_.load(std::memory_order_relaxed),
-                     transport_->status());
+                     announced_.load(std::memory_order_relaxed), transport_->status());
 }
 
 void DoorbellSource::committed() noexcept {
@@ -120,7 +120,7 @@ void DoorbellSource::announce(uint64_t mask) noexcept {
     if (!announce_failed_logged_) spdlog::error("doorbells: announcing what we wait for: {}", r.error().message);
     announce_failed_logged_ = true;
   }
-  announced_ = mask;
+  announced_.store(mask, std::memory_order_relaxed);
 }
 
 void DoorbellSource::run(const std::stop_token& stop) {
@@ -141,7 +141,7 @@ void DoorbellSource::run(const std::stop_token& stop) {
     } catch (const std::exception& e) {
       spdlog::error("doorbells: {}", e.what());
     }
-    if (waited != announced_) {
+    if (waited != announced_.load(std::memory_order_relaxed)) {
       // Announce, then look once more: a commit before the announcement
       // rang nobody, the look finds it.
       announce(waited);

@@ -76,7 +76,7 @@ class DoorbellSource final : public ChangeSource {
   std::atomic<uint64_t> doorbell_wakes_{0};
   std::atomic<uint64_t> kicks_{0};
   std::atomic<uint64_t> timeouts_{0};
-  uint64_t announced_ = 0;
+  std::atomic<uint64_t> announced_{0};
   bool announce_failed_logged_ = false;
   std::jthread thread_;
 };
