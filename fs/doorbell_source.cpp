@@ -2,8 +2,8 @@
 #include "doorbell_source.hpp"
 
 #include <poll.h>
-#include <sys/prctl.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -168,7 +168,8 @@ void DoorbellSource::run(const std::stop_token& stop) {
     const int wait_fd = transport_->wait_fd();
     const int service_fd = transport_->service_fd();
     pollfd fds[3] = {{wait_fd, POLLIN, 0}, {event_fd_, POLLIN, 0}, {service_fd, POLLIN, 0}};
-    timespec ts{static_cast<time_t>(timeout.count() / 1'000'000'000), static_cast<long>(timeout.count() % 1'000'000'000)};
+    timespec ts{static_cast<time_t>(timeout.count() / 1'000'000'000),
+                static_cast<long>(timeout.count() % 1'000'000'000)};
     const int ready = ::ppoll(fds, service_fd >= 0 ? 3 : 2, &ts, nullptr);
     if (ready < 0 && errno != EINTR) {
       spdlog::error("doorbells: poll: {}", std::strerror(errno));

@@ -78,11 +78,11 @@ Result<std::unique_ptr<ServerClient>> ServerClient::connect(const std::string& p
     std::string why;
     const ReadOutcome outcome = client->read_message(m, why);
     if (outcome == ReadOutcome::would_block) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline -
-                                                                              std::chrono::steady_clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       if (left.count() <= 0) {
-        return fail(fmt::format("no complete set-up from the server within {} ms (is it an ivshmem server?)",
-                                timeout.count()));
+        return fail(
+            fmt::format("no complete set-up from the server within {} ms (is it an ivshmem server?)", timeout.count()));
       }
       pollfd p{client->socket_, POLLIN, 0};
       if (::poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) return make_sys_error("poll");
