@@ -196,6 +196,10 @@ bool ServerClient::apply(const Message& m, std::string& why) noexcept {
     }
     // The own eventfds, vector 0 first: peers ring vector 0.
     if (own_vector0_ < 0) {
+      // Read only after poll() said readable, but a server whose eventfds
+      // block must not stall us on a spurious wake-up either.
+      const int flags = ::fcntl(m.fd, F_GETFL);
+      if (flags >= 0) ::fcntl(m.fd, F_SETFL, flags | O_NONBLOCK);
       own_vector0_ = m.fd;
     } else {
       close_fd(m.fd);
@@ -233,6 +237,10 @@ void ServerClient::lose(const std::string& why) noexcept {
     lost_reason_ = why;
   }
   connected_.store(false, std::memory_order_release);
+  // The spec's rule on an error: close the connection. The socket is the
+  // source thread's only (socket() is -1 from now on).
+  ::close(socket_);
+  socket_ = -1;
   spdlog::warn(
       "ivshm-server {}: {}; wake-ups fall back: partitions readers wait for are polled (the eventfds held stay "
       "rung, but no new peer is learned of)",
