@@ -181,6 +181,33 @@ class WakeTest(Mounts):
         wait_for(lambda: wakeups(m0)["peers"] == "none", what="m0 to be told that peer 1 left")
         self.assertEqual(wakeups(m0)["leaves"], "1")
 
+    def test_with_a_futex_peer(self):
+        """A host daemon without -o server= (futex source) next to one with
+        it: the library's writer still wakes it by futex, and it is polled
+        by the server's client (its owner is no client of the server)."""
+        self.start_server()
+        m0 = self.mount("m0", f"server={self.sock}")
+        m2 = self.mount("m2", "id=2")
+        self.assertEqual(wakeups(m2)["source"], "futex")
+        for i in range(3):
+            before = wakeups(m2)
+            result = []
+            t = self.follow_read(m2, 0, 3, result)
+            wait_for(lambda: int(wakeups(m2)["announced"], 16) & 1, what="m2 to announce that it waits for vm0")
+            self.append(m0, 0, b"f%d\n" % i)
+            t.join(timeout=20)
+            self.assertEqual(result, [b"f%d\n" % i], "vm0 read in the futex peer")
+            after = wakeups(m2)
+            self.assertGreater(int(after["peer_wakes"]) + int(after["changed"]),
+                               int(before["peer_wakes"]) + int(before["changed"]),
+                               f"the -o server= writer did not wake the futex peer: {before} -> {after}")
+            result = []
+            t = self.follow_read(m0, 2, 3, result)
+            wait_for(lambda: int(wakeups(m0)["announced"], 16) & 4, what="m0 to announce that it waits for vm2")
+            self.append(m2, 2, b"g%d\n" % i)
+            t.join(timeout=20)
+            self.assertEqual(result, [b"g%d\n" % i], "vm2 read in the -o server= peer (polled)")
+
     def test_pinned_id_and_agreeing_option(self):
         self.start_server()
         m0 = self.mount("m0", f"server={self.sock}", "id=0")
