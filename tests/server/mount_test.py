@@ -59,7 +59,8 @@ class Mounts(unittest.TestCase):
         self.extra_files = []
 
     def tearDown(self):
-        for proc, mnt, _log in self.daemons:
+        bad_exits = []
+        for proc, mnt, log in self.daemons:
             if proc.poll() is None:
                 subprocess.run(["fusermount3", "-u", mnt], capture_output=True)
                 try:
@@ -68,6 +69,10 @@ class Mounts(unittest.TestCase):
                     proc.kill()
                     proc.wait()
                     subprocess.run(["fusermount3", "-uz", mnt], capture_output=True)
+                # A mounted daemon exits 0 after its unmount (also under
+                # the sanitizers, which report through the exit status).
+                if proc.returncode != 0:
+                    bad_exits.append(f"{mnt}: exit {proc.returncode}\n{self.read_log(log)[-3000:]}")
         if self.server is not None and self.server.poll() is None:
             self.server.terminate()
             self.server.wait(timeout=20)
@@ -75,6 +80,8 @@ class Mounts(unittest.TestCase):
             if os.path.exists(f):
                 os.unlink(f)
         shutil.rmtree(self.dir, ignore_errors=True)
+        if bad_exits:
+            self.fail("\n".join(bad_exits))
 
     def start_server(self, shm=None):
         log = open(os.path.join(self.dir, "server.log"), "ab")
