@@ -133,7 +133,7 @@ elif DOORBELL_PINGS=$count DOORBELL_QUIET_MS=$quiet GUEST_TIMEOUT=$((count * qui
       results+=("host-guest ${tag/poll/polling}: $rest")
     done < <(grep '^host-guest latency ' "$glog")
     # Why the host's waits ended (its daemon's .status counters).
-    while read -r line; do results+=("  (host: ${line#*host mount })"); done < <(grep 'doorbell: host mount ' "$glog")
+    while read -r line; do results+=("  host ${line#*host mount }"); done < <(grep 'doorbell: host mount ' "$glog")
   fi
 else
   echo "wakeup.sh: the guest part failed; its log:" >&2
