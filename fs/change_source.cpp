@@ -13,7 +13,18 @@
 namespace ivshmfs::fs {
 
 std::unique_ptr<ChangeSource> make_change_source(const std::shared_ptr<Region>& region, std::optional<uint32_t> own_id,
-                                                 const Options& options) {
+                                                 const Options& options, std::unique_ptr<ServerClient> server) {
+  if (server && own_id) {
+    std::string peers;
+    for (uint32_t id : server->peers()) peers += (peers.empty() ? "" : ", ") + std::to_string(id);
+    spdlog::info(
+        "wake-ups: eventfds of ivshm-server {} (id {}; peers now: {}); owners that are not its clients polled every "
+        "{} us to {} ms while waited for; a fallback look every {} s",
+        server->path(), server->id(), peers.empty() ? "none" : peers, options.poll.min.count(),
+        options.poll.max.count() / 1000, DoorbellSource::kFallback.count() / 1000);
+    return std::make_unique<DoorbellSource>(region, *own_id, std::make_unique<EventfdDoorbell>(std::move(server)),
+                                            options.poll);
+  }
   // The doorbell is the own partition's device (in a split region, its piece's).
   const PartitionInfo* own = own_id ? region->find(*own_id) : nullptr;
   const Backend& backend = own != nullptr ? region->backend(*own) : *region->backends().front();
@@ -35,7 +46,8 @@ std::unique_ptr<ChangeSource> make_change_source(const std::shared_ptr<Region>& 
     if (fd) {
       spdlog::info("wake-ups: doorbells (MSI-X vector 0 of IVPosition {}); no polling, a fallback look every {} s",
                    device->ivposition, DoorbellSource::kFallback.count() / 1000);
-      return std::make_unique<DoorbellSource>(region, *own_id, *fd);
+      return std::make_unique<DoorbellSource>(region, *own_id, std::make_unique<DeviceDoorbell>(region, *own_id, *fd),
+                                              options.poll);
     }
     spdlog::warn("doorbells: {}", fd.error().message);
     why = "the doorbell could not be opened";

@@ -3,7 +3,8 @@
 // in other systems write behind our back; a change source decides when to
 // look at the control blocks. Three implementations: PollingSource (an
 // adaptive timer, polling_source.hpp), DoorbellSource (ivshmem-doorbell
-// interrupts, doorbell_source.hpp) and FutexSource (peers on this host,
+// interrupts in a guest, or ivshm-server's eventfds on the host;
+// doorbell_source.hpp) and FutexSource (peers on this host,
 // futex_source.hpp). The filesystem sees only this interface;
 // make_change_source() picks one and logs which.
 #pragma once
@@ -16,6 +17,7 @@
 
 #include "ivshmfs/region.hpp"
 #include "options.hpp"
+#include "server_client.hpp"
 
 namespace ivshmfs::fs {
 
@@ -49,12 +51,15 @@ class ChangeSource {
   [[nodiscard]] virtual std::string status() const = 0;
 };
 
-// A DoorbellSource when the backend is a device with doorbell interrupts,
+// A DoorbellSource on the eventfds of ivshm-server when `server` is given
+// (-o server=; the caller checked that its id is `own_id`); else a
+// DoorbellSource when the backend is a device with doorbell interrupts,
 // `own_id` (the partition this peer writes) is its IVPosition and doorbells
 // are not turned off; a FutexSource when the backend is a host file, this
 // peer owns a partition (to announce what it waits for) and futexes are not
 // turned off; otherwise a PollingSource. Logs its choice and why.
 std::unique_ptr<ChangeSource> make_change_source(const std::shared_ptr<Region>& region, std::optional<uint32_t> own_id,
-                                                 const Options& options);
+                                                 const Options& options,
+                                                 std::unique_ptr<ServerClient> server = nullptr);
 
 }  // namespace ivshmfs::fs

@@ -3,6 +3,7 @@
 
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -19,8 +20,6 @@ namespace ivshmfs::fs {
 
 namespace {
 
-constexpr uint16_t kVector = 0;  // "a partition changed"
-
 int64_t now_ns() noexcept {
   timespec ts{};
   ::clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -29,20 +28,16 @@ int64_t now_ns() noexcept {
 
 }  // namespace
 
-DoorbellSource::DoorbellSource(std::shared_ptr<Region> region, uint32_t own_id, int doorbell_fd)
-    : region_(std::move(region)), own_id_(own_id), doorbell_fd_(doorbell_fd) {
+DoorbellSource::DoorbellSource(std::shared_ptr<Region> region, uint32_t own_id,
+                               std::unique_ptr<DoorbellTransport> transport, PollBounds bounds)
+    : region_(std::move(region)), own_id_(own_id), transport_(std::move(transport)), bounds_(bounds) {
   event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (event_fd_ < 0) {
-    const int err = errno;
-    ::close(doorbell_fd_);
-    throw std::system_error(err, std::generic_category(), "eventfd");
-  }
+  if (event_fd_ < 0) throw std::system_error(errno, std::generic_category(), "eventfd");
 }
 
 DoorbellSource::~DoorbellSource() {
   stop();
   ::close(event_fd_);
-  ::close(doorbell_fd_);
 }
 
 void DoorbellSource::start(ChangeListener listener) {
@@ -68,18 +63,14 @@ void DoorbellSource::wake() noexcept {
 void DoorbellSource::kick() noexcept { wake(); }
 
 void DoorbellSource::ring(uint32_t peer) noexcept {
-  // Rung through the own partition's device.
-  if (auto r = region_->backend(*region_->find(own_id_)).ring(static_cast<uint16_t>(peer), kVector); !r) {
-    spdlog::warn("doorbells: {}", r.error().message);
-    return;
-  }
-  rings_.fetch_add(1, std::memory_order_relaxed);
+  if (transport_->ring(peer)) rings_.fetch_add(1, std::memory_order_relaxed);
 }
 
 std::string DoorbellSource::status() const {
-  return fmt::format("wakeups source=doorbell doorbells={} kicks={} timeouts={} rings={}\n",
+  return fmt::format("wakeups source=doorbell doorbells={} kicks={} timeouts={} rings={} announced={:#x}{}\n",
                      doorbell_wakes_.load(std::memory_order_relaxed), kicks_.load(std::memory_order_relaxed),
-                     timeouts_.load(std::memory_order_relaxed), rings_.load(std::memory_order_relaxed));
+                     timeouts_.load(std::memory_order_relaxed), rings_.load(std::memory_order_relaxed),
+                     announced_.load(std::memory_order_relaxed), transport_->status());
 }
 
 void DoorbellSource::committed() noexcept {
@@ -129,12 +120,18 @@ void DoorbellSource::announce(uint64_t mask) noexcept {
     if (!announce_failed_logged_) spdlog::error("doorbells: announcing what we wait for: {}", r.error().message);
     announce_failed_logged_ = true;
   }
-  announced_ = mask;
+  announced_.store(mask, std::memory_order_relaxed);
 }
 
 void DoorbellSource::run(const std::stop_token& stop) {
+  using clock = std::chrono::steady_clock;
+  // Short polling intervals (owners that cannot ring us) must not stretch
+  // by the default 50 us of slack.
+  ::prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL);
   announce(0);
   bool follow_up = false;
+  auto interval = std::chrono::nanoseconds(bounds_.min);
+  auto last_change = clock::now();
   while (!stop.stop_requested()) {
     bool busy = false;
     uint64_t waited = 0;
@@ -144,39 +141,58 @@ void DoorbellSource::run(const std::stop_token& stop) {
     } catch (const std::exception& e) {
       spdlog::error("doorbells: {}", e.what());
     }
-    if (waited != announced_) {
+    if (waited != announced_.load(std::memory_order_relaxed)) {
       // Announce, then look once more: a commit before the announcement
       // rang nobody, the look finds it.
       announce(waited);
       continue;
     }
+    const auto now = clock::now();
+    if (busy) last_change = now;
+    bool unrung = false;
+    for (uint64_t w = waited, id = 0; w != 0; ++id, w >>= 1) {
+      if ((w & 1) != 0 && !transport_->rung_by(static_cast<uint32_t>(id))) unrung = true;
+    }
     std::chrono::nanoseconds timeout = ring_deferred();
-    if (busy && !follow_up) timeout = std::min<std::chrono::nanoseconds>(timeout, kFollowUp);
+    if (unrung) {
+      // Someone who cannot ring us: poll it as PollingSource would.
+      interval = now - last_change < bounds_.hot ? std::chrono::nanoseconds(bounds_.min)
+                                                 : std::min<std::chrono::nanoseconds>(interval * 2, bounds_.max);
+      timeout = std::min(timeout, interval);
+    } else if (busy && !follow_up) {
+      timeout = std::min<std::chrono::nanoseconds>(timeout, kFollowUp);
+    }
     follow_up = busy && !follow_up;
     // Nobody waits: nothing to look for until a reader kicks us, except that
     // the fallback also notices a region formatted anew.
-    pollfd fds[2] = {{doorbell_fd_, POLLIN, 0}, {event_fd_, POLLIN, 0}};
-    const int ms = static_cast<int>(std::max<int64_t>(
-        1, std::chrono::duration_cast<std::chrono::milliseconds>(timeout + std::chrono::microseconds(999)).count()));
-    const int ready = ::poll(fds, 2, ms);
+    const int wait_fd = transport_->wait_fd();
+    const int service_fd = transport_->service_fd();
+    pollfd fds[3] = {{wait_fd, POLLIN, 0}, {event_fd_, POLLIN, 0}, {service_fd, POLLIN, 0}};
+    timespec ts{static_cast<time_t>(timeout.count() / 1'000'000'000),
+                static_cast<long>(timeout.count() % 1'000'000'000)};
+    const int ready = ::ppoll(fds, service_fd >= 0 ? 3 : 2, &ts, nullptr);
     if (ready < 0 && errno != EINTR) {
       spdlog::error("doorbells: poll: {}", std::strerror(errno));
       ::usleep(100'000);
     }
     if (ready == 0) timeouts_.fetch_add(1, std::memory_order_relaxed);
-    if ((fds[0].revents & POLLIN) != 0) doorbell_wakes_.fetch_add(1, std::memory_order_relaxed);
-    if ((fds[1].revents & POLLIN) != 0) kicks_.fetch_add(1, std::memory_order_relaxed);
-    uint64_t counter = 0;
-    if ((fds[0].revents & POLLIN) != 0 && ::read(doorbell_fd_, &counter, sizeof counter) < 0) {
-      // EAGAIN: read by a racing wake-up already.
+    if ((fds[0].revents & POLLIN) != 0) {
+      doorbell_wakes_.fetch_add(1, std::memory_order_relaxed);
+      transport_->drain();
     }
-    if ((fds[0].revents & (POLLERR | POLLHUP)) != 0) {
-      spdlog::error("doorbells: the device went away; looking every {} ms", kFallback.count());
+    if ((fds[0].revents & (POLLERR | POLLHUP | POLLNVAL)) != 0) {
+      spdlog::error("doorbells: the doorbell went away; looking every {} ms", kFallback.count());
       ::usleep(static_cast<useconds_t>(std::chrono::microseconds(kFallback).count()));
     }
-    if ((fds[1].revents & POLLIN) != 0 && ::read(event_fd_, &counter, sizeof counter) < 0) {
-      // EAGAIN: nothing to drain.
+    if ((fds[1].revents & POLLIN) != 0) {
+      kicks_.fetch_add(1, std::memory_order_relaxed);
+      uint64_t counter = 0;
+      if (::read(event_fd_, &counter, sizeof counter) < 0) {
+        // EAGAIN: nothing to drain.
+      }
     }
+    // The server's notices (peers joining and leaving), or its hang-up.
+    if (service_fd >= 0 && fds[2].revents != 0) transport_->service();
   }
   announce(0);
 }

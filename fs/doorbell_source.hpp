@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
-// The doorbell change source, for a /dev/ivshmN on ivshmem-doorbell whose
-// IVPosition is this peer's partition id. No timer while idle:
+// The doorbell change source: peers ring each other's vector 0 through a
+// transport (doorbell_transport.hpp): a /dev/ivshmN on ivshmem-doorbell
+// whose IVPosition is this peer's partition id, or on the host the eventfds
+// of ivshm-server (-o server=), where the server's id is the partition id.
+// No timer while idle:
 //  - waiting: the partition ids our readers wait for are announced in our
-//    own control block (waiting_for); the thread sleeps in poll() on MSI-X
-//    vector 0 of the device and looks at the control blocks when it fires.
+//    own control block (waiting_for); the thread sleeps in poll() on our
+//    vector 0 and looks at the control blocks when it fires.
 //    Announcing is followed by one more look, so a commit that landed before
 //    the announcement is not missed. A slow fallback look (every 1 s while a
 //    reader waits, kFallback) covers a ring that got lost (a peer that does
@@ -13,6 +16,11 @@
 //    coalesced per peer: at most one ring per kRingGap; a commit inside the
 //    gap is rung at its end by the thread (trailing edge), so the last commit
 //    of a burst always rings.
+//  - owners that cannot ring us (the transport knows: on the host, owners
+//    that are no clients of the server, or every owner once the server is
+//    gone): while a reader waits for one of them, the sleep's timeout is the
+//    adaptive polling interval (PollBounds), as FutexSource does for owners
+//    in guests.
 #pragma once
 
 #include <array>
@@ -23,6 +31,8 @@
 #include <thread>
 
 #include "change_source.hpp"
+#include "doorbell_transport.hpp"
+#include "options.hpp"
 
 namespace ivshmfs::fs {
 
@@ -33,8 +43,8 @@ class DoorbellSource final : public ChangeSource {
   // After a look that reported flowing data or work left: one more look.
   static constexpr std::chrono::milliseconds kFollowUp{2};
 
-  // `doorbell_fd` waits for vector 0 (Backend::open_doorbell); owned.
-  DoorbellSource(std::shared_ptr<Region> region, uint32_t own_id, int doorbell_fd);
+  DoorbellSource(std::shared_ptr<Region> region, uint32_t own_id, std::unique_ptr<DoorbellTransport> transport,
+                 PollBounds bounds);
   ~DoorbellSource() override;
 
   void start(ChangeListener listener) override;
@@ -54,18 +64,19 @@ class DoorbellSource final : public ChangeSource {
 
   std::shared_ptr<Region> region_;
   uint32_t own_id_;
-  int doorbell_fd_;
+  std::unique_ptr<DoorbellTransport> transport_;
+  PollBounds bounds_;
   int event_fd_ = -1;  // kick/stop/deferred rings wake the thread
   ChangeListener listener_;
   std::atomic<uint64_t> deferred_{0};  // peers to ring at the end of their gap
   std::array<std::atomic<int64_t>, 64> last_ring_ns_{};
   std::atomic<uint64_t> rings_{0};
   // Why each wait ended (.status "wakeups"): our vector fired, a kick (or a
-  // deferred ring due), a timeout (fallback or follow-up look).
+  // deferred ring due), a timeout (fallback, follow-up or polling look).
   std::atomic<uint64_t> doorbell_wakes_{0};
   std::atomic<uint64_t> kicks_{0};
   std::atomic<uint64_t> timeouts_{0};
-  uint64_t announced_ = 0;
+  std::atomic<uint64_t> announced_{0};
   bool announce_failed_logged_ = false;
   std::jthread thread_;
 };

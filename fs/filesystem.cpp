@@ -15,7 +15,8 @@ namespace ivshmfs::fs {
 
 using namespace detail;
 
-Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<PartitionWriter> writer, const Options& options)
+Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<PartitionWriter> writer, const Options& options,
+                       std::unique_ptr<ServerClient> server)
     : region_(std::move(region)),
       single_thread_(options.singlethread),
       page_cache_(options.page_cache),
@@ -24,7 +25,7 @@ Filesystem::Filesystem(std::shared_ptr<Region> region, std::unique_ptr<Partition
       ownership_(options.ownership),
       writer_(std::move(writer)) {
   if (writer_) self_id_ = writer_->id();
-  changes_ = make_change_source(region_, self_id_, options);
+  changes_ = make_change_source(region_, self_id_, options, std::move(server));
   // The kernel pins the pages of a reply: a mapping without struct pages (a
   // PCI resource file, or a /dev/ivshmN whose driver says so, see driver.md)
   // fails there with EFAULT, so such reads go through a private buffer.

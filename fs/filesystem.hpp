@@ -43,8 +43,11 @@ namespace ivshmfs::fs {
 class Filesystem {
  public:
   // `writer` owns this peer's partition of `region`; a null writer makes a
-  // read-only peer (every file 0444, no partition of its own).
-  Filesystem(std::shared_ptr<Region> region, std::unique_ptr<PartitionWriter> writer, const Options& options);
+  // read-only peer (every file 0444, no partition of its own). `server`:
+  // this peer's connection to ivshm-server (-o server=), whose eventfds wake
+  // it (make_change_source).
+  Filesystem(std::shared_ptr<Region> region, std::unique_ptr<PartitionWriter> writer, const Options& options,
+             std::unique_ptr<ServerClient> server = nullptr);
   Filesystem(const Filesystem&) = delete;
   Filesystem& operator=(const Filesystem&) = delete;
   ~Filesystem();

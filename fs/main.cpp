@@ -17,6 +17,7 @@
 #include <new>
 #include <string>
 
+#include <spdlog/fmt/fmt.h>
 #include <spdlog/spdlog.h>
 
 #include "daemon.hpp"
@@ -27,6 +28,7 @@
 #include "ivshmfs/writer.hpp"
 #include "logging.hpp"
 #include "options.hpp"
+#include "server_client.hpp"
 #include "status.hpp"
 
 namespace ivshmfs::fs {
@@ -147,8 +149,35 @@ Result<std::unique_ptr<PartitionWriter>> join(const std::shared_ptr<Region>& reg
   return make_error(Errc::busy, region->path() + ": id=auto: other peers kept taking the free partitions; try again");
 }
 
+// -o server=SOCKET: joins ivshm-server first, since its id is this peer's
+// partition (and opens the own piece of a split region read-write).
+Result<std::unique_ptr<ServerClient>> join_server(Options& options) {
+  auto client = ServerClient::connect(*options.server);
+  if (!client) return client;
+  const uint32_t id = (*client)->id();
+  if (options.id && *options.id != id) {
+    return make_error(Errc::invalid_argument,
+                      fmt::format("-o id={} but ivshm-server {} gave this peer id {}: peers would ring partition {}'s "
+                                  "owner for our commits; drop -o id=, or pin id {} to this peer in the server "
+                                  "(--peer NAME={}:SOCKET)",
+                                  *options.id, *options.server, id, id, *options.id, *options.id));
+  }
+  options.id = id;
+  return client;
+}
+
 int serve(fuse_args& args, Options options, Detacher& detacher) {
   if (!mountpoint_usable(options.mountpoint)) return 1;
+  std::unique_ptr<ServerClient> server;
+  if (options.server) {
+    auto joined = join_server(options);
+    if (!joined) {
+      spdlog::error("{}", joined.error().message);
+      return 1;
+    }
+    server = std::move(*joined);
+    spdlog::info("ivshm-server {}: joined as peer {}", *options.server, server->id());
+  }
   std::string path;
   Result<std::shared_ptr<Region>> region = make_error(Errc::invalid_argument, "no region");
   std::optional<uint32_t> discovered_id;  // the own piece of a split region, found by its probe
@@ -190,6 +219,24 @@ int serve(fuse_args& args, Options options, Detacher& detacher) {
                  format_size(backend.size()), (*region)->info().partition_count, (*region)->info().format_id);
   }
 
+  if (server) {
+    std::vector<std::string> paths;
+    for (const Backend* b : (*region)->backends()) {
+      if (b->kind() != BackendKind::host_file) {
+        spdlog::error(
+            "-o server= joins ivshm-server from the host, over a host file; {} is {} (in a guest, the "
+            "ivshmem-doorbell device is the server's client)",
+            b->path(), to_string(b->kind()));
+        return 1;
+      }
+      paths.push_back(b->path());
+    }
+    if (auto same = server->same_file_as(paths); !same) {
+      spdlog::error("{}", same.error().message);
+      return 1;
+    }
+  }
+
   if (backend.kind() == BackendKind::device && options.page_cache && !options.page_cache_given) {
     // In a guest the page cache stays opt-in for now: two runs of the guest
     // suite under TCG (one vCPU) hung in a cached read or write of a mount,
@@ -215,7 +262,8 @@ int serve(fuse_args& args, Options options, Detacher& detacher) {
     writer = std::move(*claimed);
     spdlog::info("claimed partition {} ({})", writer->id(), partition_file_name(writer->id()));
   } else {
-    auto identity = discovered_id && !options.id
+    auto identity = server ? Result<PeerIdentity>(PeerIdentity{server->id(), "ivshm-server " + *options.server})
+                    : discovered_id && !options.id
                         ? Result<PeerIdentity>(PeerIdentity{*discovered_id, "the only writable piece"})
                         : resolve_peer_id(options.id, &backend);
     if (!identity) {
@@ -240,7 +288,7 @@ int serve(fuse_args& args, Options options, Detacher& detacher) {
     spdlog::info("claimed partition {} ({})", identity->id, partition_file_name(identity->id));
   }
 
-  Filesystem filesystem(*region, std::move(writer), options);
+  Filesystem filesystem(*region, std::move(writer), options, std::move(server));
   if (!add_mount_options(args, path)) return 1;
   fuse_session* fuse = fuse_session_new(&args, &Filesystem::operations(), sizeof(fuse_lowlevel_ops), &filesystem);
   if (fuse == nullptr) return 1;  // libfuse printed why

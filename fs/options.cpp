@@ -39,6 +39,7 @@ struct RawOptions {
   int nodoorbell = 0;
   int nofutex = 0;
   char* overrun = nullptr;
+  char* server = nullptr;
   std::vector<std::string>* positional = nullptr;
 };
 
@@ -63,6 +64,7 @@ const fuse_opt kOptionSpecs[] = {
     IVSHMFS_OPT("nodoorbell", nodoorbell, 1),
     IVSHMFS_OPT("nofutex", nofutex, 1),
     IVSHMFS_OPT("overrun=%s", overrun, 0),
+    IVSHMFS_OPT("server=%s", server, 0),
     // Also FUSE's (the kernel mounts read-only): kept for it by keep_or_collect.
     FUSE_OPT_KEY("ro", kKeyReadOnly),
     FUSE_OPT_END,
@@ -83,7 +85,7 @@ int keep_or_collect(void* data, const char* arg, int key, fuse_args* /*outargs*/
 
 void free_raw(RawOptions& raw) {
   for (char* p : {raw.id, raw.size, raw.partitions, raw.log, raw.uid, raw.gid, raw.umask, raw.poll_min_us,
-                  raw.poll_max_ms, raw.overrun}) {
+                  raw.poll_max_ms, raw.overrun, raw.server}) {
     std::free(p);  // NOLINT: fuse_opt allocates with malloc
   }
 }
@@ -130,6 +132,18 @@ bool convert(const RawOptions& raw, Options& options) {
   options.page_cache_given = raw.page_cache != 0 && raw.direct_io == 0;
   options.doorbell = raw.nodoorbell == 0;
   options.futex = raw.nofutex == 0;
+  if (raw.server != nullptr) {
+    if (*raw.server == '\0') return fail("server", raw.server, "the path of ivshm-server's socket");
+    const char* conflict = options.read_only   ? "-o ro (a read-only peer has no partition to be rung for)"
+                           : options.id_auto   ? "-o id=auto (the server gives the id)"
+                           : !options.doorbell ? "-o nodoorbell (the server's eventfds are doorbells)"
+                                               : nullptr;
+    if (conflict != nullptr) {
+      std::fprintf(stderr, "ivshmfs: -o server= does not go with %s\n", conflict);
+      return false;
+    }
+    options.server = raw.server;
+  }
   if (raw.overrun != nullptr) {
     const std::string_view mode = raw.overrun;
     if (mode != "error" && mode != "skip") return fail("overrun", raw.overrun, "error or skip");
@@ -262,6 +276,15 @@ void print_help(const char* program) {
       "                         owns a partition there waits on a futex that\n"
       "                         writers on this host wake after each commit,\n"
       "                         and polls only partitions of other systems)\n"
+      "    -o server=SOCKET     on a host file: join ivshm-server (its Unix\n"
+      "                         socket SOCKET) as a peer: the server's id is\n"
+      "                         this peer's partition (an -o id= must equal\n"
+      "                         it), its shared memory must be BACKEND (or a\n"
+      "                         piece of it), and its eventfds ring guests and\n"
+      "                         other clients after a commit and wake this\n"
+      "                         peer's readers; owners that are not clients\n"
+      "                         are polled. If the server goes away, readers'\n"
+      "                         partitions are polled (.status server=lost)\n"
       "    -o ro                a read-only peer: opens and maps BACKEND\n"
       "                         read-only (a read-only file works), mounts\n"
       "                         read-only and claims no partition (every file\n"

@@ -50,6 +50,9 @@ struct Options {
   bool page_cache_given = false;  // -o page_cache given: also on an ivshm device (see main.cpp)
   bool doorbell = true;           // -o nodoorbell clears it: poll even where doorbells work
   bool futex = true;              // -o nofutex clears it: poll host peers instead of futex wake-ups
+  // -o server=SOCKET: join ivshm-server as a peer (its id is ours, its
+  // eventfds ring guests and other clients and wake us).
+  std::optional<std::string> server;
   // -o overrun=skip: a reader a ring's writer lapped goes on at the oldest
   // retained byte silently (counted in user.ivshmfs.skipped) instead of
   // failing one read with EPIPE first.

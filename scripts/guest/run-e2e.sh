@@ -14,7 +14,10 @@
 #           restarted gets 5 again; the host peer sees them come and go; the
 #           two guests ring each other (poll/read wake, counters grow), then
 #           run ivshmfs on the doorbell device: DOORBELL_PINGS (20) messages
-#           after DOORBELL_QUIET_MS (300) of quiet, doorbells vs polling
+#           after DOORBELL_QUIET_MS (300) of quiet, doorbells vs polling;
+#           then vm0 pings an ivshmfs mount on the host (id 1, pinned):
+#           with -o server= (eventfds both ways, checked by the .status
+#           counters on both sides) vs without (polling)
 #   bench   boot one guest: copy bandwidth through /dev/ivshm0 (cacheable)
 #           vs sysfs resource2 (uncached)
 #   e2e     the end-to-end scenario: vm0, vm1 and the host share one region
@@ -145,9 +148,45 @@ run_boot() {
 	log "boot: /init reached $(echo "$tb - $t" | bc 2>/dev/null || echo "?") s after starting QEMU (guest uptime $(tr -d '\r' < "$logf" | sed -n 's/^IVSHM-BOOTED [^ ]* //p')); powered off $(echo "$(date +%s.%N) - $t" | bc 2>/dev/null || echo "?") s after start"
 }
 
+# The host's ivshmfs mount for vm0's host rounds (doorbell.sh ping_host),
+# over SHM as partition 1: asked for on vm0's console (LOG), mounted with
+# -o server= on the pinned socket SOCK (eventfds) for the doorbell round and
+# with -o id=1 (a host file's futex source, which polls a guest's partition)
+# for the poll round; it echoes vm0's pings, then unmounts. Its log and its
+# .status wakeups line are kept in $WORK/host-fs-ROUND.{log,status}.
+host_fs_peer() {
+	local shm=$1 sock=$2 vmlog=$3 mnt=$WORK/doorbell-host-mnt round opts fpid t0
+	mkdir -p "$mnt"
+	for round in doorbell poll; do
+		t0=$SECONDS
+		until grep -aq "^IVSHM-HOST $round mount" "$vmlog"; do
+			[ $((SECONDS - t0)) -lt "$TIMEOUT" ] || { log "doorbell: vm0 never asked for the host's $round mount"; return 1; }
+			sleep 0.2
+		done
+		if [ $round = doorbell ]; then opts="server=$sock"; else opts="id=1"; fi
+		"$BUILD_DIR/fs/ivshmfs" -f -o "$opts" "$shm" "$mnt" >"$WORK/host-fs-$round.log" 2>&1 &
+		fpid=$!
+		t0=$SECONDS
+		until [ -e "$mnt/.status" ]; do
+			if ! kill -0 "$fpid" 2>/dev/null || [ $((SECONDS - t0)) -ge 30 ]; then
+				log "doorbell: the host's $round mount failed: $(tail -n 3 "$WORK/host-fs-$round.log")"
+				kill "$fpid" 2>/dev/null
+				return 1
+			fi
+			sleep 0.1
+		done
+		timeout "$TIMEOUT" "$TESTPROG" echo "$mnt/follow/vm5" "$mnt/vm1" "hg-$round" >>"$WORK/host-fs-$round.log" 2>&1 ||
+			log "doorbell: the host's $round echo failed"
+		grep '^wakeups ' "$mnt/.status" >"$WORK/host-fs-$round.status"
+		fusermount3 -u "$mnt" || fusermount3 -uz "$mnt"
+		wait "$fpid"
+	done
+}
+
 run_doorbell() {
-	local shm shm2 pid0 pid1 srv peer server=$BUILD_DIR/server/ivshm-server t=$SECONDS rc=0
+	local shm shm2 pid0 pid1 srv peer hostfs server=$BUILD_DIR/server/ivshm-server t=$SECONDS rc=0
 	local sock=$WORK/ivshm-server.sock vm0sock=$WORK/ivshm-vm0.sock slog=$WORK/ivshm-server.log plog=$WORK/host-peer.log
+	local hostsock=$WORK/ivshm-host.sock
 	local dev="-device ivshmem-doorbell,chardev=ivsrv,vectors=2"
 	local pings=${DOORBELL_PINGS:-20} quiet=${DOORBELL_QUIET_MS:-300}
 	[ -x "$server" ] || die "doorbell: $server is not built (cmake --build $BUILD_DIR --target ivshm-server)"
@@ -155,8 +194,9 @@ run_doorbell() {
 	shm=$(new_shm doorbell-plain 16M)
 	shm2=$(new_shm doorbell 16M)
 	"$TESTPROG" fill "$shm2" 0 65536 44
-	rm -f "$sock" "$vm0sock"
-	"$server" --shm "$shm2" --vectors 2 --socket "$sock" --peer "vm0=5:$vm0sock" --peer vm1=3 >"$slog" 2>&1 &
+	rm -f "$sock" "$vm0sock" "$hostsock" "$WORK"/host-fs-*
+	"$server" --shm "$shm2" --vectors 2 --socket "$sock" --peer "vm0=5:$vm0sock" --peer vm1=3 \
+		--peer "host=1:$hostsock" >"$slog" 2>&1 &
 	srv=$!
 	HOST_CLEANUP="kill $srv 2>/dev/null; wait $srv 2>/dev/null"
 	for _ in $(seq 50); do grep -q '^ivshm-server.*serving ' "$slog" && break; sleep 0.1; done
@@ -170,15 +210,44 @@ run_doorbell() {
 	# Two guests at once: vm0 on its pinned socket (id 5), vm1 on the shared
 	# socket, where its QEMU's -name (as libvirt gives it) pins id 3.
 	pid0=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -chardev socket,path=$vm0sock,id=ivsrv $dev" \
-		guest_start vm0 "$INITRD" "$shm" doorbell "5,2,44,3,$pings,$quiet" "$WORK/doorbell-vm0.log")
+		guest_start vm0 "$INITRD" "$shm" doorbell "5,2,44,3,$pings,$quiet,1" "$WORK/doorbell-vm0.log")
 	PIDS+=("$pid0")
+	host_fs_peer "$shm2" "$hostsock" "$WORK/doorbell-vm0.log" &
+	hostfs=$!
+	HOST_CLEANUP="kill $hostfs $peer $srv 2>/dev/null; fusermount3 -uz $WORK/doorbell-host-mnt 2>/dev/null; wait $hostfs $peer $srv 2>/dev/null"
 	pid1=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -name guest=vm1,debug-threads=on -chardev socket,path=$sock,id=ivsrv $dev" \
 		guest_start vm1 "$INITRD" "$shm" doorbell "3,2,44,5,$pings,$quiet" "$WORK/doorbell-vm1.log")
 	PIDS+=("$pid1")
 	guest_finish "$pid0" "$WORK/doorbell-vm0.log" "$TIMEOUT" || rc=1
 	guest_finish "$pid1" "$WORK/doorbell-vm1.log" "$TIMEOUT" || rc=1
-	# ivshmfs between the two guests: one-way latency after quiet, with
-	# doorbells and with polling (measured, not judged).
+	wait "$hostfs" || rc=1
+	HOST_CLEANUP="kill $peer $srv 2>/dev/null; wait $peer $srv 2>/dev/null"
+	# The host's mount: its id from the server, and vm0's pings woke it by
+	# eventfd (doorbells=, its own vector 0) with -o server=, by polling
+	# (the futex source) without.
+	local hs
+	hs=$(cat "$WORK/host-fs-doorbell.status" 2>/dev/null || true)
+	log "doorbell: host mount (-o server=): $hs"
+	log "doorbell: host mount (polling): $(cat "$WORK/host-fs-poll.status" 2>/dev/null || true)"
+	if ! grep -q "peer id 1 (from ivshm-server $hostsock)" "$WORK/host-fs-doorbell.log" 2>/dev/null ||
+	   ! grep -q "wake-ups: eventfds of ivshm-server" "$WORK/host-fs-doorbell.log"; then
+		log "doorbell: the host's -o server= mount did not take id 1 from the server or use its eventfds:"
+		sed 's/^/  /' "$WORK/host-fs-doorbell.log" >&2
+		rc=1
+	fi
+	case "$hs" in
+	*" transport=eventfd server=connected id=1 "*) ;;
+	*) log "doorbell: the host's -o server= mount's wake-ups are not the server's eventfds"; rc=1 ;;
+	esac
+	if ! echo "$hs" | grep -Eq ' doorbells=[1-9][0-9]* .* rings=[1-9]'; then
+		log "doorbell: vm0's pings did not wake the host by eventfd, or the host's echoes rang nobody"
+		rc=1
+	fi
+	grep -q '^wakeups source=futex ' "$WORK/host-fs-poll.status" 2>/dev/null ||
+		{ log "doorbell: the host's polling mount is not the futex source"; rc=1; }
+	# ivshmfs between the two guests and between vm0 and the host: one-way
+	# latency after quiet, with doorbells and with polling (measured, not
+	# judged).
 	tr -d '\r' < "$WORK/doorbell-vm0.log" | sed -n 's/^IVSHM-BENCH //p' >&2
 	# vm0 again (a QEMU restart): the same id 5.
 	pid0=$(GUEST_QEMU_ARGS="${GUEST_QEMU_ARGS:-} -chardev socket,path=$vm0sock,id=ivsrv $dev" \

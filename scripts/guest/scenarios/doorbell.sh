@@ -9,9 +9,17 @@
 # other, which answers; first with doorbells, then with -o nodoorbell
 # (polling). Latencies are printed as IVSHM-BENCH lines; a parked follow/
 # reader gets no interrupt while nothing is written.
-# Arguments: PEER_ID VECTORS SEED [OTHER [PINGS QUIET_MS]]
+# With HOST (the partition id of an ivshmfs mount on the host, a client of
+# the same server with -o server=), the pinging guest then pings the host the
+# same way in each round: it asks the host for the mount on the console
+# ("IVSHM-HOST ROUND mount", the driver mounts with -o server= for the
+# doorbell round and without it, polling the guest, for the poll round), the
+# host's echo answers, and the doorbell round checks that the host's replies
+# woke this guest by doorbell (.status, /proc/interrupts); the driver checks
+# that the guest's pings woke the host by eventfd.
+# Arguments: PEER_ID VECTORS SEED [OTHER [PINGS QUIET_MS [HOST]]]
 . /scenarios/common.sh
-ID=$1 VEC=$2 SEED=$3 OTHER=${4:-} PINGS=${5:-20} QUIET=${6:-300}
+ID=$1 VEC=$2 SEED=$3 OTHER=${4:-} PINGS=${5:-20} QUIET=${6:-300} HOST=${7:-}
 DEV=/dev/ivshm1 SYS=/sys/class/misc/ivshm1
 check doorbell-devnode test -c $DEV
 INFO=$(ivshm-test info $DEV 2>&1)
@@ -82,6 +90,41 @@ fs_mount() {
 	sed "s/^/IVSHM-INFO fs-$_tag: /" /tmp/fs-$_tag.log
 }
 fs_umount() { umount $MNT || umount -l $MNT; }
+# host_alive 0|1: partition HOST's claim is (1) or is not (0) held by a live owner.
+host_alive() {
+	if [ "$1" = 1 ]; then
+		grep -q "^partition id=$HOST .* claimed=1 alive=1 " $MNT/.status
+	else
+		! grep -q "^partition id=$HOST .* claimed=1 alive=1 " $MNT/.status
+	fi
+}
+# doorbell_wakes: the doorbells= counter of this mount's change source.
+doorbell_wakes() { sed -n 's/^wakeups .* doorbells=\([0-9]*\) .*/\1/p' $MNT/.status; }
+# ping_host ROUND: ping the host's mount (partition HOST), which echoes.
+ping_host() {
+	_round=$1
+	echo "IVSHM-HOST $_round mount"
+	if ! wait_until 120 host_alive 1; then
+		fail "fs-host-$_round-mounted (no live owner of partition $HOST)"
+		return 1
+	fi
+	pass "fs-host-$_round-mounted"
+	_d0=$(doorbell_wakes) _i0=$(irqs 0)
+	_out=$(ivshm-test ping $MNT/vm$ID $MNT/follow/vm$HOST "hg-$_round" "$PINGS" "$QUIET" 2>&1) &&
+		pass "fs-host-$_round-ping" || fail "fs-host-$_round-ping $_out"
+	echo "$_out" | sed "s/^/IVSHM-BENCH host-guest /"
+	info "host $_round pings: doorbells $_d0 -> $(doorbell_wakes), ivshm1-0 interrupts $_i0 -> $(irqs 0)"
+	if [ "$_round" = doorbell ]; then
+		# The host's replies rang us: its commits reached our vector 0. (Not
+		# one per reply: a reply that lands before this guest announced that
+		# it waits is found by the look after the announcement instead.)
+		check fs-host-doorbell-woke-guest test "$(doorbell_wakes)" -gt "$_d0"
+		check fs-host-doorbell-interrupted test "$(irqs 0)" -gt "$_i0"
+	fi
+	# The host unmounts once its echo ended: the next round's mount must
+	# not find this one.
+	check "fs-host-$_round-released" wait_until 60 host_alive 0
+}
 if [ -n "$OTHER" ] && command -v ivshmfs >/dev/null && command -v ivshmctl >/dev/null; then
 	mkdir -p $MNT
 	# The other guest may still look at its pingpong slot for 0.2 s.
@@ -124,6 +167,7 @@ if [ -n "$OTHER" ] && command -v ivshmfs >/dev/null && command -v ivshmctl >/dev
 				kill $CAT 2>/dev/null
 				wait $CAT 2>/dev/null
 			fi
+			[ -n "$HOST" ] && ping_host $round
 		fi
 		# Why the change source's waits ended (doorbell, kick, timeout).
 		sed -n "s/^wakeups /IVSHM-INFO fs-$round wakeups: /p" $MNT/.status
