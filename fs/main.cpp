@@ -147,7 +147,7 @@ Result<std::unique_ptr<PartitionWriter>> join(const std::shared_ptr<Region>& reg
   return make_error(Errc::busy, region->path() + ": id=auto: other peers kept taking the free partitions; try again");
 }
 
-int serve(fuse_args& args, Options options, Detacher& detacher) {
+int serve(fuse_args& args, const Options& options, Detacher& detacher) {
   if (!mountpoint_usable(options.mountpoint)) return 1;
   std::string path;
   Result<std::shared_ptr<Region>> region = make_error(Errc::invalid_argument, "no region");
@@ -188,14 +188,6 @@ int serve(fuse_args& args, Options options, Detacher& detacher) {
   } else {
     spdlog::info("{}: {} region, {}, {} partitions, format id {:#018x}", path, to_string(backend.kind()),
                  format_size(backend.size()), (*region)->info().partition_count, (*region)->info().format_id);
-  }
-
-  if (backend.kind() == BackendKind::device && options.page_cache && !options.page_cache_given) {
-    // In a guest the page cache stays opt-in for now: two runs of the guest
-    // suite under TCG (one vCPU) hung in a cached read or write of a mount,
-    // which the host's tests never did. Direct I/O there until that is found.
-    options.page_cache = false;
-    spdlog::info("ivshm device: reads are direct I/O (-o page_cache turns the page cache on)");
   }
 
   std::unique_ptr<PartitionWriter> writer;
