@@ -40,15 +40,15 @@ using namespace detail;
 // its read holds, the notifier (woken with the reply) queues for the same
 // lock and, being exclusive, is handed it first, drops the page, and the
 // reader finds it gone and reads again, whose short reply wakes the notifier
-// again. On one CPU (a guest) each cat of a static file took dozens of reads
-// and could go on for minutes; reads also failed with EIO. An attribute
-// reply (getattr, lookup) shows the committed length once no short page
-// below it is cached (it wakes the notifier for one that is) and no read
-// that began when the file was shorter is in flight (their replies could end
-// below it). It
-// waits for those a bounded time and otherwise shows the largest size that
-// is safe: an attribute reply never waits for the kernel or for a read that
-// has no thread yet. An own append through a direct-I/O writer (the kernel
+// again. On one CPU (a guest) each cat of a static file took dozens of
+// reads, and nothing bounded the rounds. The watcher wakes the notifier when
+// it sees a file grow past a short page (so that a mapping shows appends).
+// An attribute reply (getattr, lookup) shows the committed length once no
+// short page below it is cached (it wakes the notifier for one that is) and
+// no read that began when the file was shorter is in flight (their replies
+// could end below it). It waits for those a bounded time and otherwise
+// shows the largest size that is safe: an attribute reply never waits for
+// the kernel or for a read that has no thread yet. An own append through a direct-I/O writer (the kernel
 // raises its size itself) drops the old last page before write() returns.
 //
 // Deadlocks this avoids: dropping pages (fuse_lowlevel_notify_inval_inode)
@@ -225,7 +225,11 @@ void Filesystem::notifier_loop(const std::shared_ptr<Notifier>& control) noexcep
       // Short last pages, from the lowest end on, once the file has grown
       // past them (see the rule above: not before).
       uint64_t length = 0;
-      if (auto snap = region_->snapshot(slot->info().id)) length = snap->length;
+      try {
+        if (auto snap = region_->snapshot(slot->info().id)) length = snap->length;
+      } catch (...) {
+        length = 0;  // out of memory for an error's message: the page stays until the next wake
+      }
       uint64_t from = UINT64_MAX;
       {
         std::lock_guard lock(slot->tail_mutex);
