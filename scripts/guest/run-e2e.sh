@@ -103,6 +103,7 @@ cleanup() {
 	local p
 	for p in "${PIDS[@]}"; do guest_kill "$p"; done
 	[ -n "${HOST_CLEANUP:-}" ] && eval "$HOST_CLEANUP"
+	rm -f "$WORK"/*.log.ctl  # the guests' control ports (lib.sh, guest_dump)
 	if [ "${GUEST_KEEP:-0}" != 1 ]; then
 		# new_shm runs in $(...), a subshell, so SHMS may not have them all:
 		# the name pattern does ($$ is this script's pid in subshells too).
