@@ -32,13 +32,23 @@ using namespace detail;
 // data. With FUSE_CAP_EXPLICIT_INVAL_DATA the kernel keeps its pages when a
 // size grows (an append changes no cached byte), so the daemon keeps this
 // rule itself: no reply shows the kernel a size past a short page that may
-// be cached. The notifier drops every short page as soon as its reply went
-// out; an attribute reply (getattr, lookup) shows the committed length once
-// no short page below it waits for that drop and no read that began when
-// the file was shorter is in flight (their replies could end below it). It
-// waits for those a bounded time and otherwise shows the largest size that
-// is safe: an attribute reply never waits for the kernel or for a read that
-// has no thread yet. An own append through a direct-I/O writer (the kernel
+// be cached. A short page is dropped (by the notifier) once the file has
+// grown past its end, and not before: while the file ends where the page
+// does, its zeros lie past the size the kernel knows and the page is right.
+// Dropping it at once, as this did, made every cached read of a file with a
+// partial last page race its own drop: the reader waits for the page lock
+// its read holds, the notifier (woken with the reply) queues for the same
+// lock and, being exclusive, is handed it first, drops the page, and the
+// reader finds it gone and reads again, whose short reply wakes the notifier
+// again. On one CPU (a guest) each cat of a static file took dozens of
+// reads, and nothing bounded the rounds. The watcher wakes the notifier when
+// it sees a file grow past a short page (so that a mapping shows appends).
+// An attribute reply (getattr, lookup) shows the committed length once no
+// short page below it is cached (it wakes the notifier for one that is) and
+// no read that began when the file was shorter is in flight (their replies
+// could end below it). It waits for those a bounded time and otherwise
+// shows the largest size that is safe: an attribute reply never waits for
+// the kernel or for a read that has no thread yet. An own append through a direct-I/O writer (the kernel
 // raises its size itself) drops the old last page before write() returns.
 //
 // Deadlocks this avoids: dropping pages (fuse_lowlevel_notify_inval_inode)
@@ -93,6 +103,14 @@ uint64_t Filesystem::settle_tail(Slot& slot, uint64_t length, bool shows_size) n
   constexpr auto kSettleBound = std::chrono::seconds(1);
   const auto deadline = clock::now() + kSettleBound;
   uint64_t shown = length;
+  bool short_below = false;
+  {
+    std::lock_guard lock(slot.tail_mutex);
+    short_below = slot.short_low < length;
+  }
+  // A short page below the size to show: the notifier drops it now that the
+  // file is longer (it left it cached while the file ended there).
+  if (short_below) notify_due();
   {
     std::unique_lock lock(slot.tail_mutex);
     for (;;) {
@@ -204,13 +222,22 @@ void Filesystem::notifier_loop(const std::shared_ptr<Notifier>& control) noexcep
         }
         slot->cache_moved.notify_all();
       }
-      // Short last pages: dropped from the lowest end on.
+      // Short last pages, from the lowest end on, once the file has grown
+      // past them (see the rule above: not before).
+      uint64_t length = 0;
+      try {
+        if (auto snap = region_->snapshot(slot->info().id)) length = snap->length;
+      } catch (...) {
+        length = 0;  // out of memory for an error's message: the page stays until the next wake
+      }
       uint64_t from = UINT64_MAX;
       {
         std::lock_guard lock(slot->tail_mutex);
-        from = slot->short_low;
-        slot->short_low = UINT64_MAX;
-        if (from != UINT64_MAX) slot->dropping_low = from;
+        if (slot->short_low < length) {
+          from = slot->short_low;
+          slot->short_low = UINT64_MAX;
+          slot->dropping_low = from;
+        }
       }
       if (from == UINT64_MAX) continue;
       inval_partition(*slot, static_cast<off_t>(from & ~(page_size() - 1)), 0);
@@ -490,7 +517,8 @@ void Filesystem::read_partition(fuse_req_t req, Handle& h, std::size_t size, off
         if (short_reply) slot.short_low = std::min(slot.short_low, offset + got);
       }
       slot.tail_settled.notify_all();
-      if (short_reply) fs.notify_due();
+      // A short reply wakes no one: its page stays cached until the file
+      // grows past it (an attribute reply then asks for the drop).
     }
     ~InFlight() { replying(size); }
   } in_flight(*this, slot, h.cached, offset, size);

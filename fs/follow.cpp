@@ -255,6 +255,12 @@ bool Filesystem::tick() {
       partition_changed(*slot);
       if (!own || reset) slot->inval_pending = true;
       if (reset) slot->last_inval = {};
+      // The file grew past a short last page the kernel may hold (or map):
+      // the notifier drops it now (data_path.cpp, the page cache rule).
+      {
+        std::lock_guard lock(slot->tail_mutex);
+        if (slot->short_low < s->length) notify = true;
+      }
     }
     // A new generation: lookups from now on hand out a new node (see
     // inodes.cpp); the notifier drops every page the kernel may hold of the

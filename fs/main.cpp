@@ -237,14 +237,6 @@ int serve(fuse_args& args, Options options, Detacher& detacher) {
     }
   }
 
-  if (backend.kind() == BackendKind::device && options.page_cache && !options.page_cache_given) {
-    // In a guest the page cache stays opt-in for now: two runs of the guest
-    // suite under TCG (one vCPU) hung in a cached read or write of a mount,
-    // which the host's tests never did. Direct I/O there until that is found.
-    options.page_cache = false;
-    spdlog::info("ivshm device: reads are direct I/O (-o page_cache turns the page cache on)");
-  }
-
   std::unique_ptr<PartitionWriter> writer;
   if (options.read_only) {
     // A peer that only watches (e.g. a host): it owns no partition, so it

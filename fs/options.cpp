@@ -129,7 +129,6 @@ bool convert(const RawOptions& raw, Options& options) {
   // -o page_cache is the default; it stays accepted so scripts written when
   // the cache was opt-in keep working. -o direct_io turns it off.
   options.page_cache = raw.direct_io == 0;
-  options.page_cache_given = raw.page_cache != 0 && raw.direct_io == 0;
   options.doorbell = raw.nodoorbell == 0;
   options.futex = raw.nofutex == 0;
   if (raw.server != nullptr) {
@@ -298,8 +297,8 @@ void print_help(const char* program) {
       "                         appends and resets (docs/filesystem.md,\n"
       "                         Coherence); a read racing a peer's reset can\n"
       "                         fail with ESTALE (read again)\n"
-      "    -o page_cache        the default on a host file; on an ivshm device (in\n"
-      "                         a guest) reads are direct I/O unless this is given\n"
+      "    -o page_cache        the default (on a host file and on an ivshm\n"
+      "                         device); accepted for older scripts\n"
       "    -o overrun=MODE      what a reader of a ring partition that its writer\n"
       "                         lapped (overwrote bytes it had not read yet) sees:\n"
       "                         error (default): its next read fails once with\n"

@@ -45,11 +45,10 @@ struct Options {
   spdlog::level::level_enum log_level = spdlog::level::info;
   FileOwnership ownership;
   PollBounds poll;
-  bool read_only = false;         // -o ro: claim nothing, every file 0444
-  bool page_cache = true;         // read-only opens through the page cache; off with -o direct_io
-  bool page_cache_given = false;  // -o page_cache given: also on an ivshm device (see main.cpp)
-  bool doorbell = true;           // -o nodoorbell clears it: poll even where doorbells work
-  bool futex = true;              // -o nofutex clears it: poll host peers instead of futex wake-ups
+  bool read_only = false;  // -o ro: claim nothing, every file 0444
+  bool page_cache = true;  // read-only opens through the page cache; off with -o direct_io
+  bool doorbell = true;    // -o nodoorbell clears it: poll even where doorbells work
+  bool futex = true;       // -o nofutex clears it: poll host peers instead of futex wake-ups
   // -o server=SOCKET: join ivshm-server as a peer (its id is ours, its
   // eventfds ring guests and other clients and wake us).
   std::optional<std::string> server;

@@ -18,6 +18,11 @@
  *   ivshm-test gen SEED LEN             write LEN pseudo-random bytes to stdout
  *   ivshm-test append PATH              append stdin to PATH; print errno name
  *                                       and exit 1 on failure
+ *   ivshm-test mapcat PATH              map all of PATH (PROT_READ, MAP_SHARED)
+ *                                       and write the mapping to stdout, as a
+ *                                       program reading a file through mmap
+ *                                       does; on failure print the call and
+ *                                       errno name to stderr and exit 1
  *   ivshm-test ring DEV PEER VECTOR     IVSHM_IOC_RING once
  *   ivshm-test waitread DEV             print "waiting", then one blocking
  *                                       read(); print its result or errno name
@@ -488,6 +493,36 @@ static int cmd_append(const char* path) {
   return 0;
 }
 
+static int cmd_mapcat(const char* path) {
+  struct stat st;
+  const unsigned char* m;
+  size_t done = 0;
+  int fd = open(path, O_RDONLY);
+
+  if (fd < 0 || fstat(fd, &st) < 0) {
+    fprintf(stderr, "mapcat %s: open: %s\n", path, strerrorname_np(errno));
+    return 1;
+  }
+  if (st.st_size == 0) return 0;
+  m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) {
+    fprintf(stderr, "mapcat %s: mmap: %s\n", path, strerrorname_np(errno));
+    return 1;
+  }
+  close(fd);
+  while (done < (size_t)st.st_size) {
+    ssize_t n = write(1, m + done, (size_t)st.st_size - done);
+
+    if (n <= 0) {
+      fprintf(stderr, "mapcat %s: write: %s\n", path, strerrorname_np(errno));
+      return 1;
+    }
+    done += (size_t)n;
+  }
+  munmap((void*)m, (size_t)st.st_size);
+  return 0;
+}
+
 static int cmd_ring(const char* dev, unsigned peer, unsigned vector) {
   struct ivshm_ring r = {(uint16_t)peer, (uint16_t)vector, 0};
   int fd = open(dev, O_RDWR);
@@ -743,6 +778,7 @@ int main(int argc, char** argv) {
   if (!strcmp(cmd, "bench") && argc == 5) return cmd_bench(argv[2], num(argv[3]), (unsigned)num(argv[4]));
   if (!strcmp(cmd, "gen") && argc == 4) return cmd_gen(num(argv[2]), num(argv[3]));
   if (!strcmp(cmd, "append") && argc == 3) return cmd_append(argv[2]);
+  if (!strcmp(cmd, "mapcat") && argc == 3) return cmd_mapcat(argv[2]);
   if (!strcmp(cmd, "waitread") && argc == 3) return cmd_waitread(argv[2]);
   if (!strcmp(cmd, "ring") && argc == 5) return cmd_ring(argv[2], (unsigned)num(argv[3]), (unsigned)num(argv[4]));
   if (!strcmp(cmd, "echo") && argc == 5) return cmd_echo(argv[2], argv[3], argv[4]);

@@ -128,6 +128,8 @@ GUEST_MEM=${GUEST_MEM:-256M}
 # backed by SHMFILE (whose size is the BAR2 size); SHMFILE2 adds a second
 # ivshmem-plain device. SHMFILE "none": no device of the harness, only those
 # of GUEST_QEMU_ARGS (e.g. the output of `ivshmctl qemu-args`). Prints QEMU's pid.
+# The console is LOG; a second serial port, the socket LOG.ctl, is where
+# guest_dump asks the guest what its tasks wait for (see /init).
 guest_start() {
 	local name=$1 initrd=$2 shm=$3 scenario=$4 args=$5 logf=$6 shm2=${7:-}
 	local extra=()
@@ -140,10 +142,13 @@ guest_start() {
 		        -device ivshmem-plain,memdev=shm2)
 	fi
 	: > "$logf"
+	# A socket's path has a length limit: no control port past it.
+	local ctl=()
+	[ ${#logf} -le 96 ] && ctl=(-serial "unix:$logf.ctl,server=on,wait=off")
 	# shellcheck disable=SC2086
 	qemu-system-x86_64 -accel "$GUEST_ACCEL" -machine "${GUEST_MACHINE:-pc}" -cpu max -smp 1 -m "$GUEST_MEM" \
 		-nodefaults -no-reboot -display none -monitor none \
-		-serial "file:$logf" \
+		-serial "file:$logf" "${ctl[@]}" \
 		-kernel "${GUEST_KERNEL:-/boot/vmlinuz-$(guest_kver)}" -initrd "$initrd" \
 		-append "console=ttyS0 quiet loglevel=4 panic=-1 ${GUEST_APPEND:-}ivshmfs.hostname=$name ivshmfs.scenario=$scenario ivshmfs.args=$args" \
 		"${extra[@]}" \
@@ -163,9 +168,38 @@ guest_wait_line() {
 		fi
 		if [ $((SECONDS - t0)) -ge "$timeout" ]; then
 			log "timeout ($timeout s) waiting for /$re/ in $logf"
+			guest_dump "$pid" "$logf"
 			return 1
 		fi
 		sleep 0.2
+	done
+}
+
+# guest_dump PID LOG: a guest missed its bound: it prints, between
+# IVSHM-DUMP lines on its console, what every task waits for (hang_dump in
+# scenarios/common.sh); wait for that (GUEST_DUMP_WAIT seconds, default 60)
+# so that the log of a hang explains it.
+guest_dump() {
+	local pid=$1 logf=$2 t0=$SECONDS before
+	[ -S "$logf.ctl" ] && kill -0 "$pid" 2>/dev/null || return 0
+	before=$(tr -d '\r' < "$logf" | grep -c '^IVSHM-DUMP end' || true)
+	log "asking $(basename "$logf") what its tasks wait for"
+	python3 - "$logf.ctl" <<'PY' || { log "no dump: the guest's control port did not answer"; return 0; }
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX)
+s.settimeout(5)
+s.connect(sys.argv[1])
+s.sendall(b"dump\n")
+time.sleep(1)  # the UART takes a few bytes at a time: let QEMU pass them on
+s.close()
+PY
+	while [ "$(tr -d '\r' < "$logf" | grep -c '^IVSHM-DUMP end' || true)" -le "$before" ]; do
+		kill -0 "$pid" 2>/dev/null || return 0
+		if [ $((SECONDS - t0)) -ge "${GUEST_DUMP_WAIT:-60}" ]; then
+			log "no complete dump from $(basename "$logf") within ${GUEST_DUMP_WAIT:-60} s"
+			return 0
+		fi
+		sleep 0.5
 	done
 }
 
@@ -194,6 +228,7 @@ guest_finish() {
 	while kill -0 "$pid" 2>/dev/null; do
 		if [ $((SECONDS - t0)) -ge "$timeout" ]; then
 			log "timeout: guest $(basename "$logf") still running after $timeout s; killing it"
+			guest_dump "$pid" "$logf"
 			ok=0
 			break
 		fi

@@ -18,6 +18,14 @@
 #           then vm0 pings an ivshmfs mount on the host (id 1, pinned):
 #           with -o server= (eventfds both ways, checked by the .status
 #           counters on both sides) vs without (polling)
+#   cache   one guest reads and writes through ivshmfs's page cache for
+#           CACHE_SECONDS (120) while the host appends and resets: every
+#           step bounded, a hang dumps what each task waits for; CACHE_SIZE
+#           (16M) is the region's size (1M: a BAR2 without struct pages);
+#           CACHE_OPTIONS one -o option of the guest's mount (e.g.
+#           direct_io). Not in the ctest suite yet: under Debian 12's kernel
+#           a cached read racing the host's reset now and then fails with EIO
+#           instead of ESTALE
 #   bench   boot one guest: copy bandwidth through /dev/ivshm0 (cacheable)
 #           vs sysfs resource2 (uncached)
 #   e2e     the end-to-end scenario: vm0, vm1 and the host share one region
@@ -98,6 +106,7 @@ cleanup() {
 	local p
 	for p in "${PIDS[@]}"; do guest_kill "$p"; done
 	[ -n "${HOST_CLEANUP:-}" ] && eval "$HOST_CLEANUP"
+	rm -f "$WORK"/*.log.ctl  # the guests' control ports (lib.sh, guest_dump)
 	if [ "${GUEST_KEEP:-0}" != 1 ]; then
 		# new_shm runs in $(...), a subshell, so SHMS may not have them all:
 		# the name pattern does ($$ is this script's pid in subshells too).
@@ -275,6 +284,41 @@ run_doorbell() {
 	return $rc
 }
 
+# The page cache under load: the host appends to its partition (and
+# empties it every CACHE_RESET_EVERY lines, default 400) while one guest
+# reads and writes through ivshmfs for CACHE_SECONDS (default 120), every
+# step bounded (scenarios/cache.sh).
+run_cache() {
+	local ctl=$BUILD_DIR/tools/ivshmctl fs=$BUILD_DIR/fs/ivshmfs shm mnt pid writer rc=0 t=$SECONDS
+	local logf=$WORK/cache-vm0.log secs=${CACHE_SECONDS:-120} every=${CACHE_RESET_EVERY:-400} size=${CACHE_SIZE:-16M}
+	[ -x "$ctl" ] && [ -x "$fs" ] || die "cache: needs $ctl and $fs (build the project first)"
+	shm=$(new_shm cache "$size")
+	rm -f "$shm"
+	"$ctl" format --size "$size" --partitions 3 "$shm" >&2 || { log "cache: format failed"; return 1; }
+	mnt=$(mktemp -d /tmp/ivshmfs-cache-host.XXXXXX)
+	HOST_CLEANUP="fusermount3 -u '$mnt' 2>/dev/null || umount -l '$mnt' 2>/dev/null; rmdir '$mnt' 2>/dev/null"
+	"$fs" -o id=2 "$shm" "$mnt" >"$WORK/cache-host-ivshmfs.log" 2>&1 ||
+		{ log "cache: host mount: $(cat "$WORK/cache-host-ivshmfs.log")"; return 1; }
+	(
+		i=0
+		while [ -e "$mnt/vm2" ]; do
+			i=$((i + 1))
+			printf '%d:xxxxxxxx\n' "$i" >> "$mnt/vm2" || break
+			[ $((i % every)) = 0 ] && : > "$mnt/vm2"
+			sleep 0.005
+		done
+	) &
+	writer=$!
+	HOST_CLEANUP="kill $writer 2>/dev/null; wait $writer 2>/dev/null; $HOST_CLEANUP"
+	log "cache: $size region; the host appends to vm2 (emptied every $every lines) while vm0 works for $secs s"
+	pid=$(guest_start vm0 "$INITRD" "$shm" cache "2,$secs${CACHE_OPTIONS:+,$CACHE_OPTIONS}" "$logf")
+	PIDS+=("$pid")
+	guest_finish "$pid" "$logf" $((secs + TIMEOUT)) || rc=1
+	eval "$HOST_CLEANUP"; HOST_CLEANUP=
+	[ $rc -eq 0 ] && log "cache: PASS ($((SECONDS - t)) s)" || log "cache: FAIL"
+	return $rc
+}
+
 run_bench() {
 	local shm pid logf=$WORK/bench.log t=$SECONDS
 	log "bench: booting one guest"
@@ -292,6 +336,7 @@ boot) run_boot || rc=1 ;;
 doorbell) run_doorbell || rc=1 ;;
 driver|package) run_driver || rc=1 ;;
 bench) run_bench || rc=1 ;;
+cache) run_cache || rc=1 ;;
 xvm) . "$GUEST_DIR/xvm.sh"; run_xvm || rc=1 ;;
 e2e) . "$GUEST_DIR/e2e.sh"; run_e2e || rc=1 ;;
 split) . "$GUEST_DIR/split.sh"; run_split || rc=1 ;;

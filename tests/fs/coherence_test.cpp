@@ -12,7 +12,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <future>
@@ -385,6 +387,47 @@ TEST_F(Peers, AMappingOfAPeersFileFollowsAppendsAndResets) {
   EXPECT_EQ(std::string(static_cast<const char*>(own_map), 2), "XY");
   ::munmap(own_map, 2);
   ::close(own);
+}
+
+// vm1's daemon prints every request it gets (libfuse's -o debug).
+class PeersCountingRequests : public Peers {
+ protected:
+  std::vector<std::string> extra_options_b() override { return {"debug"}; }
+};
+
+// A file that does not change, whose last page is partial, read again and
+// again through the page cache: the kernel asks the daemon for its bytes
+// once. Its short last page used to be dropped after every read, so each
+// read asked again, and a read could race the drop of its own page: on one
+// CPU (a guest) every cat took dozens of reads, for minutes at times.
+TEST_F(PeersCountingRequests, AnUnchangedFileIsReadFromThePageCacheAgainAndAgain) {
+  const std::string data = "nineteen bytes long";
+  {
+    const int fd = ::open(a_->file("vm0").c_str(), O_WRONLY | O_APPEND | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    ASSERT_EQ(::write(fd, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    ::close(fd);
+  }
+  const auto reads = [&] {
+    const std::string log = b_->log();
+    std::size_t n = 0;
+    for (auto at = log.find("opcode: READ ("); at != std::string::npos; at = log.find("opcode: READ (", at + 1)) ++n;
+    return n;
+  };
+  const std::size_t before = reads();
+  constexpr int kRounds = 30;
+  for (int i = 0; i < kRounds; ++i) {
+    const int fd = ::open(b_->file("vm0").c_str(), O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(fd, 0);
+    char buf[4096];
+    const ssize_t n = ::read(fd, buf, sizeof buf);
+    ::close(fd);
+    ASSERT_EQ(std::string(buf, static_cast<std::size_t>(std::max<ssize_t>(n, 0))), data) << "round " << i;
+    // Time for the daemon to do whatever it does after a read.
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_LE(reads() - before, 2U) << kRounds << " opens and reads of an unchanged 19-byte file asked the daemon for "
+                                  << "its bytes " << reads() - before << " times; the page cache should hold them";
 }
 
 // The page cache never hands out a mix of generations: the owner resets and

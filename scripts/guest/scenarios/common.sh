@@ -38,6 +38,71 @@ first_ivshmem_bdf() {
 }
 finish() { [ "$FAILS" -eq 0 ]; exit $?; }
 
+# ---- hangs explain themselves ----
+# hang_dump WHY: what every task of the guest is blocked on, on the console
+# between IVSHM-DUMP lines: each user task's threads (state, wchan, kernel
+# stack), the kernel's blocked tasks (sysrq w) and each FUSE connection's
+# waiting requests. Shell builtins only where it loops: a guest that hangs
+# may not fork well. The host asks for it when a guest misses its bound.
+_dump_file() { # _dump_file PREFIX FILE: FILE's lines, each after PREFIX
+	[ -r "$2" ] || return 0
+	while IFS= read -r _l || [ -n "$_l" ]; do echo "$1$_l"; done < "$2" 2>/dev/null
+}
+hang_dump() {
+	echo "IVSHM-DUMP begin: $*"
+	for _p in /proc/[0-9]*; do
+		# Kernel threads have no command line: sysrq w shows those blocked.
+		[ -e "$_p/exe" ] || continue
+		_pid=${_p#/proc/}
+		_cmd=
+		read -r _cmd < "$_p/comm" 2>/dev/null
+		for _t in "$_p"/task/[0-9]*; do
+			_tid=${_t##*/} _st= _wchan= _comm=
+			read -r _comm < "$_t/comm" 2>/dev/null
+			while read -r _k _v; do
+				[ "$_k" = State: ] && _st=$_v && break
+			done < "$_t/status" 2>/dev/null
+			read -r _wchan < "$_t/wchan" 2>/dev/null
+			echo "IVSHM-DUMP task $_pid/$_tid $_cmd/$_comm state=$_st wchan=${_wchan:-0}"
+			_dump_file "IVSHM-DUMP   " "$_t/stack"
+		done
+	done
+	grep -q ' /sys/fs/fuse/connections ' /proc/mounts ||
+		mount -t fusectl fusectl /sys/fs/fuse/connections 2>/dev/null
+	for _c in /sys/fs/fuse/connections/*; do
+		[ -r "$_c/waiting" ] || continue
+		read -r _w < "$_c/waiting"
+		echo "IVSHM-DUMP fuse connection ${_c##*/}: $_w requests waiting"
+	done
+	# Blocked (D state) tasks with their stacks, kernel threads included.
+	echo w > /proc/sysrq-trigger 2>/dev/null
+	echo "IVSHM-DUMP end"
+}
+# bounded SECONDS NAME COMMAND...: runs COMMAND; when it takes longer than
+# SECONDS, dumps what every task waits for (hang_dump, on the console: a
+# check's output is cut to a few lines), then kills it and
+# returns 124 (as timeout(1) does). Otherwise COMMAND's status.
+bounded() {
+	_secs=$1 _what=$2
+	shift 2
+	"$@" &
+	_bpid=$!
+	_ticks=$((_secs * 5))
+	while kill -0 "$_bpid" 2>/dev/null; do
+		_ticks=$((_ticks - 1))
+		if [ "$_ticks" -le 0 ]; then
+			hang_dump "$_what still running after $_secs s" > /dev/console 2>&1
+			kill -TERM "$_bpid" 2>/dev/null
+			sleep 1
+			kill -KILL "$_bpid" 2>/dev/null
+			wait "$_bpid" 2>/dev/null
+			return 124
+		fi
+		sleep 0.2
+	done
+	wait "$_bpid"
+}
+
 # ---- end-to-end content ----
 # Partition K of the e2e scenario holds: a text line, then BINLEN
 # pseudo-random bytes (seed 100+K), then any extra lines of later phases.

@@ -114,12 +114,13 @@ out=$(ivshm-test selftest /dev/ivshm1 2>&1) && pass small-bar-selftest || fail s
 if command -v ivshmfs >/dev/null && command -v ivshmctl >/dev/null; then
 	mkdir -p /mnt/small
 	# Every step bounded: a step that hangs fails here, naming itself, with
-	# the daemon's log, instead of the whole guest timing out.
-	if timeout 60 ivshmctl format --force --partitions 2 /dev/ivshm1 > /tmp/fmt1.log 2>&1 &&
-	   timeout 60 ivshmfs -o id=0 /dev/ivshm1 /mnt/small > /tmp/fs1.log 2>&1 && wait_until 10 is_mounted /mnt/small; then
-		check small-bar-ivshmfs-append timeout 60 sh -c 'echo small-bar-own-read >> /mnt/small/vm0'
-		check small-bar-ivshmfs-own-read test "$(timeout 60 cat /mnt/small/vm0)" = small-bar-own-read
-		check small-bar-ivshmfs-umount timeout 60 umount /mnt/small
+	# the daemon's log and what every task waits for (hang_dump), instead of
+	# the whole guest timing out.
+	if bounded 60 small-bar-format ivshmctl format --force --partitions 2 /dev/ivshm1 > /tmp/fmt1.log 2>&1 &&
+	   bounded 60 small-bar-mount ivshmfs -o id=0 /dev/ivshm1 /mnt/small > /tmp/fs1.log 2>&1 && wait_until 10 is_mounted /mnt/small; then
+		check small-bar-ivshmfs-append bounded 60 small-bar-append sh -c 'echo small-bar-own-read >> /mnt/small/vm0'
+		check small-bar-ivshmfs-own-read test "$(bounded 60 small-bar-own-read cat /mnt/small/vm0)" = small-bar-own-read
+		check small-bar-ivshmfs-umount bounded 60 small-bar-umount umount /mnt/small
 		umount -l /mnt/small 2>/dev/null
 		tail -n 5 /tmp/fs1.log | sed 's/^/IVSHM-INFO small-bar ivshmfs: /'
 	else

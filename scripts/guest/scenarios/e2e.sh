@@ -3,7 +3,8 @@
 # Arguments: PEER HOSTID BINLEN
 #   mount ivshmfs over /dev/ivshm0 (id from the hostname), write our partition
 #   (text + binary), read the peer's and the host's partitions and check them
-#   by sha256, check EACCES on others' files, print `ivshmctl status --json`,
+#   by sha256 (read() and a shared mapping), check EACCES on others' files,
+#   print `ivshmctl status --json`,
 #   then wait for the host's go-lines in its partition:
 #   vm1: on go:kill append one more line, report, and wait to be killed;
 #   vm0: on go:finish unmount and finish.
@@ -27,6 +28,13 @@ check write-own-partition test "$(sha256sum < $M/vm$ME | cut -d' ' -f1)" = "$(sh
 # The peer's and the host's partitions, as soon as they are complete.
 for k in $PEER $HOSTID; do
 	check_partition "$k" "$M" "$HOSTID" "$BINLEN"
+done
+
+# A shared read-only mapping of a peer's file (what mmap-reading programs
+# do: through the page cache) holds the peer's bytes.
+for k in $PEER $HOSTID; do
+	check "mmap-vm$k-peer-bytes" test "$(ivshm-test mapcat $M/vm$k | head -c "$(size_of "$k" "$HOSTID" "$BINLEN")" |
+		sha256sum | cut -d' ' -f1)" = "$(sha_of "$k" "$HOSTID" "$BINLEN")"
 done
 
 # Others' partitions are read-only to us.
@@ -60,6 +68,8 @@ if [ "$ME" = 1 ]; then
 else
 	wait_until 900 grep -q go:finish $M/vm$HOSTID || fail "no go:finish from the host"
 	check "vm$PEER-after-reboot" grep -q "appended after reboot" $M/vm$PEER
+	# A new mapping shows what the peer appended since the first one.
+	check "mmap-vm$PEER-after-reboot" sh -c "ivshm-test mapcat $M/vm$PEER | tail -c 22 | grep -qx 'appended after reboot'"
 	check umount umount $M
 fi
 finish
