@@ -20,6 +20,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -143,11 +144,24 @@ class Filesystem {
   // A live partition table: takes in the region's table changes (slots
   // gaining or losing a partition). Returns whether any did.
   bool follow_table();
+  // Lookups in the root and follow/ (so also of .status) and readdir: when
+  // peers changed the table since the watcher last followed it, kick the
+  // change source and wait (bounded) for a look that follows it, so a
+  // partition added (or removed) before this request shows in its answer.
+  // follow_table() stays the watcher's alone. Cheap when nothing changed
+  // (Region::table_moved).
+  void catch_up_table();
   // The slot of the partition file named `name` (vmN), if it is present.
   [[nodiscard]] std::optional<uint32_t> slot_named(std::string_view name) const;
   // An open partition or follow file whose partition left its slot since.
   [[nodiscard]] bool gone(const Handle& h) const noexcept;
   std::string last_table_error_;  // the watcher's: logged once until it changes
+  // The watcher's follow_table() calls, started and finished (catch_up_table
+  // waits for one that started after it saw the table move).
+  std::mutex follow_mutex_;
+  std::condition_variable followed_;
+  uint64_t follows_started_ = 0;   // guarded by follow_mutex_
+  uint64_t follows_finished_ = 0;  // guarded by follow_mutex_
   // Partition ids (bits) with a poll handle or a parked follow read.
   uint64_t waited_for();
   [[nodiscard]] bool pending_invalidation() const noexcept;

@@ -227,7 +227,19 @@ bool Filesystem::tick() {
     go_stale(r.error().message);
     return false;
   }
-  const bool table_changed = region_->live_table() && follow_table();
+  bool table_changed = false;
+  if (region_->table_may_change()) {
+    {
+      std::lock_guard lock(follow_mutex_);
+      ++follows_started_;
+    }
+    table_changed = follow_table();
+    {
+      std::lock_guard lock(follow_mutex_);
+      ++follows_finished_;
+    }
+    followed_.notify_all();
+  }
   if (stale_) return false;
   // The kernel caches no attributes (zero timeouts). Cached pages are the
   // notifier's (see the page cache rule in data_path.cpp): at a peer's reset
@@ -378,6 +390,18 @@ bool Filesystem::follow_table() {
     slot.cache_moved.notify_all();
   }
   return true;
+}
+
+void Filesystem::catch_up_table() {
+  if (stale_ || !region_->table_moved()) return;
+  // Bounded: the watcher may be held up (dropping pages the kernel waits
+  // for a read to fill, in a single-threaded mount); the answer then shows
+  // the table as it was, as the next fallback look would have (about 1 s).
+  constexpr auto kCatchUpBound = std::chrono::milliseconds(1000);
+  std::unique_lock lock(follow_mutex_);
+  const uint64_t wanted = follows_started_ + 1;
+  changes_->kick();
+  followed_.wait_for(lock, kCatchUpBound, [&] { return follows_finished_ >= wanted || stale_; });
 }
 
 bool Filesystem::pending_invalidation() const noexcept {

@@ -177,6 +177,10 @@ void Filesystem::lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
   after_init();
   const Node dir = decode(parent);
   const std::string_view n = name;
+  // Every path walk looks its names up (zero entry timeouts): a partition
+  // peers added or removed a moment ago shows in this answer, and in the
+  // partition lines of .status.
+  if (dir.kind == NodeKind::root || dir.kind == NodeKind::follow_dir) catch_up_table();
   if (dir.kind == NodeKind::root) {
     if (n == kStatusName) return reply_entry(req, kStatusIno, {NodeKind::status, 0});
     if (n == kFollowName) return reply_entry(req, kFollowDirIno, {NodeKind::follow_dir, 0});
@@ -226,6 +230,8 @@ void Filesystem::readdir(fuse_req_t req, fuse_ino_t ino, std::size_t size, off_t
     mode_t type;
   };
   const Node node = decode(ino);
+  // A listing starts at offset 0: it shows the table as peers left it.
+  if (off == 0 && (node.kind == NodeKind::root || node.kind == NodeKind::follow_dir)) catch_up_table();
   std::vector<Entry> entries;
   if (node.kind == NodeKind::root) {
     entries.push_back({".", FUSE_ROOT_ID, S_IFDIR});

@@ -44,8 +44,10 @@ Result<std::shared_ptr<Region>> open_region(const Options& options, const std::s
   open_options.create = options.create;
   open_options.create_size = options.create_size;
   open_options.create_partitions = options.partitions;
-  // A split region: only this peer's piece is opened read-write.
-  if (!options.read_only) {
+  // A split region: only this peer's piece is opened read-write. With
+  // -o id=auto the own piece is not known yet (it may be one created here):
+  // the pieces are opened read-write, as the host's administration does.
+  if (!options.read_only && !options.id_auto) {
     if (auto identity = resolve_peer_id(options.id, nullptr)) open_options.own_id = identity->id;
   }
   return Region::open_path(path, open_options);
@@ -126,6 +128,25 @@ Result<std::unique_ptr<PartitionWriter>> join(const std::shared_ptr<Region>& reg
         return claimed;
       }
       if (claimed.error().code != Errc::claimed) return claimed;
+    }
+    if (region->scans_pieces()) {
+      // A split region grows by a new piece of the size asked for.
+      if (!options.join_size) {
+        return make_error(Errc::invalid_argument,
+                          region->path() +
+                              ": id=auto: every partition has a live owner; pass size=S (a power of "
+                              "two, e.g. size=1M) to add a piece for this peer");
+      }
+      auto added = region->add_partition(NewPartition{std::nullopt, *options.join_size, false});
+      if (!added) {
+        if (added.error().code == Errc::already_formatted) continue;  // another peer took that id just now
+        return std::move(added).error();
+      }
+      spdlog::info("id=auto: added partition {} (piece {}, {})", added->id, split_piece_path(region->path(), added->id),
+                   format_size(added->capacity));
+      auto claimed = PartitionWriter::claim(region, added->id);
+      if (claimed || claimed.error().code != Errc::claimed) return claimed;
+      continue;
     }
     if (!region->live_table()) {
       return make_error(Errc::claimed, region->path() +

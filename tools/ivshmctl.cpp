@@ -47,15 +47,17 @@ const char* const kUsage =
     "  status [--json] BACKEND\n"
     "                         show the layout and every partition's owner and length\n"
     "  add [--id N] --size SIZE [--ring] BACKEND\n"
-    "                         add a partition to a running region (format --slots)\n"
+    "                         add a partition to a running region (format --slots),\n"
+    "                         or a piece PREFIX.vmN to a split region\n"
     "  remove --id N BACKEND  remove partition N (no live owner) so its space is reused\n"
     "  read BACKEND ID        write partition ID's committed bytes to stdout\n"
     "  write [--force] BACKEND ID\n"
     "                         append stdin to partition ID\n"
     "  reset [--force] BACKEND ID\n"
     "                         truncate partition ID to zero bytes\n"
-    "  qemu-args [--libvirt] [--bridge] --peer K BACKEND\n"
+    "  qemu-args [--libvirt] [--bridge] [--hotplug N | --unplug N] --peer K BACKEND\n"
     "                         print the QEMU options attaching the region to VM K\n"
+    "                         (or the QMP commands hot-plugging piece N)\n"
     "\n"
     "Run 'ivshmctl COMMAND --help' for a command's options.\n"
     "Exit status: 0 on success, 1 on error, 2 on a usage error.\n";
@@ -99,6 +101,8 @@ struct Args {
   std::optional<std::string> slots;
   std::optional<std::string> free;
   std::optional<std::string> id;
+  std::optional<std::string> hotplug;
+  std::optional<std::string> unplug;
   std::vector<std::string> partition;  // --partition ID=[SIZE][,ring], repeatable
   bool ring = false;
   bool force = false;
@@ -117,7 +121,7 @@ std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::str
   std::vector<option> longopts;
   for (const auto& name : allowed) {
     const bool has_value = name == "size" || name == "partitions" || name == "partition" || name == "peer" ||
-                           name == "slots" || name == "free" || name == "id";
+                           name == "slots" || name == "free" || name == "id" || name == "hotplug" || name == "unplug";
     longopts.push_back({name.c_str(), has_value ? required_argument : no_argument, nullptr, 0});
   }
   longopts.push_back({"help", no_argument, nullptr, 'h'});
@@ -150,6 +154,8 @@ std::optional<Args> parse_args(int argc, char** argv, const std::vector<std::str
     if (name == "slots") args.slots = optarg;
     if (name == "free") args.free = optarg;
     if (name == "id") args.id = optarg;
+    if (name == "hotplug") args.hotplug = optarg;
+    if (name == "unplug") args.unplug = optarg;
   }
   for (int i = optind; i < argc; ++i) args.positional.emplace_back(argv[i]);
   return args;
@@ -339,8 +345,18 @@ int cmd_add(const Args& args) {
   }
   auto region = open_region(args.positional[0], true);
   if (!region) return fail(region.error());
+  if ((*region)->split() && args.ring) return usage_error("--ring: the pieces of a split region hold logs");
   auto added = (*region)->add_partition(wanted);
   if (!added) return fail(added.error());
+  if ((*region)->split()) {
+    const Backend& piece = (*region)->backend(*added);
+    std::printf(
+        "added partition %u (vm%u): piece %s, %s (capacity %s); attach it to running guests with "
+        "'ivshmctl qemu-args --peer K --hotplug %u %s'\n",
+        added->id, added->id, piece.path().c_str(), format_size(piece.size()).c_str(),
+        format_size(added->capacity).c_str(), added->id, args.positional[0].c_str());
+    return 0;
+  }
   const FreeSpace free = (*region)->free_space();
   std::printf("added partition %u (vm%u): %s%s at offset %" PRIu64 "; %u free table slots, %s free (largest %s)\n",
               added->id, added->id, format_size(added->capacity).c_str(), added->ring ? " ring" : "",
@@ -356,6 +372,13 @@ int cmd_remove(const Args& args) {
   auto region = open_region(args.positional[0], true);
   if (!region) return fail(region.error());
   if (auto r = (*region)->remove_partition(*id); !r) return fail(r.error());
+  if ((*region)->split()) {
+    std::printf(
+        "removed partition %u (vm%u): piece %s; unplug it from running guests with "
+        "'ivshmctl qemu-args --peer K --unplug %u %s'\n",
+        *id, *id, split_piece_path(args.positional[0], *id).c_str(), *id, args.positional[0].c_str());
+    return 0;
+  }
   const FreeSpace free = (*region)->free_space();
   std::printf("removed partition %u (vm%u); %u free table slots, %s free (largest %s)\n", *id, *id, free.free_slots,
               format_size(free.total).c_str(), format_size(free.largest).c_str());
@@ -431,8 +454,11 @@ int cmd_status(const Args& args) {
   }
   std::string kind = to_string(r.backends().front()->kind());
   if (r.split()) {
-    kind = "split, " + std::to_string(r.backends().size()) + " of " + std::to_string(info.split_pieces) + " " + kind +
-           " pieces";
+    // Pieces may have been added (ivshmctl add) since the format.
+    kind = "split, " + std::to_string(info.partition_count) +
+           (info.partition_count <= info.split_pieces
+                ? " of " + std::to_string(info.split_pieces) + " " + kind + " pieces"
+                : " " + kind + " pieces, " + std::to_string(info.split_pieces) + " formatted together");
   }
   std::printf("region %s (%s): layout v%u, %s, %u partitions, format id %016" PRIx64 ", formatted %s\n",
               r.path().c_str(), kind.c_str(), info.version, format_size(info.region_size).c_str(), info.partition_count,
@@ -620,6 +646,48 @@ constexpr std::size_t kRootBusPieces = 16;
 // Slots 1..31 of each pci-bridge.
 constexpr std::size_t kBridgeSlots = 31;
 
+// QMP commands (one JSON object a line) that attach piece N of a split
+// region to VM K's running QEMU, or detach it: the hot-plug form of the
+// options below, with the same object and device ids.
+int print_hotplug(const Args& args, const Region& r, uint32_t peer) {
+  if (args.hotplug && args.unplug) return usage_error("--hotplug and --unplug are one piece at a time");
+  if (args.libvirt || args.bridge) return usage_error("--hotplug and --unplug take neither --libvirt nor --bridge");
+  if (!r.split()) {
+    return fail(make_error(Errc::invalid_argument,
+                           r.path() + ": a single-file region is one device, attached at start: --hotplug and "
+                                      "--unplug are for the pieces of a split region"));
+  }
+  const std::string& which = args.hotplug ? *args.hotplug : *args.unplug;
+  auto id = parse_id(which.c_str());
+  if (!id) return usage_error("'" + which + "' is not a partition id");
+  const std::string name = "ivshmfs-vm" + std::to_string(*id);
+  if (args.unplug) {
+    // The device first; the memory backend once QEMU reports DEVICE_DELETED
+    // (the guest released the device).
+    std::printf("{\"execute\":\"device_del\",\"arguments\":{\"id\":\"%s-dev\"}}\n", name.c_str());
+    std::printf("{\"execute\":\"object-del\",\"arguments\":{\"id\":\"%s\"}}\n", name.c_str());
+    return 0;
+  }
+  const PartitionInfo* p = r.find(*id);
+  if (p == nullptr) {
+    return fail(make_error(Errc::no_such_partition, r.path() + ": no piece " + split_piece_path(r.path(), *id) +
+                                                        " ('ivshmctl add --id " + std::to_string(*id) + " --size S " +
+                                                        r.path() + "' creates it)"));
+  }
+  const Backend& backend = r.backend(*p);
+  char real[PATH_MAX];
+  const std::string path = ::realpath(backend.path().c_str(), real) != nullptr ? real : backend.path();
+  std::printf(
+      "{\"execute\":\"object-add\",\"arguments\":{\"qom-type\":\"memory-backend-file\",\"id\":\"%s\","
+      "\"mem-path\":\"%s\",\"size\":%zu,\"share\":true%s}}\n",
+      name.c_str(), json_escape(path).c_str(), backend.size(), *id == peer ? "" : ",\"readonly\":true");
+  std::printf(
+      "{\"execute\":\"device_add\",\"arguments\":{\"driver\":\"ivshmem-plain\",\"id\":\"%s-dev\","
+      "\"memdev\":\"%s\"}}\n",
+      name.c_str(), name.c_str());
+  return 0;
+}
+
 int cmd_qemu_args(const Args& args) {
   if (args.positional.size() != 1) return usage_error("qemu-args takes one BACKEND");
   if (!args.peer) return usage_error("qemu-args needs --peer K (the partition id of the VM)");
@@ -633,11 +701,9 @@ int cmd_qemu_args(const Args& args) {
                                                         " (the region has " + std::to_string(r.info().partition_count) +
                                                         ")"));
   }
-  if (r.split() && r.info().partition_count != r.info().split_pieces) {
-    return fail(make_error(Errc::invalid_argument, r.path() + ": only " + std::to_string(r.info().partition_count) +
-                                                       " of its " + std::to_string(r.info().split_pieces) +
-                                                       " pieces exist: every VM needs every piece"));
-  }
+  if (args.hotplug || args.unplug) return print_hotplug(args, r, *peer);
+  // A split region's VMs get the pieces there are now (pieces come and go:
+  // 'ivshmctl add', --hotplug).
   std::vector<std::string> words;
   const std::size_t count = r.partitions().size();
   const bool bridged = args.bridge || (r.split() && count > kRootBusPieces);
@@ -748,12 +814,17 @@ const std::map<std::string, Command>& commands() {
         1,
         "Usage: ivshmctl add [--id N] --size SIZE [--ring] [BACKEND]\n\n"
         "Add a partition to a region formatted with a live table (format --slots), also\n"
-        "while peers have it mounted: every mounted peer shows the new file vmN within a\n"
-        "poll interval. Its data area is the first free extent (lowest offset) that holds\n"
-        "SIZE; its table slot the lowest free one. It starts empty and unclaimed.\n\n"
+        "while peers have it mounted: every mounted peer shows the new file vmN at its\n"
+        "next lookup, listing or .status read. Its data area is the first free extent\n"
+        "(lowest offset) that holds SIZE; its table slot the lowest free one. It starts\n"
+        "empty and unclaimed.\n"
+        "Of a split region (BACKEND is its PREFIX): create the piece PREFIX.vmN of SIZE\n"
+        "bytes (a power of two: a PCI BAR), with the region's identity; host peers take it\n"
+        "in as above, guests once it is hot-plugged ('qemu-args --hotplug N').\n\n"
         "  --id N            the new partition's id (default: the lowest unused id)\n"
-        "  --size SIZE       its capacity, a multiple of 4 KiB (K, M, G suffixes)\n"
-        "  --ring            make it a ring partition\n",
+        "  --size SIZE       its capacity, a multiple of 4 KiB (K, M, G suffixes); of a\n"
+        "                    split region, the piece's size, a power of two of at least 8K\n"
+        "  --ring            make it a ring partition (not in a split region)\n",
         cmd_add}},
       {"remove",
        {{"id"},
@@ -762,7 +833,9 @@ const std::map<std::string, Command>& commands() {
         "Remove partition N from a region with a live table: its file disappears from every\n"
         "mount (open descriptors of it fail with EIO), and its table slot and data area may\n"
         "be used by the next 'add'. Refused while a live owner holds it (unmount it first);\n"
-        "a stale or dead owner's claim does not stop it. Its bytes are lost.\n\n"
+        "a stale or dead owner's claim does not stop it. Its bytes are lost.\n"
+        "Of a split region: remove the piece file PREFIX.vmN (its memory is freed once no\n"
+        "running peer maps it: unplug it from guests with 'qemu-args --unplug N').\n\n"
         "  --id N            the partition to remove\n",
         cmd_remove}},
       {"read",
@@ -790,9 +863,9 @@ const std::map<std::string, Command>& commands() {
         "  --force           take the partition from its live owner, which stops writing\n",
         cmd_reset}},
       {"qemu-args",
-       {{"peer", "libvirt", "bridge"},
+       {{"peer", "libvirt", "bridge", "hotplug", "unplug"},
         1,
-        "Usage: ivshmctl qemu-args [--libvirt] [--bridge] --peer K BACKEND\n\n"
+        "Usage: ivshmctl qemu-args [--libvirt] [--bridge] [--hotplug N | --unplug N] --peer K BACKEND\n\n"
         "Print the QEMU options that attach the region to VM K: for each piece of a split\n"
         "region '-object memory-backend-file,...,share=on' and '-device ivshmem-plain,...',\n"
         "read-write for VM K's own piece and readonly=on for every other piece, so QEMU\n"
@@ -803,7 +876,15 @@ const std::map<std::string, Command>& commands() {
         "  --libvirt         print a <qemu:commandline> block for the libvirt domain XML instead\n"
         "                    (libvirt's own <shmem> element has no read-only mode)\n"
         "  --bridge          put the devices behind pci-bridge devices (31 per bridge);\n"
-        "                    done anyway for more than 16 pieces\n",
+        "                    done anyway for more than 16 pieces\n"
+        "  --hotplug N       instead, print the QMP commands (one JSON object a line) that\n"
+        "                    attach piece N of a split region to VM K while it runs:\n"
+        "                    object-add of its memory-backend-file (readonly unless N is K)\n"
+        "                    and device_add of its ivshmem-plain, on the machine's root bus\n"
+        "                    (i440fx: ACPI hot-plug; q35 needs a free pcie-root-port, add\n"
+        "                    \"bus\":\"ID\" to device_add)\n"
+        "  --unplug N        instead, print the QMP commands that detach piece N: device_del,\n"
+        "                    then object-del once QEMU reported DEVICE_DELETED\n",
         cmd_qemu_args}},
   };
   return table;

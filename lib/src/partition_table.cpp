@@ -56,7 +56,6 @@ Result<std::vector<PartitionInfo>> check_table(const std::string& path, const iv
                                                std::span<const ivshmfs_partition_entry> table, uint64_t size,
                                                std::vector<std::string>* skipped) {
   const bool live = (h.features & IVSHMFS_FEATURE_LIVE_TABLE) != 0;
-  const bool split = (h.features & IVSHMFS_FEATURE_SPLIT) != 0;
   std::vector<PartitionInfo> out;
   std::array<bool, IVSHMFS_MAX_PARTITIONS> used{};
   const uint32_t known_flags =
@@ -78,8 +77,6 @@ Result<std::vector<PartitionInfo>> check_table(const std::string& path, const iv
       fail("id " + std::to_string(e.id) + " is out of range");
     } else if (used[e.id]) {
       fail("id " + std::to_string(e.id) + " is used twice");
-    } else if (split && e.id >= h.split_pieces) {
-      fail("id " + std::to_string(e.id) + " is not below the piece count " + std::to_string(h.split_pieces));
     } else if ((e.flags & ~known_flags) != 0) {
       fail("unknown flags " + hex(e.flags));
     } else if (ring && !live && (h.features & IVSHMFS_FEATURE_RING) == 0) {
@@ -258,6 +255,7 @@ void Region::publish(std::vector<PartitionInfo> partitions) {
 }
 
 Result<TableChange> Region::refresh_table() {
+  if (scan_) return rescan_pieces();
   if (!live_table()) return TableChange{};
   std::byte* base = pieces_.front().base;
   if (detail::load_table_seq(base) == seen_seq_.load(std::memory_order_relaxed)) [[likely]]
@@ -344,6 +342,7 @@ FreeSpace Region::free_space() const {
 }
 
 Result<PartitionInfo> Region::add_partition(const NewPartition& wanted) {
+  if (split()) return add_piece(wanted);
   const std::string& path = pieces_.front().backend->path();
   if (wanted.capacity < IVSHMFS_MIN_CAPACITY || wanted.capacity % IVSHMFS_PAGE_SIZE != 0) {
     return make_error(Errc::invalid_argument, path + ": size " + std::to_string(wanted.capacity) +
@@ -430,6 +429,7 @@ Result<PartitionInfo> Region::add_partition(const NewPartition& wanted) {
 }
 
 Result<void> Region::remove_partition(uint32_t id, const LivenessPolicy& policy) {
+  if (split()) return remove_piece(id, policy);
   const std::string& path = pieces_.front().backend->path();
   return change_table([&]() -> Result<void> {
     if (auto r = refresh_table(); !r) return std::move(r).error();  // the table is stable: we hold its lock

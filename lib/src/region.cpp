@@ -196,11 +196,14 @@ Result<void> Region::format(Backend& backend, const FormatOptions& options) {
   const std::string& path = backend.path();
   if (!backend.writable()) return make_error(Errc::read_only, path + ": opened read-only, cannot format");
   const uint32_t count = options.partitions;
+  // A piece added later (Region::add_partition) may have an id past the
+  // count of pieces formatted together.
   if (options.split_pieces != 0 && (count != 1 || options.split_pieces > IVSHMFS_MAX_PARTITIONS ||
-                                    options.piece_id >= options.split_pieces || options.format_id == 0)) {
+                                    options.piece_id >= IVSHMFS_MAX_PARTITIONS || options.format_id == 0)) {
     return make_error(Errc::invalid_argument, path + ": a piece of a split region holds one partition, its id below " +
-                                                  "the piece count (1.." + std::to_string(IVSHMFS_MAX_PARTITIONS) +
-                                                  "), and a non-zero format id");
+                                                  std::to_string(IVSHMFS_MAX_PARTITIONS) + ", of a piece count 1.." +
+                                                  std::to_string(IVSHMFS_MAX_PARTITIONS) +
+                                                  ", and a non-zero format id");
   }
   if ((count == 0 && options.slots == 0) || count > IVSHMFS_MAX_PARTITIONS) {
     return make_error(Errc::invalid_argument, "partition count " + std::to_string(count) + " is out of range 1.." +
@@ -450,13 +453,21 @@ Result<std::shared_ptr<Region>> Region::open_pieces(std::vector<std::unique_ptr<
       }
       seen[p.id] = true;
       p.piece = static_cast<uint32_t>(i);
-      // A live table's partitions keep their slot; pieces count in order.
-      if (split) p.index = static_cast<uint32_t>(partitions.size());
+      // A live table's partitions keep their slot; a split region's
+      // partition sits in the slot of its id, so pieces may come and go.
+      if (split) p.index = p.id;
       partitions.push_back(p);
     }
+    if (i >= PieceList::kCapacity) return make_error(Errc::invalid_argument, name + ": too many pieces");
     Piece piece;
     piece.damaged = std::make_unique<std::atomic<bool>>(false);
+    piece.retired = std::make_unique<std::atomic<bool>>(false);
     piece.base = backends[i]->bytes().data();
+    struct stat st {};
+    if (backends[i]->fd() >= 0 && ::fstat(backends[i]->fd(), &st) == 0) {
+      piece.device = static_cast<uint64_t>(st.st_dev);
+      piece.inode = static_cast<uint64_t>(st.st_ino);
+    }
     piece.backend = std::move(backends[i]);
     region->pieces_.push_back(std::move(piece));
   }
@@ -469,7 +480,8 @@ Result<std::shared_ptr<Region>> Region::open_pieces(std::vector<std::unique_ptr<
                              first.data_offset,
                              split ? first.split_pieces : 0,
                              first.features,
-                             split ? static_cast<uint32_t>(opened) : first.partition_count};
+                             split ? IVSHMFS_MAX_PARTITIONS : first.partition_count};
+  region->region_size_.store(total, std::memory_order_relaxed);
   region->header_ = first;
   region->seen_seq_.store(valid.front().table_seq, std::memory_order_relaxed);
   region->publish(std::move(partitions));
@@ -502,6 +514,15 @@ std::vector<std::pair<uint32_t, std::string>> existing_pieces(std::string_view p
 }
 
 bool is_power_of_two(uint64_t v) { return v != 0 && (v & (v - 1)) == 0; }
+
+// The modification time (ns) of the directory holding a split region's
+// pieces: it moves whenever a piece file is created, linked, renamed or
+// removed there. -1 when it cannot be read.
+int64_t directory_stamp(const std::string& directory) noexcept {
+  struct stat st {};
+  if (::stat(directory.c_str(), &st) != 0) return -1;
+  return static_cast<int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+}
 
 }  // namespace
 
@@ -735,7 +756,19 @@ Result<std::shared_ptr<Region>> Region::discover(std::optional<uint32_t> own_id,
     if (!backend) return std::move(backend).error();
     backends.push_back(std::move(backend).value());
   }
-  return open_pieces(std::move(backends), "split:" + hex(pieces.front().format_id));
+  auto region = open_pieces(std::move(backends), "split:" + hex(pieces.front().format_id));
+  if (!region) return region;
+  if (std::all_of(pieces.begin(), pieces.end(), [](const Found& f) { return f.path.starts_with("/dev/"); })) {
+    // Pieces hot-plugged later appear as new /dev/ivshmN (docs/layout.md,
+    // "Pieces that come and go"): they are taken in read-only, and a device
+    // gone takes its partition with it.
+    auto scan = std::make_unique<PieceScan>();
+    scan->directory = "/dev";
+    scan->own_id = own;
+    scan->seen_stamp.store(directory_stamp(scan->directory), std::memory_order_relaxed);
+    (*region)->scan_ = std::move(scan);
+  }
+  return region;
 }
 
 Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const RegionOpenOptions& options) {
@@ -811,7 +844,17 @@ Result<std::shared_ptr<Region>> Region::open_path(std::string_view path, const R
       }
       backends.push_back(std::move(c.backend));
     }
-    return open_pieces(std::move(backends), std::string(path));
+    auto region = open_pieces(std::move(backends), std::string(path));
+    if (!region) return region;
+    auto scan = std::make_unique<PieceScan>();
+    scan->prefix = std::string(path);
+    const auto slash = scan->prefix.rfind('/');
+    scan->directory = slash == std::string::npos ? "." : slash == 0 ? "/" : scan->prefix.substr(0, slash);
+    scan->own_id = options.own_id;
+    scan->writable = options.writable;
+    scan->seen_stamp.store(directory_stamp(scan->directory), std::memory_order_relaxed);
+    (*region)->scan_ = std::move(scan);
+    return region;
   }
   BackendOptions backend_options{options.writable || options.create, options.create, options.create_size};
   backend_options.progress = options.progress;
@@ -910,8 +953,11 @@ Result<void> Region::check_format() const {
   // piece, or every piece at once (a new format), ends the region.
   const bool tolerate = split() && pieces_.size() > 1;
   std::size_t changed = 0;
+  std::size_t checked = 0;
   std::optional<Error> first;
   for (const Piece& piece : pieces_) {
+    if (piece.retired->load(std::memory_order_relaxed)) continue;  // no longer part of the region
+    ++checked;
     auto r = check_piece(piece);
     if (r) continue;
     ++changed;
@@ -923,7 +969,7 @@ Result<void> Region::check_format() const {
       spdlog::warn("{}; its partition is no longer trusted, the other partitions are served on", r.error().message);
     }
   }
-  if (changed == pieces_.size() && first) return *first;
+  if (changed == checked && first) return *first;
   return {};
 }
 
@@ -1248,6 +1294,270 @@ bool owner_proven_dead(bool owner_local, uint64_t pid, uint64_t pid_ns, uint64_t
   if (!ps) return errno == ENOENT || errno == ESRCH;  // exited between kill() and the read
   if (ps->state == 'Z' || ps->state == 'X') return true;
   return start_time != 0 && ps->start_time != start_time;
+}
+
+// ---------------------------------------------------------------------------
+// Split regions whose pieces come and go (host side: files PREFIX.vmN)
+
+namespace {
+// A directory time this close to now may still be shared by a change to
+// come (the clock behind it is coarse): such a stamp is not taken as seen.
+constexpr int64_t kStampSettle = 50'000'000;  // ns
+// As for live tables: every version of the table stays valid while the
+// region lives.
+constexpr std::size_t kMaxPieceTables = 4096;
+}  // namespace
+
+bool Region::table_moved() const noexcept {
+  if (scan_) {
+    const int64_t seen = scan_->seen_stamp.load(std::memory_order_relaxed);
+    return seen < 0 || directory_stamp(scan_->directory) != seen;
+  }
+  if (!live_table()) return false;
+  return detail::load_table_seq(pieces_.front().base) != seen_seq_.load(std::memory_order_relaxed);
+}
+
+Result<TableChange> Region::rescan_pieces() {
+  PieceScan& scan = *scan_;
+  const int64_t stamp = directory_stamp(scan.directory);
+  if (stamp >= 0 && stamp == scan.seen_stamp.load(std::memory_order_relaxed)) [[likely]]
+    return TableChange{};
+  std::lock_guard lock(tables_mutex_);
+  if (tables_.size() >= kMaxPieceTables) {
+    return make_error(Errc::busy, path_ + ": the pieces changed more than " + std::to_string(kMaxPieceTables) +
+                                      " times since the region was opened; the table seen before is kept (open it "
+                                      "again)");
+  }
+  const int64_t now = static_cast<int64_t>(wall_clock_ns());
+  scan.seen_stamp.store(stamp >= 0 && now - stamp > kStampSettle ? stamp : -1, std::memory_order_relaxed);
+
+  // What may hold a piece now: on the host the files PREFIX.vmN (N is the
+  // id the piece must hold), in a guest every /dev/ivshmN (the id is the
+  // piece's own). Files are told apart by device and inode.
+  struct Candidate {
+    std::string path;
+    std::optional<uint32_t> named_id;
+    uint64_t device = 0;
+    uint64_t inode = 0;
+  };
+  std::vector<Candidate> candidates;
+  auto consider = [&](std::string path, std::optional<uint32_t> named_id) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) return;
+    if (scan.prefix.empty() ? !S_ISCHR(st.st_mode) : !S_ISREG(st.st_mode)) return;
+    candidates.push_back(
+        Candidate{std::move(path), named_id, static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)});
+  };
+  if (scan.prefix.empty()) {
+    for (std::string& path : find_all_backends()) {
+      if (path.starts_with("/dev/")) consider(std::move(path), std::nullopt);
+    }
+  } else {
+    for (uint32_t id = 0; id < IVSHMFS_MAX_PARTITIONS; ++id) consider(split_piece_path(scan.prefix, id), id);
+  }
+  auto same_file = [](const Piece& piece, const Candidate& c) {
+    return piece.device == c.device && piece.inode == c.inode;
+  };
+
+  const std::vector<PartitionInfo>& before = table()->partitions;
+  std::vector<PartitionInfo> rows;
+  TableChange change;
+  std::array<bool, IVSHMFS_MAX_PARTITIONS> held{};
+  for (const PartitionInfo& p : before) {
+    const Piece& piece = pieces_[p.piece];
+    const bool kept = std::any_of(candidates.begin(), candidates.end(), [&](const Candidate& c) {
+      return same_file(piece, c) && (!c.named_id || *c.named_id == p.id);
+    });
+    if (kept) {
+      rows.push_back(p);
+      held[p.id] = true;
+      continue;
+    }
+    // Gone, or another file under its name (removed and added again).
+    piece.retired->store(true, std::memory_order_relaxed);
+    change.removed.push_back(p);
+  }
+  bool full_logged = false;
+  for (const Candidate& c : candidates) {
+    const bool known = std::any_of(pieces_.begin(), pieces_.end(), [&](const Piece& piece) {
+      return !piece.retired->load(std::memory_order_relaxed) && same_file(piece, c);
+    });
+    if (known || scan.refused.contains({c.device, c.inode})) continue;
+    if (pieces_.full()) {
+      if (!full_logged) {
+        spdlog::warn(
+            "{}: {} pieces were opened since the region was; {} and any other new piece are not taken in "
+            "(open the region again)",
+            path_, PieceList::kCapacity, c.path);
+      }
+      full_logged = true;
+      continue;
+    }
+    const bool own_name = scan.own_id && c.named_id && *scan.own_id == *c.named_id;
+    const bool writable = scan.writable && (!scan.own_id || own_name);
+    auto backend = Backend::open(c.path, BackendOptions{writable, false, 0});
+    if (!backend) {
+      spdlog::warn("{}; not taken in", backend.error().message);
+      scan.refused.insert({c.device, c.inode});
+      continue;
+    }
+    auto valid = validate_piece(**backend);
+    std::string why;
+    if (!valid) {
+      why = valid.error().message;
+    } else if ((valid->header.features & IVSHMFS_FEATURE_SPLIT) == 0) {
+      why = c.path + ": a whole region, not a piece of a split region";
+    } else if (valid->header.format_id != info_.format_id || valid->header.version != info_.version) {
+      why = c.path + ": a piece of another split region (format id " + hex(valid->header.format_id) +
+            ", this region's is " + hex(info_.format_id) + ")";
+    } else if (valid->partitions.size() != 1 || (c.named_id && valid->partitions.front().id != *c.named_id)) {
+      why = c.path + ": holds another partition than " + std::to_string(c.named_id.value_or(0)) + " as its name says";
+    } else if (held[valid->partitions.front().id]) {
+      why = c.path + ": a second piece of partition " + std::to_string(valid->partitions.front().id);
+    }
+    if (!why.empty()) {
+      spdlog::warn("{}; not taken in", why);
+      scan.refused.insert({c.device, c.inode});
+      continue;
+    }
+    Piece piece;
+    piece.damaged = std::make_unique<std::atomic<bool>>(false);
+    piece.retired = std::make_unique<std::atomic<bool>>(false);
+    piece.base = (*backend)->bytes().data();
+    piece.device = c.device;
+    piece.inode = c.inode;
+    piece.backend = std::move(backend).value();
+    PartitionInfo p = valid->partitions.front();
+    p.piece = static_cast<uint32_t>(pieces_.size());
+    p.index = p.id;
+    held[p.id] = true;
+    pieces_.push_back(std::move(piece));
+    rows.push_back(p);
+    change.added.push_back(p);
+  }
+  change.changed = !change.added.empty() || !change.removed.empty();
+  if (!change.changed) return change;
+  std::sort(rows.begin(), rows.end(), [](const PartitionInfo& a, const PartitionInfo& b) { return a.id < b.id; });
+  for (const PartitionInfo& p : change.removed) spdlog::info("{}: partition {} was removed", path_, p.id);
+  for (const PartitionInfo& p : change.added) {
+    spdlog::info("{}: partition {} was added ({}, piece {})", path_, p.id, format_size(p.capacity),
+                 pieces_[p.piece].backend->path());
+  }
+  uint64_t total = 0;
+  for (const PartitionInfo& p : rows) total += pieces_[p.piece].backend->size();
+  region_size_.store(total, std::memory_order_relaxed);
+  publish(std::move(rows));
+  return change;
+}
+
+Result<PartitionInfo> Region::add_piece(const NewPartition& wanted) {
+  if (!scan_ || scan_->prefix.empty()) {
+    return make_error(Errc::invalid_argument,
+                      path_ +
+                          ": a split region gains a piece on the host ('ivshmctl add PREFIX --size S' there), "
+                          "which reaches a running guest by hot-plug (docs/layout.md, \"Adding a piece\")");
+  }
+  const std::string& prefix = scan_->prefix;
+  if (wanted.ring) {
+    return make_error(Errc::invalid_argument, prefix + ": the pieces of a split region hold logs, not rings");
+  }
+  if (!is_power_of_two(wanted.capacity) || wanted.capacity < uint64_t{2} * IVSHMFS_PAGE_SIZE) {
+    return make_error(Errc::invalid_argument,
+                      prefix + ": piece size " + std::to_string(wanted.capacity) +
+                          " is not a power of two of at least 8K: each piece becomes a PCI BAR, whose size is a "
+                          "power of two (e.g. --size 1M)");
+  }
+  if (auto r = refresh_table(); !r) return std::move(r).error();
+  auto taken = [&](uint32_t id) {
+    struct stat st {};
+    return find(id) != nullptr || ::stat(split_piece_path(prefix, id).c_str(), &st) == 0;
+  };
+  uint32_t id = 0;
+  if (wanted.id) {
+    id = *wanted.id;
+    if (id >= IVSHMFS_MAX_PARTITIONS) {
+      return make_error(Errc::invalid_argument, "partition id " + std::to_string(id) + " is out of range 0.." +
+                                                    std::to_string(IVSHMFS_MAX_PARTITIONS - 1));
+    }
+    if (taken(id)) {
+      return make_error(Errc::already_formatted,
+                        split_piece_path(prefix, id) + ": partition " + std::to_string(id) + " exists already");
+    }
+  } else {
+    while (id < IVSHMFS_MAX_PARTITIONS && taken(id)) ++id;
+    if (id == IVSHMFS_MAX_PARTITIONS) {
+      return make_error(Errc::no_space, prefix + ": every partition id (0.." +
+                                            std::to_string(IVSHMFS_MAX_PARTITIONS - 1) + ") has a piece");
+    }
+  }
+  const std::string path = split_piece_path(prefix, id);
+  // Formatted under another name, then linked into place: a peer scanning
+  // the directory sees either no piece or a complete one, and two adders of
+  // one id cannot both win (link fails on an existing name).
+  const std::string temporary = path + ".new-" + std::to_string(::getpid());
+  {
+    auto backend = Backend::open(temporary, BackendOptions{true, true, wanted.capacity});
+    if (!backend) return std::move(backend).error();
+    if ((*backend)->size() != wanted.capacity) {
+      (*backend)->remove_if_created();
+      return make_error(Errc::size_mismatch, temporary + ": a file of another size is in the way; remove it");
+    }
+    FormatOptions options;
+    options.partitions = 1;
+    options.force = true;
+    options.split_pieces = info_.split_pieces;
+    options.piece_id = id;
+    options.format_id = info_.format_id;
+    if (auto r = format(**backend, options); !r) {
+      (*backend)->remove_if_created();
+      return r.error();
+    }
+    // The region's format time, as in the pieces formatted with it. Nobody
+    // maps the file yet.
+    auto* header = reinterpret_cast<ivshmfs_header*>((*backend)->bytes().data());
+    store_relaxed(header->format_time_ns, info_.format_time_ns);
+  }
+  if (::link(temporary.c_str(), path.c_str()) != 0) {
+    Error e = errno == EEXIST ? make_error(Errc::already_formatted,
+                                           path + ": another peer added partition " + std::to_string(id) + " just now")
+                              : make_sys_error(path + ": cannot link the new piece into place");
+    ::unlink(temporary.c_str());
+    return e;
+  }
+  ::unlink(temporary.c_str());
+  scan_->seen_stamp.store(-1, std::memory_order_relaxed);
+  if (auto r = refresh_table(); !r) return std::move(r).error();
+  const PartitionInfo* added = find(id);
+  if (added == nullptr) return make_error(Errc::io_error, path + ": created, but it was not taken in (see the log)");
+  return *added;
+}
+
+Result<void> Region::remove_piece(uint32_t id, const LivenessPolicy& policy) {
+  if (!scan_ || scan_->prefix.empty()) {
+    return make_error(Errc::invalid_argument, path_ +
+                                                  ": a split region loses a piece on the host ('ivshmctl remove "
+                                                  "PREFIX --id N' there; unplug its device from the guests)");
+  }
+  if (auto r = refresh_table(); !r) return std::move(r).error();
+  const PartitionInfo* p = find(id);
+  if (p == nullptr) return no_partition(*this, id);
+  auto st = stat(id, policy);
+  if (!st) return std::move(st).error();
+  if (st->claimed && st->alive) {
+    return make_error(Errc::claimed, path_ + ": partition " + std::to_string(id) + " has a live owner (pid " +
+                                         std::to_string(st->owner_pid) + "): stop it first");
+  }
+  const std::string path = split_piece_path(scan_->prefix, id);
+  const Piece& piece = pieces_[p->piece];
+  struct stat file {};
+  if (::stat(path.c_str(), &file) != 0 || static_cast<uint64_t>(file.st_dev) != piece.device ||
+      static_cast<uint64_t>(file.st_ino) != piece.inode) {
+    return make_error(Errc::busy, path + ": the piece changed while it was being removed; try again");
+  }
+  if (::unlink(path.c_str()) != 0) return make_sys_error(path + ": cannot remove the piece");
+  scan_->seen_stamp.store(-1, std::memory_order_relaxed);
+  if (auto r = refresh_table(); !r) return std::move(r).error();
+  return {};
 }
 
 }  // namespace ivshmfs

@@ -36,6 +36,11 @@
 #           shared-mode region (its damage is reported); a fourth guest with
 #           its own piece readonly=on and two regions mixed is refused
 #           (needs ivshmctl and ivshmfs built in BUILD_DIR)
+#   hotplug two guests on a split region of two pieces; the host adds a
+#           third piece and hot-plugs it into both over QMP (`ivshmctl
+#           qemu-args --hotplug`): their drivers probe it and their mounted
+#           daemons show vm2 and read its data without a remount (needs
+#           ivshmctl and ivshmfs built in BUILD_DIR)
 #   package the driver checks with the module DKMS built and the packaged
 #           ivshmfs/ivshmctl: GUEST_MODULE (an ivshm.ko) and GUEST_PROGRAMS
 #           (a directory with ivshmfs and ivshmctl) name them; the clean-room
@@ -340,6 +345,7 @@ cache) run_cache || rc=1 ;;
 xvm) . "$GUEST_DIR/xvm.sh"; run_xvm || rc=1 ;;
 e2e) . "$GUEST_DIR/e2e.sh"; run_e2e || rc=1 ;;
 split) . "$GUEST_DIR/split.sh"; run_split || rc=1 ;;
+hotplug) . "$GUEST_DIR/hotplug.sh"; run_hotplug || rc=1 ;;
 all)
 	run_driver || rc=1
 	run_doorbell || rc=1

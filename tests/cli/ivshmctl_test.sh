@@ -290,6 +290,66 @@ if [ "$mode" = split ]; then
   expect_status 0 "qemu-args on a single-file region"
   expect_eq "$(grep -c '^-device ivshmem-plain' "$out")" 1 "one device for a single-file region"
   expect_eq "$(grep -c 'readonly' "$out")" 0 "a single-file region is shared read-write"
+  run qemu-args --peer 1 --hotplug 0 "$single"
+  expect_status 1 "qemu-args --hotplug on a single-file region"
+  expect_err "split region" "--hotplug says it is for the pieces of a split region"
+
+  echo "== add and remove pieces of a split region"
+  next_file
+  g=$file
+  run format --split --size 64K --partitions 2 "$g"
+  run add --size 128K "$g"
+  expect_status 0 "add --size 128K to a split region"
+  expect_out "added partition 2 (vm2): piece $g.vm2" "add names the new piece"
+  expect_eq "$(stat -c %s "$g.vm2" 2>&1)" 131072 "the new piece has the size asked for"
+  expect_eq "$(ls "$g".vm2.* 2>/dev/null | wc -l)" 0 "no temporary file is left"
+  run status --json "$g"
+  expect_eq "$(json_field "$out" '[p["id"] for p in j["partitions"]]')" "[0, 1, 2]" "status shows the added piece"
+  expect_eq "$(json_field "$out" 'j["split_pieces"]')" 2 "split_pieces stays the count formatted together"
+  printf 'in vm2' | "$ctl" write "$g" 2
+  expect_eq "$("$ctl" read "$g" 2)" "in vm2" "the added piece is written and read"
+  for bad in 96K 4K; do
+    run add --size "$bad" "$g"
+    expect_status 1 "add --size $bad to a split region"
+    expect_err "power of two" "add --size $bad says a piece is a power of two"
+  done
+  run add --id 1 --size 64K "$g"
+  expect_status 1 "add --id 1: its piece exists"
+  expect_err "exists" "add of an existing id says so"
+  run add --ring --size 64K "$g"
+  expect_status 2 "add --ring to a split region"
+  [ ! -e "$g.vm3" ] && pass "no piece created by refused adds" || fail "a refused add created $g.vm3"
+  run qemu-args --peer 0 --hotplug 2 "$g"
+  expect_status 0 "qemu-args --hotplug 2"
+  expect_eq "$(wc -l < "$out")" 2 "--hotplug prints two QMP commands"
+  expect_eq "$(python3 -c 'import json,sys; print([json.loads(l)["execute"] for l in open(sys.argv[1])])' "$out")" \
+    "['object-add', 'device_add']" "--hotplug: object-add, then device_add"
+  expect_out "\"mem-path\":\"$g.vm2\",\"size\":131072,\"share\":true,\"readonly\":true" \
+    "--hotplug: the piece, readonly for another VM"
+  run qemu-args --peer 2 --hotplug 2 "$g"
+  if grep -q readonly "$out"; then fail "--hotplug of the own piece is read-write" "$(cat "$out")"; else
+    pass "--hotplug of the own piece is read-write"
+  fi
+  run qemu-args --peer 0 --hotplug 7 "$g"
+  expect_status 1 "qemu-args --hotplug of a piece that does not exist"
+  expect_err "no piece $g.vm7" "--hotplug names the missing piece"
+  run qemu-args --peer 0 --unplug 2 "$g"
+  expect_eq "$(python3 -c 'import json,sys; print([json.loads(l)["execute"] for l in open(sys.argv[1])])' "$out")" \
+    "['device_del', 'object-del']" "--unplug: device_del, then object-del"
+  run remove --id 2 "$g"
+  expect_status 0 "remove --id 2 of a split region"
+  [ ! -e "$g.vm2" ] && pass "remove deleted the piece file" || fail "$g.vm2 is still there"
+  run add --size 64K "$g"
+  expect_status 0 "add after a remove"
+  expect_out "added partition 2" "the removed id is used again"
+  expect_eq "$("$ctl" read "$g" 2 | wc -c)" 0 "the new piece starts empty"
+  if command -v qemu-system-x86_64 >/dev/null; then
+    # QEMU starts with the pieces there are now (three, one added).
+    # shellcheck disable=SC2046
+    qtree=$(printf 'info qtree\nquit\n' | timeout 120 qemu-system-x86_64 -accel tcg -S -display none -nodefaults \
+      -monitor stdio $("$ctl" qemu-args --peer 0 "$g") 2>&1)
+    expect_eq "$(grep -c 'dev: ivshmem-plain' <<<"$qtree")" 3 "QEMU starts with the 3 pieces, one of them added"
+  fi
 fi
 echo "== status"
 next_file

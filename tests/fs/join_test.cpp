@@ -8,7 +8,9 @@
 #include <dirent.h>
 
 #include <set>
+#include <thread>
 
+#include "ivshmfs/writer.hpp"
 #include "mount_support.hpp"
 
 namespace ivshmfs::fstest {
@@ -139,6 +141,52 @@ TEST_F(Join, AThirdPeerJoinsLeavesAndAFourthReusesItsSpace) {
   }
 }
 
+// On futex mounts (both peers own a partition of a host file) the watcher
+// looks only when woken, or at its fallback look about a second later:
+// lookup, readdir and .status must take a table change in themselves. No
+// waiting here: each check runs right after the change returned.
+TEST_F(Join, AnAddedPartitionShowsAtOnceWithoutWaitingForALook) {
+  for (Daemon* peer : {a_.get(), b_.get()}) {
+    ASSERT_NE(read_text(peer->file(".status")).find("wakeups source=futex"), std::string::npos)
+        << peer->mountpoint() << " does not run the futex source:\n"
+        << read_text(peer->file(".status"));
+  }
+  auto region = Region::open_path(region_.path(), RegionOpenOptions{true});
+  ASSERT_TRUE(region) << region.error().message;
+  // Let both watchers settle into their slow wait first, so that what
+  // follows does not ride on a look that was due anyway.
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  auto added = (*region)->add_partition(NewPartition{std::nullopt, 64 * 1024, false});
+  ASSERT_TRUE(added) << added.error().message;
+  ASSERT_EQ(added->id, 2U);
+  const std::string text = "written before anyone looked\n";
+  {
+    auto writer = PartitionWriter::claim(*region, 2);
+    ASSERT_TRUE(writer) << writer.error().message;
+    auto n = (*writer)->append(std::as_bytes(std::span(text.data(), text.size())));
+    ASSERT_TRUE(n && *n == text.size());
+  }
+  // a: a listing first; b: a lookup first (stat), then .status.
+  EXPECT_TRUE(list_dir(a_->mountpoint()).count("vm2")) << "readdir right after the add lists vm2";
+  EXPECT_TRUE(list_dir(a_->file("follow")).count("vm2")) << "readdir of follow/ right after the add lists vm2";
+  struct stat st {};
+  ASSERT_EQ(::stat(b_->file("vm2").c_str(), &st), 0) << "stat right after the add: " << std::strerror(errno);
+  EXPECT_EQ(st.st_size, static_cast<off_t>(text.size()));
+  for (Daemon* peer : {a_.get(), b_.get()}) {
+    EXPECT_NE(read_text(peer->file(".status")).find("partition id=2 file=vm2"), std::string::npos)
+        << read_text(peer->file(".status"));
+    EXPECT_EQ(read_all(peer->file("vm2")), text) << peer->mountpoint() << "/vm2";
+  }
+
+  // Removed: a lookup right after fails, the listing and .status drop it.
+  ASSERT_TRUE((*region)->remove_partition(2)) << "remove partition 2";
+  errno = 0;
+  EXPECT_NE(::stat(b_->file("vm2").c_str(), &st), 0) << "stat right after the removal";
+  EXPECT_EQ(errno, ENOENT) << std::strerror(errno);
+  EXPECT_FALSE(list_dir(a_->mountpoint()).count("vm2")) << "readdir right after the removal";
+  EXPECT_EQ(read_text(a_->file(".status")).find("file=vm2"), std::string::npos) << read_text(a_->file(".status"));
+}
+
 TEST_F(Join, IdAutoClaimsAFreePartitionBeforeAddingOne) {
   b_->stop();  // vm1 is free again
   c_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_c_.path(), std::nullopt, {"id=auto"}});
@@ -158,6 +206,104 @@ TEST_F(Join, RemovalWaitsUntilTheOwnerIsGone) {
   EXPECT_TRUE(exists(a_->file("vm0"))) << "the others are served on";
   append(a_->file("vm0"), "still here");
   EXPECT_EQ(read_all(a_->file("vm0")), "still here");
+}
+
+// A split region grows by pieces: 'ivshmctl add PREFIX' creates PREFIX.vmN,
+// and every mounted host peer shows it at its next lookup, listing or
+// .status read (a stat of the pieces' directory tells that it changed).
+// Runs in the split pass (fs.split.*); the shared pass runs Join above.
+class SplitJoin : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (auto missing = missing_prerequisite()) GTEST_SKIP() << "skipped: " << *missing;
+    if (!split_mode()) GTEST_SKIP() << "skipped: the split pass (fs.split.*) runs it; this pass runs Join";
+    a_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_a_.path(), 0});
+    b_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_b_.path(), 1});
+    ASSERT_TRUE(a_->start()) << "vm0 daemon did not mount:\n" << a_->log();
+    ASSERT_TRUE(b_->start()) << "vm1 daemon did not mount:\n" << b_->log();
+  }
+  void TearDown() override {
+    c_.reset();
+    b_.reset();
+    a_.reset();
+  }
+  [[nodiscard]] std::string piece(uint32_t id) const { return split_piece_path(region_.path(), id); }
+
+  RegionFile region_{128 << 10, 2};  // two pieces of 64 KiB
+  TempDir dir_a_{"splitjoin-a"};
+  TempDir dir_b_{"splitjoin-b"};
+  TempDir dir_c_{"splitjoin-c"};
+  std::unique_ptr<Daemon> a_, b_, c_;
+};
+
+TEST_F(SplitJoin, APieceAddedOnTheHostShowsAtOnceAndItsIdIsReused) {
+  // ivshmctl add: a new piece of another size, seen with no wait.
+  ASSERT_EQ(run_program({IVSHMCTL_PATH, "add", "--size", "128K", region_.path()}), 0) << "ivshmctl add";
+  struct stat file {};
+  ASSERT_EQ(::stat(piece(2).c_str(), &file), 0) << piece(2) << ": " << std::strerror(errno);
+  EXPECT_EQ(file.st_size, 128 << 10) << "the piece has the size asked for";
+  const std::string text = "in the new piece\n";
+  {
+    RegionOpenOptions open;
+    open.writable = true;
+    open.own_id = 2;
+    auto region = Region::open_path(region_.path(), open);
+    ASSERT_TRUE(region) << region.error().message;
+    auto writer = PartitionWriter::claim(*region, 2);
+    ASSERT_TRUE(writer) << writer.error().message;
+    auto n = (*writer)->append(std::as_bytes(std::span(text.data(), text.size())));
+    ASSERT_TRUE(n && *n == text.size());
+  }
+  EXPECT_TRUE(list_dir(a_->mountpoint()).count("vm2")) << "readdir right after the add lists vm2:\n" << a_->log();
+  EXPECT_TRUE(list_dir(a_->file("follow")).count("vm2")) << "follow/ lists vm2";
+  struct stat st {};
+  ASSERT_EQ(::stat(b_->file("vm2").c_str(), &st), 0) << "stat right after the add: " << std::strerror(errno) << "\n"
+                                                     << b_->log();
+  EXPECT_EQ(st.st_size, static_cast<off_t>(text.size()));
+  for (Daemon* peer : {a_.get(), b_.get()}) {
+    const std::string status = read_text(peer->file(".status"));
+    EXPECT_NE(status.find("partition id=2 file=vm2"), std::string::npos) << status;
+    EXPECT_EQ(read_all(peer->file("vm2")), text) << peer->mountpoint() << "/vm2";
+  }
+
+  // Removed on the host: gone from both mounts at once; a descriptor held
+  // open fails with EIO.
+  const int held = ::open(a_->file("vm2").c_str(), O_RDONLY | O_CLOEXEC);
+  ASSERT_GE(held, 0) << std::strerror(errno);
+  ASSERT_EQ(run_program({IVSHMCTL_PATH, "remove", "--id", "2", region_.path()}), 0) << "ivshmctl remove";
+  EXPECT_NE(::access(piece(2).c_str(), F_OK), 0) << "the piece file is removed";
+  errno = 0;
+  EXPECT_NE(::stat(b_->file("vm2").c_str(), &st), 0) << "stat right after the removal";
+  EXPECT_EQ(errno, ENOENT) << std::strerror(errno);
+  EXPECT_FALSE(list_dir(a_->mountpoint()).count("vm2")) << "readdir right after the removal";
+  char byte = 0;
+  EXPECT_EQ(::pread(held, &byte, 1, 0), -1) << "a descriptor of the removed piece reads nothing";
+  EXPECT_EQ(errno, EIO) << std::strerror(errno);
+  ::close(held);
+
+  // A third daemon joins with id=auto: it creates its own piece, with the
+  // freed id, and writes through its mount; both peers read it.
+  c_ = std::make_unique<Daemon>(Daemon::Config{region_.path(), dir_c_.path(), std::nullopt, {"id=auto", "size=64K"}});
+  ASSERT_TRUE(c_->start()) << "the joining daemon did not mount:\n" << c_->log();
+  EXPECT_NE(c_->log().find("added partition 2"), std::string::npos) << c_->log();
+  ASSERT_EQ(::stat(piece(2).c_str(), &file), 0) << "id=auto created " << piece(2);
+  EXPECT_EQ(file.st_size, 64 << 10);
+  const std::string joined = "from the joined peer\n";
+  append(c_->file("vm2"), joined);
+  for (Daemon* peer : {a_.get(), b_.get()}) {
+    EXPECT_EQ(read_all(peer->file("vm2")), joined) << peer->mountpoint() << "/vm2 is the new piece, not the old one";
+  }
+  // Its piece has a live owner: removal is refused, the piece stays.
+  EXPECT_NE(run_program({IVSHMCTL_PATH, "remove", "--id", "2", region_.path()}), 0);
+  EXPECT_EQ(::access(piece(2).c_str(), F_OK), 0);
+}
+
+TEST_F(SplitJoin, AddRefusesBadSizesAndTakenIds) {
+  EXPECT_EQ(run_program({IVSHMCTL_PATH, "add", "--size", "100K", region_.path()}), 1) << "not a power of two";
+  EXPECT_EQ(run_program({IVSHMCTL_PATH, "add", "--id", "1", "--size", "64K", region_.path()}), 1) << "vm1 exists";
+  EXPECT_EQ(run_program({IVSHMCTL_PATH, "add", "--ring", "--size", "64K", region_.path()}), 2) << "rings";
+  EXPECT_NE(::access(piece(2).c_str(), F_OK), 0) << "nothing was created";
+  EXPECT_FALSE(list_dir(a_->mountpoint()).count("vm2"));
 }
 
 }  // namespace

@@ -160,7 +160,7 @@ std::vector<Corruption> corruptions() {
        [](Image& m) { m.header.split_pieces = 3; },
        Errc::corrupt_header,
        {"split_pieces is 3"}},
-      // the split feature: a piece holds one partition, below the piece count
+      // the split feature: a piece holds one partition
       {"split with split_pieces 0",
        [](Image& m) { m.header.features = IVSHMFS_FEATURE_SPLIT; },
        Errc::corrupt_header,

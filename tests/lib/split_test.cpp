@@ -5,7 +5,9 @@
 // parameterised suites (ReadWriteTest, ClaimTest, ...).
 #include <sys/stat.h>
 
+#include <array>
 #include <filesystem>
+#include <fstream>
 
 #include "test_support.hpp"
 
@@ -234,13 +236,19 @@ TEST_F(SplitTest, ReformattingThePiecesIsNoticed) {
   EXPECT_NE(check.error().message.find(region_.path()), std::string::npos) << check.error().message;
 }
 
-TEST_F(SplitTest, APieceWithAnIdPastThePieceCountIsCorrupt) {
+// split_pieces counts the pieces formatted together: a piece added later
+// has an id at or past it, which is valid; an id of 64 or more is not.
+TEST_F(SplitTest, APieceIdMayPassThePieceCountButNotTheIdRange) {
   RawMap raw(region_.file_of(2));
   raw.table()[0].id = kPieces;
+  auto added = Region::open_path(region_.file_of(2), RegionOpenOptions{});
+  ASSERT_TRUE(added.ok()) << added.error().message;
+  EXPECT_NE((*added)->find(kPieces), nullptr);
+  raw.table()[0].id = IVSHMFS_MAX_PARTITIONS;
   auto region = Region::open_path(region_.file_of(2), RegionOpenOptions{});
   ASSERT_FALSE(region.ok());
   EXPECT_EQ(region.error().code, Errc::corrupt_partition_table) << region.error().message;
-  EXPECT_NE(region.error().message.find("piece count"), std::string::npos) << region.error().message;
+  EXPECT_NE(region.error().message.find("out of range"), std::string::npos) << region.error().message;
 }
 
 TEST_F(SplitTest, OnePieceOpensAlone) {
@@ -257,6 +265,137 @@ TEST_F(SplitTest, APrefixThatIsAFileIsRefused) {
   auto r = Region::format_split(file.path(), 2, kPieceSize, true);
   ASSERT_FALSE(r.ok());
   EXPECT_NE(r.error().message.find("a file of that name exists"), std::string::npos) << r.error().message;
+}
+
+// Pieces come and go while peers have the region open: a piece added on
+// the host (add_partition on the prefix) is taken in by refresh_table with
+// this region's identity and the access the peer's own id gives it; a
+// removed piece leaves the table (its rows stay valid), and its id (and a
+// new size) may be used again. Files that are not pieces of this region are
+// never taken in.
+TEST_F(SplitTest, PiecesAreAddedAndRemovedWhileTheRegionIsOpen) {
+  RegionOpenOptions as_vm0;
+  as_vm0.writable = true;
+  as_vm0.own_id = 0;
+  auto opened = Region::open_path(region_.path(), as_vm0);
+  ASSERT_TRUE(opened.ok()) << opened.error().message;
+  std::shared_ptr<Region> peer = *opened;
+  ASSERT_TRUE(peer->scans_pieces());
+  ASSERT_TRUE(peer->table_may_change());
+  auto nothing = peer->refresh_table();
+  ASSERT_TRUE(nothing.ok()) << nothing.error().message;
+  EXPECT_FALSE(nothing->changed) << "no piece came or went";
+
+  auto admin = open_region(region_.path(), true);
+  ASSERT_NE(admin, nullptr);
+  auto added = admin->add_partition(NewPartition{std::nullopt, 2 * kPieceSize, false});
+  ASSERT_TRUE(added.ok()) << added.error().message;
+  EXPECT_EQ(added->id, kPieces) << "the lowest id without a piece";
+  EXPECT_EQ(added->capacity, 2 * kPieceSize - IVSHMFS_PAGE_SIZE);
+  {
+    RawMap raw(split_piece_path(region_.path(), kPieces));
+    RawMap first(split_piece_path(region_.path(), 0));
+    EXPECT_EQ(raw.header()->features, IVSHMFS_FEATURE_SPLIT);
+    EXPECT_EQ(raw.header()->format_id, first.header()->format_id) << "the region's identity";
+    EXPECT_EQ(raw.header()->format_time_ns, first.header()->format_time_ns);
+    EXPECT_EQ(raw.header()->split_pieces, kPieces) << "split_pieces stays the count formatted together";
+    EXPECT_EQ(raw.table()[0].id, kPieces);
+    EXPECT_EQ(raw.header()->region_size, 2 * kPieceSize);
+  }
+  for (const auto& entry : std::filesystem::directory_iterator(std::filesystem::path(region_.path()).parent_path())) {
+    EXPECT_EQ(entry.path().string().find(region_.path() + ".vm" + std::to_string(kPieces) + ".new"), std::string::npos)
+        << "the temporary file was left: " << entry.path();
+  }
+
+  EXPECT_TRUE(peer->table_moved()) << "the pieces' directory changed";
+  auto change = peer->refresh_table();
+  ASSERT_TRUE(change.ok()) << change.error().message;
+  EXPECT_TRUE(change->changed);
+  ASSERT_EQ(change->added.size(), 1u);
+  EXPECT_EQ(change->added[0].id, kPieces);
+  EXPECT_TRUE(change->removed.empty());
+  const PartitionInfo* seen = peer->find(kPieces);
+  ASSERT_NE(seen, nullptr);
+  EXPECT_EQ(seen->index, kPieces) << "a split region's partition sits in the slot of its id";
+  EXPECT_FALSE(peer->backend(*seen).writable()) << "another VM's piece is opened read-only";
+  EXPECT_EQ(peer->info().region_size, kPieces * kPieceSize + 2 * kPieceSize);
+  {
+    auto writer = PartitionWriter::claim(admin, kPieces, quiet_claim());
+    ASSERT_TRUE(writer.ok()) << writer.error().message;
+    const std::string text = "abc";
+    ASSERT_TRUE((*writer)->append(std::as_bytes(std::span(text.data(), text.size()))).ok());
+    std::array<std::byte, 8> out{};
+    auto n = peer->read(kPieces, 0, out);
+    ASSERT_TRUE(n.ok()) << n.error().message;
+    EXPECT_EQ(*n, 3u) << "the peer reads the new piece";
+    auto refused = admin->remove_partition(kPieces);
+    ASSERT_FALSE(refused.ok()) << "a piece with a live owner was removed";
+    EXPECT_EQ(refused.error().code, Errc::claimed);
+  }
+  ASSERT_TRUE(admin->remove_partition(kPieces).ok());
+  EXPECT_FALSE(std::filesystem::exists(split_piece_path(region_.path(), kPieces)));
+  auto gone = peer->refresh_table();
+  ASSERT_TRUE(gone.ok()) << gone.error().message;
+  ASSERT_EQ(gone->removed.size(), 1u);
+  EXPECT_EQ(gone->removed[0].id, kPieces);
+  EXPECT_EQ(peer->find(kPieces), nullptr);
+  EXPECT_EQ(seen->capacity, 2 * kPieceSize - IVSHMFS_PAGE_SIZE) << "rows of the old table stay valid";
+  EXPECT_TRUE(peer->check_format().ok()) << "a removed piece does not count against the region";
+
+  // The id again, another size: a new, empty partition.
+  auto again = admin->add_partition(NewPartition{kPieces, kPieceSize, false});
+  ASSERT_TRUE(again.ok()) << again.error().message;
+  ASSERT_TRUE(peer->refresh_table().ok());
+  const PartitionInfo* reused = peer->find(kPieces);
+  ASSERT_NE(reused, nullptr);
+  EXPECT_EQ(reused->capacity, kPieceSize - IVSHMFS_PAGE_SIZE);
+  EXPECT_NE(reused->piece, seen->piece) << "a new piece, not the removed one";
+  auto s = peer->snapshot(kPieces);
+  ASSERT_TRUE(s.ok());
+  EXPECT_EQ(s->length, 0u) << "nothing of the removed piece shows in the new one";
+
+  // Refusals: a size that is no BAR, a taken id, rings.
+  auto odd = admin->add_partition(NewPartition{std::nullopt, 3 * IVSHMFS_PAGE_SIZE, false});
+  ASSERT_FALSE(odd.ok());
+  EXPECT_EQ(odd.error().code, Errc::invalid_argument);
+  auto taken = admin->add_partition(NewPartition{1U, kPieceSize, false});
+  ASSERT_FALSE(taken.ok());
+  EXPECT_EQ(taken.error().code, Errc::already_formatted);
+  EXPECT_FALSE(admin->add_partition(NewPartition{std::nullopt, kPieceSize, true}).ok());
+
+  // Not pieces of this region: another region's piece, a renamed piece, a
+  // file that is no region at all. None is taken in, and the peer goes on.
+  TestRegion other{"split-foreign", Mode::split, 1, kPieceSize};
+  std::filesystem::copy_file(other.file_of(0), split_piece_path(region_.path(), 10));
+  std::filesystem::copy_file(region_.file_of(1), split_piece_path(region_.path(), 11));
+  {
+    std::ofstream junk(split_piece_path(region_.path(), 12));
+    junk << std::string(kPieceSize, 'x');
+  }
+  auto foreign = peer->refresh_table();
+  ASSERT_TRUE(foreign.ok()) << foreign.error().message;
+  EXPECT_EQ(peer->find(10), nullptr) << "another region's piece was taken in";
+  EXPECT_EQ(peer->find(11), nullptr) << "a renamed piece was taken in";
+  EXPECT_EQ(peer->find(12), nullptr) << "a file that is no region was taken in";
+  EXPECT_EQ(peer->partitions().size(), kPieces + 1);
+}
+
+// A region opened from a list of backends (a guest's devices) has no
+// directory to scan: its pieces are fixed, and adding one says where it is
+// done.
+TEST_F(SplitTest, PiecesOfBackendsGivenOneByOneAreFixed) {
+  std::vector<std::unique_ptr<Backend>> backends;
+  for (uint32_t id = 0; id < kPieces; ++id) {
+    auto b = Backend::open(region_.file_of(id), BackendOptions{true, false, 0});
+    ASSERT_TRUE(b.ok()) << b.error().message;
+    backends.push_back(std::move(b).value());
+  }
+  auto region = Region::open_pieces(std::move(backends), "devices");
+  ASSERT_TRUE(region.ok()) << region.error().message;
+  EXPECT_FALSE((*region)->scans_pieces());
+  auto added = (*region)->add_partition(NewPartition{std::nullopt, kPieceSize, false});
+  ASSERT_FALSE(added.ok());
+  EXPECT_NE(added.error().message.find("hot-plug"), std::string::npos) << added.error().message;
 }
 
 }  // namespace

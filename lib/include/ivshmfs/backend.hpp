@@ -83,6 +83,9 @@ class Backend {
   [[nodiscard]] const std::optional<DeviceInfo>& device_info() const noexcept { return device_; }
   // True when open() created the file.
   [[nodiscard]] bool created() const noexcept { return created_; }
+  // The open file (a split region's rescan tells a piece replaced under its
+  // name by the file's device and inode).
+  [[nodiscard]] int fd() const noexcept { return fd_; }
   // Removes the file if open() created it and the path still names it: the
   // way to undo a create whose format failed. Nothing else is ever removed.
   void remove_if_created() noexcept;

@@ -13,9 +13,11 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "ivshmfs/backend.hpp"
@@ -99,11 +101,15 @@ struct TableChange {
   std::vector<PartitionInfo> removed;  // rows that are gone
 };
 
-// A partition to add to a live table (Region::add_partition).
+// A partition to add to a live table, or a piece to add to a split region
+// (Region::add_partition).
 struct NewPartition {
-  std::optional<uint32_t> id{};  // none: the lowest id no partition has
-  uint64_t capacity = 0;         // bytes, a page multiple >= IVSHMFS_MIN_CAPACITY
-  bool ring = false;
+  std::optional<uint32_t> id{};  // none: the lowest id no partition (no piece file) has
+  // Live table: bytes, a page multiple >= IVSHMFS_MIN_CAPACITY. Split
+  // region: the new piece's size, a power of two >= 8K (a PCI BAR); the
+  // partition gets all of it but its first page.
+  uint64_t capacity = 0;
+  bool ring = false;  // live tables only
 };
 
 // The unassigned data area of a live table.
@@ -243,6 +249,7 @@ class Region {
   [[nodiscard]] RegionInfo info() const noexcept {
     RegionInfo i = info_;
     i.partition_count = static_cast<uint32_t>(table()->partitions.size());
+    i.region_size = region_size_.load(std::memory_order_relaxed);
     return i;
   }
   // The partition table as this peer last saw it (see refresh_table). The
@@ -254,15 +261,38 @@ class Region {
 
   // Live partition tables (IVSHMFS_FEATURE_LIVE_TABLE; docs/layout.md).
   [[nodiscard]] bool live_table() const noexcept { return (info_.features & IVSHMFS_FEATURE_LIVE_TABLE) != 0; }
+  // A split region opened by its prefix on the host (files PREFIX.vmN), or
+  // found on /dev/ivshmN devices in a guest (discover): pieces may be added
+  // and removed while it is open (refresh_table takes them in).
+  [[nodiscard]] bool scans_pieces() const noexcept { return scan_ != nullptr; }
+  // Whether partitions may come and go while the region is open (a live
+  // table, or a split region whose pieces are scanned): refresh_table()
+  // is then worth calling.
+  [[nodiscard]] bool table_may_change() const noexcept { return live_table() || scans_pieces(); }
   // Takes in changes peers made to the table: one load when nothing changed.
   // Any thread. Bad entries are left out and logged. Not a live table:
-  // never a change.
+  // never a change. A split region that scans its pieces: a stat of the
+  // pieces' directory when nothing changed; after a change the pieces
+  // (PREFIX.vm0..63, or every /dev/ivshmN) are looked at again: a new sound
+  // piece of this region (same format id; on the host, its name's id) is
+  // opened and added, a piece whose file is gone or replaced is removed (its
+  // mapping is kept while the region lives, for the rows that still
+  // describe it).
   Result<TableChange> refresh_table();
+  // Whether refresh_table() would look at anything now: peers changed the
+  // table since this peer last took it in. One load (a live table) or one
+  // stat of the pieces' directory (a split region opened by its prefix); any
+  // thread; takes nothing in.
+  [[nodiscard]] bool table_moved() const noexcept;
   // Adds a partition (first fit over the free extents, the lowest free
   // slot) and returns it as the table now has it. Needs a writable mapping.
+  // A split region opened by its prefix: creates the piece PREFIX.vmID (this
+  // region's format id, formatted under a temporary name and linked into
+  // place, so no peer ever sees it half written) and takes it in.
   Result<PartitionInfo> add_partition(const NewPartition& wanted);
   // Removes partition `id`, whose claim must be unclaimed or not alive
-  // (Errc::claimed otherwise); its space and slot may then be reused.
+  // (Errc::claimed otherwise); its space and slot may then be reused. A
+  // split region opened by its prefix: removes its piece file.
   Result<void> remove_partition(uint32_t id, const LivenessPolicy& policy = {});
   // Free slots and bytes of the current table (zero unless a live table).
   [[nodiscard]] FreeSpace free_space() const;
@@ -327,7 +357,49 @@ class Region {
     std::unique_ptr<Backend> backend;
     std::byte* base = nullptr;                   // backend->bytes().data(), one indirection less on every access
     std::unique_ptr<std::atomic<bool>> damaged;  // its header changed (logged once)
+    std::unique_ptr<std::atomic<bool>> retired;  // removed from a split region (its mapping is kept)
+    uint64_t device = 0;                         // the file's st_dev and st_ino (split rescans)
+    uint64_t inode = 0;
   };
+  // The pieces in the order they were opened. A split region's rescan adds
+  // pieces while other threads read them: a fixed array whose count is
+  // published after the new piece is filled in. Pieces are never taken out
+  // (a removed one is retired), so a piece index stays valid for good.
+  class PieceList {
+   public:
+    static constexpr std::size_t kCapacity = std::size_t{4} * IVSHMFS_MAX_PARTITIONS;
+    PieceList() : pieces_(std::make_unique<Piece[]>(kCapacity)) {}
+    [[nodiscard]] std::size_t size() const noexcept { return count_.load(std::memory_order_acquire); }
+    [[nodiscard]] bool full() const noexcept { return size() == kCapacity; }
+    Piece& operator[](std::size_t i) const noexcept { return pieces_[i]; }
+    [[nodiscard]] Piece& front() const noexcept { return pieces_[0]; }
+    [[nodiscard]] Piece* begin() const noexcept { return pieces_.get(); }
+    [[nodiscard]] Piece* end() const noexcept { return pieces_.get() + size(); }
+    // One thread at a time (open, or under tables_mutex_); not when full().
+    void push_back(Piece&& piece) noexcept {
+      const std::size_t n = count_.load(std::memory_order_relaxed);
+      pieces_[n] = std::move(piece);
+      count_.store(n + 1, std::memory_order_release);
+    }
+
+   private:
+    std::unique_ptr<Piece[]> pieces_;
+    std::atomic<std::size_t> count_{0};
+  };
+  // A split region opened by its prefix (host), or from every /dev/ivshmN
+  // (a guest: prefix empty): where its pieces are looked for.
+  struct PieceScan {
+    std::string prefix;              // host: the files PREFIX.vmN; empty: the /dev/ivshmN devices
+    std::string directory;           // whose modification time tells that a file came or went
+    std::optional<uint32_t> own_id;  // its piece is opened read-write, the others read-only
+    bool writable = false;           // no own id: every piece read-write (the host's administration)
+    // The directory's modification time at the last scan; -1: scan again.
+    std::atomic<int64_t> seen_stamp{-1};
+    std::set<std::pair<uint64_t, uint64_t>> refused;  // files logged as unusable; guarded by tables_mutex_
+  };
+  Result<TableChange> rescan_pieces();
+  Result<PartitionInfo> add_piece(const NewPartition& wanted);
+  Result<void> remove_piece(uint32_t id, const LivenessPolicy& policy);
   [[nodiscard]] Result<void> check_piece(const Piece& piece) const;
   Region() = default;
   Result<std::size_t> read_ring(const PartitionInfo& p, uint64_t offset, std::span<std::byte> out,
@@ -345,9 +417,11 @@ class Region {
   auto change_table(Change&& change) -> decltype(change());
 
   std::string path_;
-  std::vector<Piece> pieces_;
+  PieceList pieces_;
+  std::unique_ptr<PieceScan> scan_;
   RegionInfo info_;
-  ivshmfs_header header_{};  // piece 0's checked header (what live table checks need)
+  std::atomic<uint64_t> region_size_{0};  // bytes of the pieces in the table
+  ivshmfs_header header_{};               // piece 0's checked header (what live table checks need)
   std::atomic<const Table*> table_{nullptr};
   std::atomic<uint64_t> seen_seq_{0};                 // live tables: the table_seq the current table was read at
   std::mutex tables_mutex_;                           // refresh and publish
