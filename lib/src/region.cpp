@@ -458,7 +458,7 @@ Result<std::shared_ptr<Region>> Region::open_pieces(std::vector<std::unique_ptr<
       if (split) p.index = p.id;
       partitions.push_back(p);
     }
-    if (i >= PieceList::kCapacity) return make_error(Errc::invalid_argument, name + ": too many pieces");
+    if (i >= PieceList::kCapacity) return make_error(Errc::invalid_argument, region->path_ + ": too many pieces");
     Piece piece;
     piece.damaged = std::make_unique<std::atomic<bool>>(false);
     piece.retired = std::make_unique<std::atomic<bool>>(false);
