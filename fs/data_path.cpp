@@ -683,6 +683,7 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
       return;
     }
     if (drop_tail) invalidate_own_tail(old_length + *appended);
+    changes_->committed();
     fuse_reply_write(req, *appended);
     own_partition_changed();
     return;
@@ -713,6 +714,10 @@ void Filesystem::write_buf(fuse_req_t req, fuse_bufvec* in, off_t off, fuse_file
     return;
   }
   if (drop_tail) invalidate_own_tail(old_length + n);
+  // Peers waiting for this partition are rung before the writer is answered:
+  // a ring is one system call, while the reply lets the writer run and can
+  // keep this thread from the CPU (in a one-CPU guest, for a whole request).
+  changes_->committed();
   fuse_reply_write(req, n);
   own_partition_changed();
 }

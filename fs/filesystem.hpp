@@ -167,8 +167,9 @@ class Filesystem {
   [[nodiscard]] bool pending_invalidation() const noexcept;
   bool has_waiters();
   void partition_changed(Slot& slot);
-  // A local append or reset of the own partition: wakes its pollers and
-  // parked follow reads now, if there are any (cheap when there are none).
+  // A local append to the own partition (its peers were rung already, by
+  // ChangeSource::committed): wakes its pollers and parked follow reads now,
+  // if there are any (cheap when there are none).
   void own_partition_changed() noexcept;
   void answer_parked(uint32_t index);
   void wake_pollers(Slot& slot) noexcept;

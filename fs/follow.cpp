@@ -471,7 +471,6 @@ void Filesystem::answer_parked(uint32_t index) {
 void Filesystem::own_partition_changed() noexcept {
   if (self_index_ == kNoPartition) return;
   Slot& slot = *slots_[self_index_];
-  changes_->committed();  // peers waiting for us: ring them
   try {
     partition_changed(slot);
   } catch (const std::exception& e) {
