@@ -29,6 +29,16 @@
  *       p99_us=.. max_us=.. sha256=HEX" (the hash of every echo received)
  *   ivshm-xvm gen SEED LEN
  *       pattern SEED to stdout (the host hashes it to check the receivers)
+ *   ivshm-xvm floors
+ *       what this system's own primitives cost, the bounds of every
+ *       transport that uses them: a copy in user space (memcpy) and by the
+ *       kernel (pread of a file in the page cache, the copy FUSE makes of
+ *       each request's and reply's data), both in 1 MiB pieces as the
+ *       transfers make them, and a 1-byte round trip through
+ *       two pipes between two processes (FUSE's request and reply: the
+ *       kernel switches address spaces) and between two threads of one
+ *       process; prints "floors memcpy_mib_s=.. kernel_copy_mib_s=..
+ *       process_rtt_p50_us=.. thread_rtt_p50_us=.."
  *
  * IVSHM_XVM_WAIT: seconds to wait for a peer or for data before failing (300).
  *
@@ -52,6 +62,7 @@
 #include <ivshmfs/ivshmfs.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
@@ -61,6 +72,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -669,6 +681,134 @@ static int cmd_gen(uint64_t seed, uint64_t len) {
   return fflush(stdout) == 0 ? 0 : 1;
 }
 
+/* ---- floors: what the system's own primitives cost ---- */
+enum { FLOOR_BYTES = 16 << 20, FLOOR_PASSES = 4, FLOOR_TRIES = 5, FLOOR_ROUNDS = 2000 };
+
+/* MiB/s of the best of FLOOR_TRIES runs of FLOOR_PASSES passes over FLOOR_BYTES. */
+static double best_rate(double seconds[FLOOR_TRIES]) {
+  double best = seconds[0];
+
+  for (int i = 1; i < FLOOR_TRIES; i++) best = seconds[i] < best ? seconds[i] : best;
+  return (double)FLOOR_BYTES * FLOOR_PASSES / (1 << 20) / best;
+}
+
+static double memcpy_rate(unsigned char* from, unsigned char* to) {
+  double t[FLOOR_TRIES];
+
+  for (int k = 0; k < FLOOR_TRIES; k++) {
+    double t0 = now_s();
+
+    for (int pass = 0; pass < FLOOR_PASSES; pass++) {
+      for (size_t off = 0; off < FLOOR_BYTES; off += PIECE) memcpy(to + off, from + off, PIECE);
+      __asm__ __volatile__("" : : "r"(to) : "memory"); /* the copy is not optimized away */
+    }
+    t[k] = now_s() - t0;
+  }
+  return best_rate(t);
+}
+
+/* A file in the page cache (tmpfs), read back in 1 MiB pieces: the kernel's copy to user space. */
+static double kernel_copy_rate(const unsigned char* data, unsigned char* to) {
+  char path[] = "/tmp/ivshm-xvm-floor-XXXXXX";
+  int fd = mkstemp(path);
+  double t[FLOOR_TRIES];
+
+  if (fd < 0) die("floors: a file in /tmp: %s", strerror(errno));
+  unlink(path);
+  if (write(fd, data, FLOOR_BYTES) != FLOOR_BYTES) die("floors: writing the file: %s", strerror(errno));
+  for (int k = 0; k < FLOOR_TRIES; k++) {
+    double t0 = now_s();
+
+    for (int pass = 0; pass < FLOOR_PASSES; pass++) {
+      for (off_t off = 0; off < FLOOR_BYTES; off += PIECE) {
+        if (pread(fd, to + off, PIECE, off) != PIECE) die("floors: reading the file: %s", strerror(errno));
+      }
+    }
+    t[k] = now_s() - t0;
+  }
+  close(fd);
+  return best_rate(t);
+}
+
+struct pipes {
+  int there[2], back[2];
+};
+
+static void* echo_thread(void* arg) {
+  struct pipes* p = arg;
+  char c;
+
+  while (read(p->there[0], &c, 1) == 1) {
+    if (write(p->back[1], &c, 1) != 1) break;
+  }
+  return NULL;
+}
+
+/* p50 of FLOOR_ROUNDS 1-byte round trips to the echo at the other end of P. */
+static double pipe_rtt_p50(struct pipes* p) {
+  double* rtt = calloc(FLOOR_ROUNDS, sizeof(double));
+  char c = 'x';
+  double p50;
+
+  if (!rtt) die("out of memory");
+  for (int i = 0; i < FLOOR_ROUNDS + WARMUP; i++) {
+    double t0 = now_s();
+
+    if (write(p->there[1], &c, 1) != 1 || read(p->back[0], &c, 1) != 1) die("floors: pipe: %s", strerror(errno));
+    if (i >= WARMUP) rtt[i - WARMUP] = (now_s() - t0) * 1e6;
+  }
+  qsort(rtt, FLOOR_ROUNDS, sizeof(double), cmp_double);
+  p50 = rtt[FLOOR_ROUNDS / 2];
+  free(rtt);
+  return p50;
+}
+
+static void open_pipes(struct pipes* p) {
+  if (pipe(p->there) || pipe(p->back)) die("floors: pipe: %s", strerror(errno));
+}
+
+static void close_pipes(struct pipes* p) {
+  close(p->there[1]); /* the echo reads end of file and stops */
+  close(p->back[0]);
+}
+
+static int cmd_floors(void) {
+  unsigned char *a = xalloc(FLOOR_BYTES), *b = xalloc(FLOOR_BYTES);
+  struct pipes proc, thr;
+  pthread_t t;
+  pid_t child;
+  double user, kernel, process_rtt, thread_rtt;
+
+  pattern(1, 0, a, FLOOR_BYTES);
+  memset(b, 0, FLOOR_BYTES);
+  user = memcpy_rate(a, b);
+  kernel = kernel_copy_rate(a, b);
+  open_pipes(&proc);
+  child = fork();
+  if (child < 0) die("floors: fork: %s", strerror(errno));
+  if (child == 0) {
+    close(proc.there[1]);
+    close(proc.back[0]);
+    echo_thread(&proc);
+    _exit(0);
+  }
+  close(proc.there[0]);
+  close(proc.back[1]);
+  process_rtt = pipe_rtt_p50(&proc);
+  close_pipes(&proc);
+  waitpid(child, NULL, 0);
+  open_pipes(&thr);
+  if (pthread_create(&t, NULL, echo_thread, &thr)) die("floors: a thread: %s", strerror(errno));
+  thread_rtt = pipe_rtt_p50(&thr);
+  close_pipes(&thr);
+  pthread_join(t, NULL);
+  printf("floors memcpy_mib_s=%.0f kernel_copy_mib_s=%.0f process_rtt_p50_us=%.1f thread_rtt_p50_us=%.1f\n", user,
+         kernel, process_rtt, thread_rtt);
+  free(a);
+  free(b);
+  return 0;
+}
+
 int main(int argc, char** argv) {
   const char* cmd = argc > 1 ? argv[1] : "";
 
@@ -688,6 +828,7 @@ int main(int argc, char** argv) {
   if (!strcmp(cmd, "ping") && argc == 10) return cmd_pingpong(1, argv + 2);
   if (!strcmp(cmd, "pong") && argc == 9) return cmd_pingpong(0, argv + 2);
   if (!strcmp(cmd, "gen") && argc == 4) return cmd_gen(num(argv[2]), num(argv[3]));
+  if (!strcmp(cmd, "floors") && argc == 2) return cmd_floors();
   fprintf(stderr, "usage: see the comment at the top of bench/xvm.c\n");
   return 64;
 }

@@ -49,7 +49,9 @@
 #           raw shared memory, the library, the ivshmfs mount, TCP over
 #           virtio-net, virtiofs and 9p, a ring partition streamed past 10x
 #           its size, host -> guest bulk; every transfer checked by sha256;
-#           prints a table (see scripts/guest/xvm.sh; XVM_FULL=1: the
+#           each guest's and the host's floors (copies in user space and by
+#           the kernel, process and thread switches: ivshm-xvm floors) and
+#           the bounds they set; prints a table (see scripts/guest/xvm.sh; XVM_FULL=1: the
 #           figures of docs/benchmarks.md; needs BUILD_DIR/bench/ivshm-xvm)
 #   all     driver, doorbell, then e2e (default)
 # BUILD_DIR is the CMake build directory (default: build/ in the repository).

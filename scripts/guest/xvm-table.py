@@ -60,6 +60,45 @@ def bar_chart(size, seconds, p50, width=40):
     return lines
 
 
+def floor_lines(floors, raw_rate, mount_rate, mount_p50, tcp_p50):
+    """Each system's own primitives (ivshm-xvm floors) and the bounds they set for the mount."""
+    out = ["Floors: what each system's own primitives cost, measured alone in the same run (`ivshm-xvm floors`;"
+           " informative):", "",
+           "| system | copy in user space (memcpy) | copy by the kernel (pread from the page cache) |"
+           " process round trip p50 (two pipes) | thread round trip p50 |",
+           "| --- | --- | --- | --- | --- |"]
+    for name in sorted(floors):
+        f = floors[name]
+        out.append(f"| {name} | {float(f['memcpy_mib_s']):.0f} MiB/s | {float(f['kernel_copy_mib_s']):.0f} MiB/s | "
+                   f"{float(f['process_rtt_p50_us']):.1f} µs | {float(f['thread_rtt_p50_us']):.1f} µs |")
+    guests = [floors[n] for n in ("vm0", "vm1") if n in floors]
+    if "vm1" not in floors:
+        return out
+    # vm1 receives every bulk transfer; both guests take part in a round trip.
+    user = float(floors["vm1"]["memcpy_mib_s"])
+    kernel = float(floors["vm1"]["kernel_copy_mib_s"])
+    proc = sum(float(f["process_rtt_p50_us"]) for f in guests) / len(guests)
+    bulk = 1 / (1 / user + 1 / kernel)
+    out += ["", "What these bound (the mount's data path, docs/benchmarks.md; estimates from the floors above,"
+            " which move from run to run as every figure here does):", ""]
+    # Each bound, then what the run shows beside it when it has the figure.
+    bounds = [
+        (f"- Bulk through the mount: in the receiving guest (vm1) every byte is copied once in user space (the"
+         f" daemon's copy out of shared memory) and once by the kernel (the FUSE reply into the reader's buffer),"
+         f" one after the other in the daemon's thread: about {bulk:.0f} MiB/s at most",
+         [(raw_rate, lambda: f" = {bulk / raw_rate:.2f}x raw"),
+          (mount_rate, lambda: f"; measured {mount_rate:.0f} MiB/s ({mount_rate / bulk:.2f} of that bound)")]),
+        (f"- A round trip through the mount: each message is a write request in one guest (a process round trip:"
+         f" program, daemon, program) and a reply to a parked read in the other (half of one), so at least"
+         f" 3 process round trips = {3 * proc:.0f} µs (both guests' mean)",
+         [(tcp_p50, lambda: f" (0.5x TCP's p50 = {tcp_p50 / 2:.0f} µs)"),
+          (mount_p50, lambda: f"; measured {mount_p50:.0f} µs")]),
+    ]
+    for head, beside in bounds:
+        out.append(head + "".join(text() for figure, text in beside if figure) + ".")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--gen", required=True, help="the host's ivshm-xvm")
@@ -70,6 +109,7 @@ def main():
     sizes = [int(s) for s in a.sizes.split(":")]
     send, recv, rtt = {}, {}, {}
     costs = []
+    floors = {}
     for line in open(a.results):
         if line.startswith("IVSHM-XVM-COST "):
             costs.append(fields(line.strip()))
@@ -77,7 +117,9 @@ def main():
         if not line.startswith("IVSHM-XVM "):
             continue
         name, kind, f = fields(line.strip())
-        if kind == "bulk" and f.get("side") == "send":
+        if name == "floors":
+            floors[f"vm{f['vm']}" if kind == "guest" else kind] = f
+        elif kind == "bulk" and f.get("side") == "send":
             send[(name, int(f["size"]))] = f
         elif kind == "bulk" and f.get("side") == "recv":
             recv[(name, int(f["size"]))] = f
@@ -200,6 +242,10 @@ def main():
                 what = f"ping-pong ({unit} round trips{', poll_min_us=1000' if name != 'mount' else ''})"
                 per = f"{r / unit:.2f} req, {c / unit:.1f} switches, {t * 10000 / unit:.0f} µs CPU per round trip"
             out.append(f"| {what} | {role} | {r} | {w} | {c} | {t / 100:.2f} s | {per} |")
+    if floors:
+        out += [""] + floor_lines(floors, secs("raw", sizes[-1]) and sizes[-1] / (1 << 20) / secs("raw", sizes[-1]),
+                                  secs("mount", sizes[-1]) and sizes[-1] / (1 << 20) / secs("mount", sizes[-1]),
+                                  p("mount", "p50_us"), p("tcp", "p50_us"))
     chart = bar_chart(sizes[-1], lambda n: secs(n, sizes[-1]), lambda n: p(n, "p50_us"))
     out += ["", "```", *chart, "```"]
     text = "\n".join(out)

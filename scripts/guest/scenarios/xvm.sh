@@ -14,7 +14,9 @@
 # mount's daemon counters IVSHM-XVM-COST lines); the host checks each
 # received stream's sha256 against the pattern it was sent from and prints
 # the table. Steps from 1000 are shared with the host, as are the first
-# ones (host -> vm1 raw). Transfers that fail print a FAIL.
+# ones (host -> vm1 raw). Each guest also measures its own floors (ivshm-xvm
+# floors: a copy in user space and by the kernel, process and thread
+# switches), alone, while the other waits. Transfers that fail print a FAIL.
 # Arguments: SIZES (bytes, joined by ':') ROUNDS RING RING_MULT RAW_RING
 . /scenarios/common.sh
 SIZES=$(echo "$1" | tr : ' ') ROUNDS=$2 RING=$3 RING_MULT=$4
@@ -134,6 +136,13 @@ for size in $SIZES; do
 	fi
 done
 sync_peers
+
+# ---- what this guest's own primitives cost (copies, process and thread
+# switches): the bounds of every transport; one guest at a time ----
+for g in 0 1; do
+	[ "$ID" = $g ] && run_side floors "floors guest vm=$ID" $X floors
+	sync_peers
+done
 
 # ---- raw shared memory: the floor ----
 bulk raw "$BULK_AB" "$BULK_AB"
