@@ -19,6 +19,16 @@ import sys
 import time
 
 
+def wait_for(cond, timeout=20.0, what="condition"):
+    """Polls cond() every 10 ms; fails the test when it is not true within timeout seconds."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
 class ProtocolError(Exception):
     pass
 

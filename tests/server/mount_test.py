@@ -20,22 +20,15 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ivshm_peer import wait_for  # noqa: E402
 
 SERVER = None
 IVSHMFS = None
 REGION_SIZE = 4 << 20
 SKIP = 77
-
-
-def wait_for(cond, timeout=20.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def wakeups(mountpoint):

@@ -20,19 +20,10 @@ import time
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ivshm_peer import Peer  # noqa: E402
+from ivshm_peer import Peer, wait_for  # noqa: E402
 
 SERVER = None
 SHM_SIZE = 65536
-
-
-def wait_for(cond, timeout=10.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if cond():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 class ServerCase(unittest.TestCase):
