@@ -137,12 +137,10 @@ class Mounts(unittest.TestCase):
         with open(os.path.join(mnt, f"vm{partition}"), "ab", buffering=0) as f:
             f.write(data)
 
-    def one_wake(self, writer, wid, reader, what):
-        """A follow/ reader in `reader` parks, `writer` appends: the reader
-        gets the bytes, its eventfd fired and the writer rang."""
-        before_r, before_w = wakeups(reader), wakeups(writer)
+    def relay(self, writer, wid, reader, message, what):
+        """A follow/vmWID reader in `reader` parks and announces that it waits;
+        `writer` appends `message`: the reader gets exactly that."""
         result = []
-        message = f"{what}\n".encode()
         t = self.follow_read(reader, wid, len(message), result)
         bit = 1 << wid
         wait_for(lambda: int(wakeups(reader)["announced"], 16) & bit,
@@ -151,6 +149,12 @@ class Mounts(unittest.TestCase):
         t.join(timeout=20)
         self.assertFalse(t.is_alive(), f"{what}: the follow/vm{wid} reader in {reader} never got the append")
         self.assertEqual(result, [message], what)
+
+    def one_wake(self, writer, wid, reader, what):
+        """A follow/ reader in `reader` parks, `writer` appends: the reader
+        gets the bytes, its eventfd fired and the writer rang."""
+        before_r, before_w = wakeups(reader), wakeups(writer)
+        self.relay(writer, wid, reader, f"{what}\n".encode(), what)
         after_r, after_w = wakeups(reader), wakeups(writer)
         self.assertGreater(int(after_w["rings"]), int(before_w["rings"]),
                            f"{what}: the writer rang no eventfd: {before_w} -> {after_w}")
@@ -191,22 +195,12 @@ class WakeTest(Mounts):
         self.assertEqual(wakeups(m2)["source"], "futex")
         for i in range(3):
             before = wakeups(m2)
-            result = []
-            t = self.follow_read(m2, 0, 3, result)
-            wait_for(lambda: int(wakeups(m2)["announced"], 16) & 1, what="m2 to announce that it waits for vm0")
-            self.append(m0, 0, b"f%d\n" % i)
-            t.join(timeout=20)
-            self.assertEqual(result, [b"f%d\n" % i], "vm0 read in the futex peer")
+            self.relay(m0, 0, m2, b"f%d\n" % i, "vm0 read in the futex peer")
             after = wakeups(m2)
             self.assertGreater(int(after["peer_wakes"]) + int(after["changed"]),
                                int(before["peer_wakes"]) + int(before["changed"]),
                                f"the -o server= writer did not wake the futex peer: {before} -> {after}")
-            result = []
-            t = self.follow_read(m0, 2, 3, result)
-            wait_for(lambda: int(wakeups(m0)["announced"], 16) & 4, what="m0 to announce that it waits for vm2")
-            self.append(m2, 2, b"g%d\n" % i)
-            t.join(timeout=20)
-            self.assertEqual(result, [b"g%d\n" % i], "vm2 read in the -o server= peer (polled)")
+            self.relay(m2, 2, m0, b"g%d\n" % i, "vm2 read in the -o server= peer (polled)")
 
     def test_pinned_id_and_agreeing_option(self):
         self.start_server()
@@ -228,12 +222,7 @@ class ServerLostTest(Mounts):
             wait_for(lambda m=m: "wake-ups fall back" in self.log_of(m), what=f"{m}'s log to say it falls back")
         # Both keep serving: appends still reach a follow/ reader both ways.
         for writer, wid, reader in ((m0, 0, m1), (m1, 1, m0)):
-            result = []
-            t = self.follow_read(reader, wid, 6, result)
-            wait_for(lambda r=reader, b=1 << wid: int(wakeups(r)["announced"], 16) & b, what="the announcement")
-            self.append(writer, wid, b"after\n")
-            t.join(timeout=20)
-            self.assertEqual(result, [b"after\n"], f"vm{wid} read in {reader} after the server died")
+            self.relay(writer, wid, reader, b"after\n", f"vm{wid} read in {reader} after the server died")
         for proc, _m, _l in self.daemons:
             self.assertIsNone(proc.poll(), "a daemon exited when the server died")
 
